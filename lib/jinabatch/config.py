@@ -1,0 +1,190 @@
+"""The job's settings: TOML in, validated value classes out.
+
+Every section is a small pydantic model with its defaults here; unknown keys are rejected so a typo
+fails loudly. ``load_config`` turns any validation failure into one ``ConfigError`` whose message
+names the file and the dotted key (``jina.dimensions``) and says what is accepted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .models import EMBEDDING_TYPES, get_model
+
+__all__ = [
+    "Config", "CorpusSettings", "JinaSettings", "LimitsSettings", "RaySettings", "OutputSettings",
+    "MilvusSettings", "IndexSettings", "load_config", "parse_config", "DEFAULT_BASE_URL", "LOCAL_BASE_URL",
+]
+
+DEFAULT_BASE_URL = "https://api.jina.ai/v1"
+LOCAL_BASE_URL = "local"  # start the bundled Jina-compatible server for the run
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusSettings(_Section):
+    path: str = "data/corpus"  # a Parquet file, a folder of them, or a glob
+    id_column: str = "id"
+    text_column: str = "text"
+    columns: list[str] = Field(default_factory=list)  # carried into the output and into Milvus
+    rows_per_shard: int = Field(5000, gt=0)
+
+
+class JinaSettings(_Section):
+    base_url: str = DEFAULT_BASE_URL
+    api_key_env: str = "JINAAI_API_KEY"
+    model: str = "jina-embeddings-v3"
+    task: str | None = "retrieval.passage"
+    dimensions: int | None = 1024
+    late_chunking: bool = False
+    on_too_long: Literal["truncate", "skip", "fail"] = "truncate"
+    embedding_type: Literal["float", "base64"] = "base64"
+    normalized: bool = True
+    max_inputs_per_request: int | None = Field(None, gt=0)  # default: the model's cap
+    max_tokens_per_request: int = Field(60_000, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(120.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    retry_timeout: float = Field(600.0, gt=0)  # seconds across all attempts of one request
+
+    @model_validator(mode="after")
+    def _fits_model(self) -> "JinaSettings":
+        try:
+            spec = get_model(self.model)
+        except ValueError as e:
+            raise ValueError(f"model: {e}") from None
+        if spec.takes_task and self.task is not None and self.task not in spec.tasks:
+            raise ValueError(f"task: {self.model} accepts {list(spec.tasks)}; got {self.task!r}")
+        if spec.takes_dimensions or self.dimensions is not None:
+            try:
+                spec.check_dimensions(self.dimensions)
+            except ValueError as e:
+                raise ValueError(f"dimensions: {e}") from None
+        if self.late_chunking and not spec.late_chunking:
+            raise ValueError(f"late_chunking: {self.model} does not support late chunking")
+        return self
+
+    @property
+    def spec(self):
+        return get_model(self.model)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.check_dimensions(self.dimensions if self.spec.takes_dimensions else None)
+
+
+class LimitsSettings(_Section):
+    """The whole budget of the key, shared by all workers."""
+
+    rpm: int = Field(500, gt=0)
+    tpm: int = Field(1_000_000, gt=0)
+    concurrency: int = Field(5, gt=0)
+    target: float = Field(0.985, gt=0, le=1)  # share of the budget to aim at (headroom for clock skew)
+
+
+class RaySettings(_Section):
+    address: str = ""  # "" starts a local Ray; otherwise a cluster address
+    workers: int = Field(2, gt=0)  # shard tasks in flight
+    num_cpus_per_task: float = Field(0.25, gt=0)
+    max_retries: int = Field(3, ge=0)  # retries of a shard whose worker died
+
+
+class OutputSettings(_Section):
+    path: str = "out/embeddings"
+
+
+class IndexSettings(_Section):
+    type: str = "HNSW"
+    metric: Literal["COSINE", "IP", "L2"] = "COSINE"
+    params: dict[str, Any] = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
+
+
+class MilvusSettings(_Section):
+    uri: str = "embedded"  # "embedded" | "./file.db" (Milvus Lite) | "http://host:19530"
+    token_env: str = "MILVUS_TOKEN"
+    collection: str = "docs"
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    mode: Literal["auto", "bulk", "insert"] = "auto"
+    keep_previous: int = Field(1, ge=0)
+    data_dir: str = "out/milvus"  # base dir of the embedded server (reused across runs)
+    port: int = Field(19530, gt=0, lt=65536)  # client port of the embedded server
+    insert_batch_mb: float = Field(32.0, gt=0, le=60)
+
+    @field_validator("collection")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not (v[0].isalpha() or v[0] == "_") or not all(c.isalnum() or c == "_" for c in v):
+            raise ValueError("a Milvus name starts with a letter or _ and holds only letters, digits and _")
+        return v
+
+
+class Config(_Section):
+    corpus: CorpusSettings = Field(default_factory=CorpusSettings)
+    jina: JinaSettings = Field(default_factory=JinaSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    source: str | None = Field(None, exclude=True)  # the file it came from, for messages
+
+    def embedding_key(self) -> dict[str, Any]:
+        """What decides a vector's value: model, task, dimensions, late chunking, normalization."""
+        j = self.jina
+        return {"model": j.model, "task": j.task if j.spec.takes_task else None, "dimensions": self.jina.dim,
+                "late_chunking": j.late_chunking, "normalized": j.normalized}
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides a shard's content (not paths of the output, not limits)."""
+        c = self.corpus
+        payload = {"embedding": self.embedding_key(), "id": c.id_column, "text": c.text_column,
+                   "columns": list(c.columns), "rows_per_shard": c.rows_per_shard,
+                   "on_too_long": self.jina.on_too_long}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        m = re.match(r"^([a-z_]+): (.*)$", msg, re.S)
+        if e["type"] == "value_error" and m:  # a model-level check that names its own key
+            loc, msg = f"{loc}.{m.group(1)}" if loc else m.group(1), m.group(2)
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling; see configs/local.toml for the accepted keys)"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return f"{source}: invalid configuration: " + "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config(**data, source=source)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, source)) from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Config:
+    """Read a TOML file; ``overrides`` are merged in section by section (used by tests and --set)."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return parse_config(data, str(p))

@@ -1,0 +1,96 @@
+"""Exceptions, as a tree so a caller catches at the level it cares about::
+
+    JinaBatchError
+    ├── ConfigError              a setting is missing or wrong (names the key)
+    ├── CorpusError              input files: missing column, unreadable, not Parquet (names the file)
+    ├── BadRowError              on_too_long = "fail" met a row (names id and file)
+    ├── JinaError                the embeddings API (never carries the API key)
+    │   ├── AuthError            401: missing or invalid key              — not retried
+    │   ├── BillingError         402/403: balance / permission            — not retried
+    │   ├── InvalidRequest       400/422: the request itself is wrong     — not retried
+    │   ├── ResponseError        2xx with a wrong count, dims, non-finite values or bad body — not retried
+    │   ├── TransientError       worth retrying
+    │   │   ├── RateLimited      429 (retry_after seconds when the server gave one)
+    │   │   ├── ServerError      5xx, JSON or HTML body
+    │   │   └── TransportError   timeout, dropped connection, connect failure
+    │   └── RetriesExhausted     the retry budget ran out (names the last cause and the attempts)
+    └── LoadError                Milvus import / verification failed (carries Milvus's reason)
+
+The Jina part of the tree is filled in by ``jinabatch.jina``; this module holds the classes.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "JinaBatchError", "ConfigError", "CorpusError", "BadRowError", "LoadError",
+    "JinaError", "AuthError", "BillingError", "InvalidRequest", "ResponseError",
+    "TransientError", "RateLimited", "ServerError", "TransportError", "RetriesExhausted",
+]
+
+
+class JinaBatchError(Exception):
+    """Base of every error jinabatch raises on purpose."""
+
+
+class ConfigError(JinaBatchError):
+    pass
+
+
+class CorpusError(JinaBatchError):
+    pass
+
+
+class BadRowError(JinaBatchError):
+    pass
+
+
+class LoadError(JinaBatchError):
+    pass
+
+
+class JinaError(JinaBatchError):
+    """An error from the embeddings API. ``status`` is the HTTP status (None for transport errors)."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(JinaError):
+    pass
+
+
+class BillingError(JinaError):
+    pass
+
+
+class InvalidRequest(JinaError):
+    pass
+
+
+class ResponseError(JinaError):
+    pass
+
+
+class TransientError(JinaError):
+    pass
+
+
+class RateLimited(TransientError):
+    def __init__(self, message: str, *, status: int | None = 429, retry_after: float | None = None):
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ServerError(TransientError):
+    pass
+
+
+class TransportError(TransientError):
+    pass
+
+
+class RetriesExhausted(JinaError):
+    def __init__(self, message: str, *, attempts: int, last: JinaError):
+        super().__init__(message, status=last.status)
+        self.attempts = attempts
+        self.last = last

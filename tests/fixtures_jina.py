@@ -1,0 +1,1 @@
+"""Fixtures: jina (filled in by the jina part)."""

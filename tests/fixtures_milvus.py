@@ -1,0 +1,1 @@
+"""Fixtures: milvus (filled in by the milvus part)."""

@@ -1,0 +1,1 @@
+"""Fixtures: ray (filled in by the ray part)."""
