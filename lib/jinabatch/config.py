@@ -48,7 +48,7 @@ class JinaSettings(_Section):
     dimensions: int | None = 1024
     late_chunking: bool = False
     on_too_long: Literal["truncate", "skip", "fail"] = "truncate"
-    embedding_type: Literal["float", "base64"] = "base64"
+    embedding_type: Literal["float", "base64", "binary", "ubinary"] = "base64"
     normalized: bool = True
     max_inputs_per_request: int | None = Field(None, gt=0)  # default: the model's cap
     max_tokens_per_request: int = Field(60_000, gt=0)
@@ -56,6 +56,11 @@ class JinaSettings(_Section):
     read_timeout: float = Field(120.0, gt=0)
     max_attempts: int = Field(8, ge=1)
     retry_timeout: float = Field(600.0, gt=0)  # seconds across all attempts of one request
+    retry_wait_initial: float = Field(0.5, ge=0)  # first backoff (s); doubles per attempt, plus jitter
+    retry_wait_max: float = Field(30.0, ge=0)  # cap of one backoff (s)
+    retry_wait_jitter: float = Field(1.0, ge=0)  # up to this many random seconds added to a backoff
+    retry_after_max: float = Field(120.0, ge=0)  # cap on a server's Retry-After (s)
+    concurrency: int = Field(4, gt=0)  # requests in flight per client in JinaClient.embed
 
     @model_validator(mode="after")
     def _fits_model(self) -> "JinaSettings":
