@@ -241,7 +241,12 @@ class JinaClient:
 
     async def embed_batch(self, texts: Sequence[str], *, task: str | None = ..., truncate: bool = False,
                           late_chunking: bool | None = None) -> BatchResult:  # type: ignore[assignment]
-        """Embed ``texts`` in exactly one request (with retries). Vectors come back in input order."""
+        """Embed ``texts`` in exactly one request (with retries). Vectors come back in input order.
+
+        ``task`` defaults to ``settings.task`` (pass None to send none; ignored by models without tasks).
+        Raises InvalidRequest / AuthError / BillingError / ResponseError at once, RetriesExhausted when
+        transient errors outlast ``jina.max_attempts`` or ``jina.retry_timeout``.
+        """
         s = self.settings
         texts = list(texts)
         if not texts:
