@@ -87,7 +87,7 @@ class WorkerLimiter:
 
     def __init__(self, share: Share, *, burst_seconds: float = 2.0, max_request_tokens: int = 0,
                  backoff_factor: float = 0.7, min_factor: float = 0.1, recovery_per_s: float = 0.05,
-                 clock=time.monotonic):
+                 start_levels: tuple[float, float] | None = None, clock=time.monotonic):
         self._clock = clock
         self.burst_seconds = burst_seconds
         self.max_request_tokens = max_request_tokens
@@ -104,6 +104,15 @@ class WorkerLimiter:
         self._requests = TokenBucket(1, 1, clock=clock)
         self._tokens = TokenBucket(1, 1, clock=clock)
         self.set_share(share, reset=True)
+        if start_levels is not None:  # continue where a finished worker left off (None: start full)
+            self._requests.level = min(self._requests.capacity, start_levels[0])
+            self._tokens.level = min(self._tokens.capacity, start_levels[1])
+
+    def levels(self) -> tuple[float, float]:
+        """What is left in the (requests, tokens) buckets now: handed to the next worker on this share."""
+        self._requests._refill()
+        self._tokens._refill()
+        return self._requests.level, self._tokens.level
 
     # -- configuration -------------------------------------------------------------------------
     def set_share(self, share: Share, *, reset: bool = False) -> None:

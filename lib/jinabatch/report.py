@@ -1,0 +1,89 @@
+"""The embed stage's ``_report.json``: counts that reconcile and rates against the key's budget."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .shards import write_json_atomic
+
+__all__ = ["EmbedReport", "utilization"]
+
+
+def utilization(tokens: int, requests: int, seconds: float, *, tpm: int, rpm: int) -> tuple[float, str]:
+    """Share of the binding limit used over ``seconds``: (max of TPM and RPM shares, which one)."""
+    if seconds <= 0:
+        return 0.0, "tpm"
+    t = tokens / seconds * 60 / tpm
+    r = requests / seconds * 60 / rpm
+    return (t, "tpm") if t >= r else (r, "rpm")
+
+
+@dataclass
+class EmbedReport:
+    rows_in: int = 0
+    rows_embedded: int = 0
+    rows_dead_letter: int = 0
+    rows_truncated: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    shards_total: int = 0
+    shards_skipped: int = 0
+    shards_done: int = 0
+    shards_failed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    requests: int = 0
+    retries: int = 0
+    http_429: int = 0
+    duration_s: float = 0.0
+    embed_window_s: float = 0.0
+    tokens_per_min: float = 0.0
+    requests_per_min: float = 0.0
+    utilization: float = 0.0
+    binding_limit: str = "tpm"
+    limits: dict[str, Any] = field(default_factory=dict)
+    workers: int = 0
+    model: str = ""
+    task: str | None = None
+    dimensions: int = 0
+    embedding_type: str = ""
+    id_column: str = "id"
+    columns: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    output: str = ""
+    finished: bool = False
+
+    def add_rows(self, rows_in: int, embedded: int, dead: int, reasons: dict[str, int], truncated: int = 0) -> None:
+        self.rows_in += rows_in
+        self.rows_embedded += embedded
+        self.rows_dead_letter += dead
+        self.rows_truncated += truncated
+        for k, v in reasons.items():
+            self.dead_letter_reasons[k] = self.dead_letter_reasons.get(k, 0) + v
+
+    def finish_rates(self, window_s: float, *, tpm: int, rpm: int) -> None:
+        self.embed_window_s = round(window_s, 3)
+        if window_s > 0:
+            self.tokens_per_min = round(self.tokens / window_s * 60, 1)
+            self.requests_per_min = round(self.requests / window_s * 60, 2)
+        u, which = utilization(self.tokens, self.requests, window_s, tpm=tpm, rpm=rpm)
+        self.utilization, self.binding_limit = round(u, 4), which
+
+    @property
+    def reconciled(self) -> bool:
+        return self.rows_in == self.rows_embedded + self.rows_dead_letter
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, out: str | Path) -> Path:
+        p = Path(out) / "_report.json"
+        write_json_atomic(p, self.to_dict())
+        return p
+
+    def summary(self) -> str:
+        return (f"{self.rows_embedded}/{self.rows_in} rows embedded, {self.rows_dead_letter} dead-lettered, "
+                f"{self.shards_done} shards done, {self.shards_skipped} skipped, {self.shards_failed} failed; "
+                f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
+                f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}; "
+                f"{self.duration_s:.1f}s")

@@ -1,0 +1,63 @@
+"""Services a job starts for itself: the bundled Jina-compatible server and a local Ray.
+
+``jina_endpoint(config)`` yields the base URL and key to use: with ``jina.base_url = "local"`` it starts
+the bundled server (enforcing the config's ``[limits]`` like the real API would) under a fresh random
+key and stops it afterwards; otherwise it resolves the key from ``jina.api_key_env`` (or JINA_API_KEY)
+and fails before anything starts when it is missing. ``ray_session(config)`` connects to
+``ray.address`` or starts a local Ray (token auth off: it is this process's private cluster) and shuts
+down only what it started.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from typing import Iterator
+
+from .config import LOCAL_BASE_URL, Config
+from .jina import Secret, resolve_api_key
+
+__all__ = ["jina_endpoint", "ray_session"]
+
+log = logging.getLogger("jinabatch")
+
+
+@contextlib.contextmanager
+def jina_endpoint(config: Config, *, enforce_limits: bool = True) -> Iterator[tuple[str, Secret]]:
+    j = config.jina
+    if j.base_url.rstrip("/") != LOCAL_BASE_URL:
+        yield j.base_url, resolve_api_key(None, j.api_key_env)
+        return
+    from .server import LocalServer, ServerSettings
+
+    key = "jina_local_" + secrets.token_hex(16)
+    lim = config.limits
+    settings = ServerSettings(api_keys=frozenset({key}), **(
+        {"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency} if enforce_limits else {}))
+    server = LocalServer(settings).start()
+    log.info("started the local Jina-compatible server at %s", server.url)
+    try:
+        yield server.url, Secret(key)
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def ray_session(config: Config) -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = config.ray.address or None
+    kwargs: dict = {"address": address, "log_to_driver": True, "logging_level": logging.WARNING}
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kwargs["include_dashboard"] = False
+    ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
