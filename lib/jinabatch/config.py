@@ -124,6 +124,10 @@ class MilvusSettings(_Section):
     data_dir: str = "out/milvus"  # base dir of the embedded server (reused across runs)
     port: int = Field(19530, gt=0, lt=65536)  # client port of the embedded server
     insert_batch_mb: float = Field(32.0, gt=0, le=60)
+    # how a Milvus server sees the shard files for import: None = their absolute local paths (a server with
+    # local storage on this machine); "prefix" = object keys "{prefix}/shards/shard-*.parquet" in Milvus's
+    # MinIO/S3 bucket, after output.path has been copied there
+    import_root: str | None = None
 
     @field_validator("collection")
     @classmethod
