@@ -144,3 +144,15 @@ def test_many_texts_embed_in_blocks_identically_to_one_by_one():
     for i in (0, fm._BLOCK_ROWS - 1, fm._BLOCK_ROWS, len(texts) - 1):
         np.testing.assert_array_equal(many[i], fm.expected(V3, P, 32, texts[i]))
     assert not math.isnan(float(many.sum()))
+
+
+def test_embedding_from_several_threads_matches_sequential_results():
+    """The server embeds in worker threads; the shared word cache must not mix up words."""
+    from concurrent.futures import ThreadPoolExecutor
+    batches = [[f"thread{t} unique{t}_{i} shared{i % 5}" for i in range(300)] for t in range(4)]
+    fm._VOCABS.pop("jina-clip-v2", None)
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda b: fm.embed("jina-clip-v2", None, 64, b), batches))
+    fm._VOCABS.pop("jina-clip-v2", None)
+    for b, g in zip(batches, got):
+        np.testing.assert_array_equal(g, fm.embed("jina-clip-v2", None, 64, b))

@@ -297,7 +297,7 @@ def test_stats_count_requests_by_outcome_and_tokens_of_2xx_only(make_jina_server
     assert s["by_status"] == {"200": 1, "401": 1, "422": 1, "500": 1, "429": 1}
     assert s["tokens"] == fm.count_tokens("one two") + fm.count_tokens("three") and s["inputs"] == 2
     assert s["first_ok_at"] == s["last_ok_at"] and s["first_ok_at"] > 1e9
-    assert s["settings"]["rpm"] == 2 and jina_key not in str(s)
+    assert s["limits"]["rpm"] == 2 and s["settings"]["fault_every"] == 2 and jina_key not in str(s)
     zero = srv.reset_stats()
     assert (zero["requests"], zero["ok"], zero["by_status"], zero["first_ok_at"]) == (0, 0, {}, None)
 
@@ -314,6 +314,9 @@ def test_admin_config_changes_limits_at_run_time_and_needs_the_key(make_jina_ser
         srv.configure(api_keys=["x"])
     with pytest.raises(ValueError, match="unknown kind"):
         srv.configure(faults=["explode"])
+    with pytest.raises(ValueError, match="rpm: expected a whole number >= 1"):
+        srv.configure(rpm="fast")
+    assert post(srv, jina_key, body).status_code == 200  # a refused change leaves the server working
 
 
 def test_healthz(jina_server):
@@ -359,3 +362,27 @@ def test_cli_rejects_an_unknown_fault_kind():
     r = subprocess.run([sys.executable, str(ROOT / "jobs" / "serve.py"), "--faults", "boom"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown kind(s) ['boom']" in r.stderr
+
+
+# -- token bucket arithmetic (unit, with a hand-driven clock) ------------------------------------
+def test_token_bucket_refills_at_limit_per_60s_up_to_burst_capacity():
+    from jinabatch.server_limits import TokenBucket
+    now = [0.0]
+    b = TokenBucket(120, burst_seconds=30, clock=lambda: now[0])  # 2/s, capacity 60
+    assert b.capacity == 60 and b.wait_for(60) == 0
+    b.take(60)
+    assert b.wait_for(10) == pytest.approx(5.0)
+    now[0] = 5.0
+    assert b.wait_for(10) == 0
+    now[0] = 1000.0
+    b.take(0)
+    assert b.level == 60  # never above capacity
+
+
+def test_key_limiter_retry_after_is_the_longest_wait_rounded_up():
+    from jinabatch.server_limits import KeyLimiter
+    lim = KeyLimiter(rpm=600, tpm=60)  # 10 req/s, 1 token/s
+    assert lim.admit(59) is None
+    refusal = lim.admit(3)
+    assert refusal.retry_after == 2 and "tokens per minute" in refusal.reason
+    assert lim.in_flight == 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -112,17 +113,19 @@ class _Vocab:
         self.levels, self.base = _levels(model)
         self.key = hashlib.blake2b(model.encode(), digest_size=16).digest()
         self.ids: dict[str, int] = {}
+        self.lock = threading.Lock()  # the server embeds in worker threads
         self.cols = np.zeros((1024, len(self.levels)), np.int64)
         self.signs = np.zeros((1024, len(self.levels)), np.float32)
 
-    def lookup(self, ws: list[str]) -> list[int]:
-        ids, out = self.ids, []
-        for w in ws:
-            i = ids.get(w)
-            if i is None:
-                i = self._add(w)
-            out.append(i)
-        return out
+    def lookup(self, bags: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Word ids of all bags (flattened) and the feature tables that cover them."""
+        with self.lock:
+            ids, out = self.ids, []
+            for ws in bags:
+                for w in ws:
+                    i = ids.get(w)
+                    out.append(i if i is not None else self._add(w))
+            return np.asarray(out, np.int64), self.cols, self.signs
 
     def _add(self, w: str) -> int:
         i = len(self.ids)
@@ -167,10 +170,10 @@ def _base_vectors(model: str, task: str | None, texts: list[str]) -> tuple[np.nd
     out = np.empty((len(texts), base), np.float32)
     for start in range(0, len(texts), _BLOCK_ROWS):
         stop = min(start + _BLOCK_ROWS, len(texts))
-        ids = np.asarray([i for b in bags[start:stop] for i in vocab.lookup(b)], np.int64)
+        ids, cols, signs = vocab.lookup(bags[start:stop])
         rows = np.repeat(np.arange(stop - start, dtype=np.int64), counts[start:stop])
-        flat = (rows[:, None] * base + vocab.cols[ids]).ravel()
-        block = np.bincount(flat, weights=vocab.signs[ids].ravel(), minlength=(stop - start) * base)
+        flat = (rows[:, None] * base + cols[ids]).ravel()
+        block = np.bincount(flat, weights=signs[ids].ravel(), minlength=(stop - start) * base)
         out[start:stop] = block.reshape(stop - start, base)
     mass = np.maximum(np.linalg.norm(out, axis=1), 1.0)[:, None]
     extra = BIAS_WEIGHT * _dense(model, "bias", base)

@@ -59,6 +59,16 @@ class ServerSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("rpm", "tpm", "concurrency", "fault_every"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name}: expected a whole number >= 1, or null for unlimited; got {v!r}")
+        for name in ("burst_seconds", "latency_ms", "latency_per_token_ms", "fault_rate", "stall_seconds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name}: expected a number >= 0; got {v!r}")
+        if self.burst_seconds <= 0:
+            raise ValueError(f"burst_seconds: must be > 0; got {self.burst_seconds}")
         if isinstance(self.api_keys, str):
             self.api_keys = frozenset({self.api_keys})
         self.api_keys = frozenset(self.api_keys)
@@ -70,8 +80,6 @@ class ServerSettings:
             raise ValueError("api_keys: at least one key is needed")
         if not 0 <= self.fault_rate <= 1:
             raise ValueError(f"fault_rate: must be between 0 and 1; got {self.fault_rate}")
-        if self.fault_every is not None and self.fault_every < 1:
-            raise ValueError(f"fault_every: must be >= 1; got {self.fault_every}")
 
     def public(self) -> dict:
         """The settings without the keys (what /stats shows)."""
@@ -152,7 +160,9 @@ class State:
 
     def public_stats(self) -> dict:
         st = dict(self.stats, by_status={str(k): v for k, v in self.stats["by_status"].items()})
-        st["settings"] = self.settings.public()
+        s = self.settings
+        st["limits"] = {"rpm": s.rpm, "tpm": s.tpm, "concurrency": s.concurrency, "burst_seconds": s.burst_seconds}
+        st["settings"] = s.public()
         return st
 
     def count(self, status: int) -> None:
