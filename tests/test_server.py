@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from jinabatch import fakemodel as fm
-from jinabatch.server import LocalServer, ServerSettings
 
 V3, V4, V2 = "jina-embeddings-v3", "jina-embeddings-v4", "jina-embeddings-v2-base-en"
 ROOT = Path(__file__).resolve().parents[1]
