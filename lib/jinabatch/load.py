@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .config import Config, MilvusSettings
 from .errors import ConfigError, LoadError
-from .milvus import (PROP, Target, _reason, alias_target, bulk_import, connect, physical_name, physicals,
+from .milvus import (PROP, Target, _reason, alias_target, bulk_import, check_alias_free, connect, physical_name, physicals,
                      point_alias, upsert_shards)
 from .milvus_schema import VECTOR_FIELD, LoadInput, build_schema, read_output
 
@@ -92,6 +92,7 @@ def _server_path(ms: MilvusSettings, out: Path):
 
 def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progress: bool) -> LoadReport:
     client, alias = target.client, ms.collection
+    check_alias_free(client, alias)
     name = physical_name(alias, inp.model, inp.dim)
     while client.has_collection(name):  # two loads in one millisecond
         time.sleep(0.002)

@@ -44,6 +44,7 @@ from .milvus_server import embedded_uri
 
 __all__ = [
     "Target", "connect", "physical_name", "Physical", "physicals", "alias_target", "point_alias",
+    "check_alias_free",
     "bulk_import", "upsert_shards", "MAX_IMPORT_TASKS", "MAX_RPC_MB", "PROP",
 ]
 
@@ -144,13 +145,18 @@ def alias_target(client: MilvusClient, alias: str) -> str | None:
     return client.describe_alias(alias).get("collection_name") or None
 
 
+def check_alias_free(client: MilvusClient, alias: str) -> None:
+    """LoadError if ``alias`` is the name of a real collection (it could then never become an alias)."""
+    if alias not in client.list_aliases().get("aliases", []) and client.has_collection(alias):
+        raise LoadError(f"a collection named {alias!r} exists and is not an alias; milvus.collection must be "
+                        "free for the alias — rename or drop that collection, or choose another name")
+
+
 def point_alias(client: MilvusClient, alias: str, name: str) -> str | None:
     """Point ``alias`` at ``name`` atomically; returns where it pointed before (None the first time)."""
     before = alias_target(client, alias)
     if before is None:
-        if client.has_collection(alias) and alias not in client.list_aliases().get("aliases", []):
-            raise LoadError(f"a collection named {alias!r} exists and is not an alias; milvus.collection must be "
-                            "free for the alias — rename or drop that collection, or choose another name")
+        check_alias_free(client, alias)
         client.create_alias(name, alias)
     elif before != name:
         client.alter_alias(name, alias)
