@@ -159,6 +159,12 @@ def plan_corpus(cs: CorpusSettings) -> Plan:
         if id_type is None:
             id_type = t
             column_types = {c: schema.field(c).type for c in cs.columns}
+        else:  # one output schema for all shards: a column typed differently in a later file fails here, not mid-run
+            for c, want in [(cs.id_column, id_type), *column_types.items()]:
+                got = schema.field(c).type
+                if got != want:
+                    raise CorpusError(f"{f}: column {c!r} is {got} but {want} in {files[0]}; "
+                                      "give it the same type in every file")
         metas[f] = pf.metadata
     dups = _find_duplicates(files, cs.id_column)
     shards: list[Shard] = []
