@@ -45,7 +45,7 @@ class JinaSettings(_Section):
     api_key_env: str = "JINAAI_API_KEY"
     model: str = "jina-embeddings-v3"
     task: str | None = "retrieval.passage"
-    dimensions: int | None = 1024
+    dimensions: int | None = None  # None = the model's default width (TOML has no null: omit the key)
     late_chunking: bool = False
     on_too_long: Literal["truncate", "skip", "fail"] = "truncate"
     embedding_type: Literal["float", "base64", "binary", "ubinary"] = "base64"

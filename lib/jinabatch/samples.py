@@ -107,7 +107,7 @@ def make_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return texts, topics
 
 
-def write_corpus(out: str | Path, n: int, *, files: int = 1, seed: int = 0, row_group_size: int = 1000) -> list[Path]:
+def write_corpus(out: str | Path, n: int, *, files: int = 1, seed: int = 0, row_group_size: int = 250) -> list[Path]:
     """Write ``n`` rows (id, text, topic, n_words) over ``files`` Parquet files in folder ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

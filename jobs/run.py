@@ -1,0 +1,61 @@
+"""The whole job: `python jobs/run.py CONFIG.toml` = embed, then load into Milvus, then search (what `make run` runs).
+
+Embeds the corpus (resuming if a previous run was interrupted), loads the shards into a new verified
+collection behind the alias, and — with --query, or on the sample corpus by default — prints the top hits
+of a few queries so a person can judge the result. Services the config names as local (the Jina-compatible
+server, Ray, the embedded Milvus server) are started for the run and stopped after it.
+Exit code 0 on success, 1 with a one-line reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from _cli import run_main, setup_logging
+
+from jinabatch.config import load_config
+from jinabatch.embed import run_embed
+from jinabatch.load import run_load
+from jinabatch.milvus import connect
+from jinabatch.milvus_search import format_hits, search_target
+
+SAMPLE_QUERIES = ["When was artificial intelligence founded?", "baking bread in a wood-fired oven",
+                  "telescopes observing a distant galaxy"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("config", help="TOML settings (see configs/local.toml)")
+    ap.add_argument("--query", action="append", help="search this after loading (repeatable)")
+    ap.add_argument("-k", type=int, default=3, help="hits per query")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        cfg = load_config(args.config)
+        progress = not args.no_progress and sys.stderr.isatty()
+        rep = run_embed(cfg, progress=progress)
+        print(f"embed: {rep.summary()}", flush=True)
+        if not rep.finished:
+            print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps(rep.failures)[:500]}; "
+                  "rerun to retry them (finished shards are kept)", file=sys.stderr)
+            return 1
+        queries = args.query or (SAMPLE_QUERIES if "sample" in cfg.corpus.path else [])
+        with connect(cfg.milvus) as target:  # one embedded server for load and search
+            load = run_load(cfg, progress=progress)
+            print(f"load: {load.rows} rows into {load.physical} ({load.mode}, {load.seconds:.1f}s), alias "
+                  f"{load.collection!r} now points at it (was {load.previous}); dropped {load.dropped or 'none'}",
+                  flush=True)
+            for q in queries:
+                print(f"\nsearch {q!r}:\n{format_hits(search_target(target, cfg, q, args.k))}", flush=True)
+        return 0
+
+    return run_main(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
