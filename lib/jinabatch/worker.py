@@ -192,7 +192,8 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
             await flush(pending.popleft())
         assert res.rows_embedded + res.rows_dead_letter == shard.rows, "row count does not reconcile"
         write_dead_letter(out, shard.name, dead_rows, id_field.type)
-        writer.commit(rows_dead_letter=res.rows_dead_letter)
+        # counts a resumed run reports for this shard without reading its dead letters
+        writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons, rows_truncated=res.rows_truncated)
     except BaseException:
         for b in pending:
             for t in b.tasks:
