@@ -23,6 +23,7 @@ from jinabatch import fakemodel
 from jinabatch.config import parse_config
 from jinabatch.corpus import plan_corpus
 from jinabatch.embed import run_embed
+from jinabatch.errors import AuthError
 from jinabatch.shards import read_json
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,8 @@ def _job_env(key: str) -> dict:
     (("json500", "html502", "drop"), {}),
     (("stall",), {"stall_seconds": 3.0}),
 ], ids=["5xx-and-drops", "stall"])
-def test_server_faults_never_lose_or_corrupt_a_row(ray_local, embed_config, make_jina_server, tmp_path, faults, extra):
+def test_server_faults_never_lose_or_corrupt_a_row(ray_local, embed_config, make_jina_server, jina_key, tmp_path,
+                                                   faults, extra):
     """Every 5th request faults (500 JSON, 502 HTML, dropped connection, or a stall past read_timeout)."""
     corpus = make_corpus(tmp_path / "corpus", files=2, rows_per_file=300, row_group_size=100)
     srv = make_jina_server(fault_every=5, faults=faults, **extra)
@@ -76,6 +78,11 @@ def test_server_faults_never_lose_or_corrupt_a_row(ray_local, embed_config, make
     assert st["faults"] >= 5 and set(st["faults_by_kind"]) == set(faults)
     assert rep.finished and rep.retries >= st["faults"] - 1  # a faulted attempt is retried, not dropped
     _assert_complete(out, corpus)
+    # errors were logged by the workers: none of Ray's logs of this session holds the key
+    logs = Path(ray_local._private.worker._global_node.get_logs_dir_path())
+    assert any(f.stat().st_size for f in logs.glob("worker-*.err")), "no worker logs to check"
+    leaked = [f for f in logs.rglob("*") if f.is_file() and jina_key.encode() in f.read_bytes()]
+    assert leaked == [], f"the API key is in Ray's logs: {leaked}"
 
 
 # -- rate limits ---------------------------------------------------------------------------------
@@ -156,6 +163,7 @@ def test_fail_mode_exits_1_naming_id_and_file(tmp_path, jina_key):
     assert p.returncode == 1, p.stderr[-2000:]
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: BadRowError") and "4242" in last and "a.parquet" in last, last
+    assert jina_key not in p.stdout + p.stderr
     assert not list((tmp_path / "out").glob("shards/*.parquet")), "the failed shard was written"
 
 
@@ -279,3 +287,19 @@ def test_driver_killed_then_rerun_sends_only_unfinished_shards(make_jina_server,
     _assert_complete(out, corpus)
     rep = read_json(out / "_report.json")
     assert rep["shards_skipped"] == len(done) and rep["rows_embedded"] == len(corpus.rows) and rep["finished"]
+
+
+def test_wrong_key_stops_the_run_with_auth_error_and_no_key_in_it(ray_local, embed_config, jina_server, tmp_path,
+                                                                   monkeypatch):
+    """A key the server refuses: AuthError stops the whole run (no shard written), its text holds no key."""
+    make_corpus(tmp_path / "corpus", files=2, rows_per_file=100, row_group_size=50)
+    bad = "jina_WRONG_KEY_7d1e0c_should_not_appear"
+    monkeypatch.setenv(KEY_ENV, bad)
+    cfg = parse_config(base_config(tmp_path / "corpus", tmp_path / "out", jina_server.url))
+    with pytest.raises(AuthError) as e:
+        run_embed(cfg, progress=False)
+    assert bad not in str(e.value) and "key" in str(e.value).lower()
+    assert not list((tmp_path / "out").glob("shards/*.parquet"))
+    report = read_json(tmp_path / "out" / "_report.json")
+    assert report["finished"] is False and report["failures"][0]["error_type"] == "AuthError"
+    assert bad not in (tmp_path / "out" / "_report.json").read_text()
