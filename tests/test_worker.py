@@ -142,3 +142,29 @@ def test_null_ids_in_several_rows_are_null_id_not_duplicates(jina_server, jina_k
     out = tmp_path / "out"
     (res,) = _run(_config(tmp_path / "c", out, jina_server.url), out, jina_key, jina_server.url)
     assert res.reasons == {"null id": 2} and res.rows_embedded == 3
+
+
+# 6,002 real tokens (fits), but the uncalibrated estimate (~10,350) is over 1.25 x the limit
+FITS_BUT_LOOKS_LONG = "hello " * 6000
+
+
+@pytest.mark.parametrize("mode", ["skip", "fail"])
+def test_a_row_that_fits_is_embedded_even_when_the_first_estimate_says_too_long(jina_server, jina_key, tmp_path, mode):
+    """Before the estimator has calibrated, a fitting row must not be dead-lettered (skip) or stop the run (fail)."""
+    rows = [{"id": 1, "text": FITS_BUT_LOOKS_LONG}] + _rows(5, start=2)
+    write_rows(tmp_path / "c" / "a.parquet", rows, carried=False)
+    out = tmp_path / "out"
+    (res,) = _run(_config(tmp_path / "c", out, jina_server.url, on_too_long=mode), out, jina_key, jina_server.url)
+    assert (res.rows_embedded, res.rows_dead_letter) == (6, 0)
+    assert_vectors_match(pq.read_table(shard_path(out, res.name)), {r["id"]: r["text"] for r in rows})
+
+
+def test_a_row_far_over_the_limit_is_dead_lettered_without_asking_the_api(jina_server, jina_key, tmp_path):
+    """Hundreds of KB of text: dead-lettered by estimate under skip, no 400 spent on it."""
+    rows = _rows(3) + [{"id": 9, "text": "hello " * 40000}]
+    write_rows(tmp_path / "c" / "a.parquet", rows, carried=False)
+    out = tmp_path / "out"
+    before = jina_server.stats()["by_status"].get("400", 0)
+    (res,) = _run(_config(tmp_path / "c", out, jina_server.url, on_too_long="skip"), out, jina_key, jina_server.url)
+    assert jina_server.stats()["by_status"].get("400", 0) == before
+    assert res.reasons == {"too long": 1} and res.rows_embedded == 3

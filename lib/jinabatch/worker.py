@@ -4,10 +4,12 @@ This is the loop the Ray task runs (``jinabatch.embed`` wraps it); it knows noth
 tested on its own with a real client against the local server.
 
 * Rows stream in record batches from the shard's row groups; memory follows the shard, not the corpus.
-* Each row is checked: null id, null/empty text, duplicate id (found by the planner), too long under
-  ``on_too_long = "skip"`` (clearly over the model's limit by the calibrated estimate) go to the
-  dead-letter list with the reason; under ``"fail"`` a too-long row stops the run naming id and file;
-  under ``"truncate"`` requests are sent with ``truncate: true``.
+* Each row is checked: null id, null/empty text, duplicate id (found by the planner) go to the
+  dead-letter list with the reason. Too long is the API's call: under ``"skip"`` / ``"fail"`` a row over
+  the model's limit by estimate is sent alone and only the API's 400 dead-letters it (skip) or stops the
+  run naming id and file (fail) — the estimate starts pessimistic, so it alone would refuse rows that fit;
+  only a row far beyond any tokenizer (``CLEARLY_OVER``) is judged without a request. Under
+  ``"truncate"`` requests are sent with ``truncate: true``.
 * Rows are packed into requests (input cap and token budget) and sent concurrently, as many as the
   limiter allows; results are written in input order as they complete, so a worker keeps its requests
   flowing across record-batch boundaries.
@@ -33,11 +35,16 @@ from .corpus import Shard
 from .errors import BadRowError, InvalidRequest
 from .jina import JinaClient
 from .shards import ShardWriter, write_dead_letter
+from .tokens import raw_estimate
 
 __all__ = ["ShardResult", "process_shard", "shard_meta"]
 
 READ_BATCH_ROWS = 1024
-SKIP_MARGIN = 1.25  # skip only rows clearly over the limit by estimate; the server decides near it
+# A row is judged too long without asking the API only when even the uncalibrated estimate (UTF-8 bytes / 4)
+# is this many times the model's limit (16+ bytes per token: no tokenizer does that on text). Below that the
+# estimate can be off either way (it starts pessimistic), so a row over the limit by estimate goes alone in
+# its own request and the API decides: a 400 dead-letters (skip) or stops (fail) just that row.
+CLEARLY_OVER = 4.0
 
 
 @dataclass
@@ -138,11 +145,12 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
         if on_rows:
             on_rows(len(good) + len(b.dead))
 
-    async def run_group(b: _Batch, rows: list[int], texts: list[str]) -> None:
+    async def run_group(b: _Batch, rows: list[int], texts: list[str], label: str | None = None) -> None:
         vectors, ok, bad, tokens = await _embed_rows(client, texts, truncate)
         for k, pos in enumerate(ok):
             b.vectors[rows[pos]] = vectors[k]
         for pos, why in bad.items():
+            why = f"{label}: {why}" if label else why
             if j.on_too_long == "fail":
                 i = rows[pos]
                 raise BadRowError(f"{shard.file} row {b.row0 + i} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
@@ -159,6 +167,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
             row += rb.num_rows
             ids, texts = b.table.column(cs.id_column).to_pylist(), b.table.column(cs.text_column).to_pylist()
             keep: list[int] = []
+            alone: list[tuple[int, str]] = []  # over the limit by estimate: one request each, the API decides
             for i, (id_, t) in enumerate(zip(ids, texts)):
                 if id_ is None:
                     dead(b, i, "null id")
@@ -170,20 +179,23 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
                     dead(b, i, "empty text")
                 else:
                     est = client.estimator.estimate_one(t)
-                    if est > limit:
-                        if j.on_too_long == "skip" and est > limit * SKIP_MARGIN:
-                            dead(b, i, f"too long: about {est} tokens > {limit} (jina.on_too_long = skip)")
-                            continue
-                        if j.on_too_long == "fail" and est > limit * SKIP_MARGIN:
+                    if est <= limit:
+                        keep.append(i)
+                    elif truncate:
+                        res.rows_truncated += 1  # by estimate: the API truncates what is really over
+                        keep.append(i)
+                    elif raw_estimate(t) > limit * CLEARLY_OVER:
+                        if j.on_too_long == "fail":
                             raise BadRowError(f"{shard.file} row {b.row0 + i} (id {id_!r}): about {est} tokens, over "
                                               f"the model's {limit}; set jina.on_too_long = \"truncate\" or \"skip\"")
-                        res.rows_truncated += truncate
-                    keep.append(i)
-            if keep:
-                for group in client.plan_batches([texts[i] for i in keep]):
-                    rows = [keep[g] for g in group]
-                    b.tasks.append(asyncio.ensure_future(run_group(b, rows, [texts[i] for i in rows])))
-                    in_flight += 1
+                        dead(b, i, f"too long: about {est} tokens > {limit} (jina.on_too_long = skip)")
+                    else:
+                        alone.append((i, f"too long (about {est} tokens > {limit})"))
+            groups = [([keep[g] for g in group], None) for group in client.plan_batches([texts[i] for i in keep])]
+            groups += [([i], label) for i, label in alone]
+            for rows, label in groups:
+                b.tasks.append(asyncio.ensure_future(run_group(b, rows, [texts[i] for i in rows], label)))
+                in_flight += 1
             pending.append(b)
             await asyncio.sleep(0)  # let the new requests start while the next batch is read
             while pending and (in_flight > max_pending or all(t.done() for t in pending[0].tasks)):
