@@ -24,6 +24,7 @@ from jinabatch.config import parse_config
 from jinabatch.corpus import plan_corpus
 from jinabatch.embed import run_embed
 from jinabatch.errors import AuthError
+from jinabatch.server import LocalServer, ServerSettings
 from jinabatch.shards import read_json
 
 pytestmark = pytest.mark.slow
@@ -190,41 +191,58 @@ def _shard_workers() -> list[psutil.Process]:
     return found
 
 
-def test_worker_killed_mid_shard_is_retried_and_every_row_is_written_once(ray_local, embed_config,
-                                                                          make_jina_server, tmp_path):
-    """SIGKILL a worker while it embeds: Ray reruns the shard; ids exactly once, vectors exact, no temp file."""
-    corpus = make_corpus(tmp_path / "corpus", files=2, rows_per_file=400, row_group_size=100)
-    srv = make_jina_server(latency_ms=100)
-    out = tmp_path / "out"
-    cfg = embed_config(tmp_path / "corpus", out, srv.url, corpus={"rows_per_shard": 400},
-                       jina={"max_inputs_per_request": 10}, limits={"concurrency": 4})
+@pytest.fixture(scope="module")
+def killed_worker_run(ray_local, jina_key, tmp_path_factory):
+    """One embed run during which a shard's worker process is SIGKILLed once it is sending requests."""
+    tmp = tmp_path_factory.mktemp("killed-worker")
+    corpus = make_corpus(tmp / "corpus", files=2, rows_per_file=400, row_group_size=100)
+    out = tmp / "out"
     killed: list[str] = []
     stop = threading.Event()
+    with LocalServer(ServerSettings(api_keys=frozenset({jina_key}), latency_ms=100)) as srv, \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, jina_key)
+        cfg = parse_config(base_config(tmp / "corpus", out, srv.url, corpus={"rows_per_shard": 400},
+                                       jina={"max_inputs_per_request": 10}, limits={"concurrency": 4}))
 
-    def killer() -> None:
-        while not stop.is_set() and srv.stats()["ok"] < 6:
-            time.sleep(0.05)
-        while not stop.is_set() and not killed:
-            for p in _shard_workers():
-                try:
-                    title = " ".join(p.cmdline())
-                    p.send_signal(signal.SIGKILL)
-                    killed.append(title)
-                    return
-                except psutil.Error:
-                    pass
-            time.sleep(0.05)
+        def killer() -> None:
+            while not stop.is_set() and srv.stats()["ok"] < 6:
+                time.sleep(0.05)
+            while not stop.is_set() and not killed:
+                for p in _shard_workers():
+                    try:
+                        title = " ".join(p.cmdline()).strip()
+                        p.send_signal(signal.SIGKILL)
+                        killed.append(title)
+                        return
+                    except psutil.Error:
+                        pass
+                time.sleep(0.05)
 
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    try:
-        rep = run_embed(cfg, progress=False)
-    finally:
-        stop.set()
-        t.join(10)
-    assert killed, "no shard worker was found to kill"
-    assert rep.finished and rep.shards_done == 2 and rep.rows_embedded == len(corpus.rows)
-    _assert_complete(out, corpus)
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        try:
+            rep = run_embed(cfg, progress=False)
+        finally:
+            stop.set()
+            t.join(10)
+        yield {"report": rep, "server": srv.stats(), "corpus": corpus, "out": out, "killed": killed}
+
+
+def test_worker_killed_mid_shard_is_retried_and_every_row_is_written_once(killed_worker_run):
+    """SIGKILL a worker while it embeds: Ray reruns the shard; ids exactly once, vectors exact, no temp file."""
+    run = killed_worker_run
+    assert run["killed"] and run["killed"][0].startswith("ray::embed shard-"), "no shard worker was killed"
+    rep = run["report"]
+    assert rep.finished and rep.shards_done == 2 and rep.rows_embedded == len(run["corpus"].rows)
+    _assert_complete(run["out"], run["corpus"])
+
+
+def test_report_never_counts_more_than_the_server_billed(killed_worker_run):
+    """The report's tokens/requests are at most the server's. (Known gap, see the embed.py notes: the killed
+    attempt's spend is left out entirely, so after a worker death the report under-counts.)"""
+    rep, st = killed_worker_run["report"], killed_worker_run["server"]
+    assert 0 < rep.tokens <= st["tokens"] and 0 < rep.requests <= st["requests"]
 
 
 def test_driver_killed_then_rerun_sends_only_unfinished_shards(make_jina_server, jina_key, tmp_path):
