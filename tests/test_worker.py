@@ -17,7 +17,7 @@ from corpus_gen import DIMS, MODEL, TASK, assert_vectors_match, expected_vectors
 from jinabatch import fakemodel
 from jinabatch.config import parse_config
 from jinabatch.corpus import plan_corpus
-from jinabatch.errors import BadRowError
+from jinabatch.errors import BadRowError, ConfigError
 from jinabatch.jina import JinaClient
 from jinabatch.shards import read_shard_meta, shard_path
 from jinabatch.worker import process_shard
@@ -168,3 +168,23 @@ def test_a_row_far_over_the_limit_is_dead_lettered_without_asking_the_api(jina_s
     (res,) = _run(_config(tmp_path / "c", out, jina_server.url, on_too_long="skip"), out, jina_key, jina_server.url)
     assert jina_server.stats()["by_status"].get("400", 0) == before
     assert res.reasons == {"too long": 1} and res.rows_embedded == 3
+
+
+@pytest.mark.parametrize("etype", ["binary", "ubinary"])
+def test_binary_embedding_types_are_refused_before_any_request(jina_server, jina_key, tmp_path, etype):
+    """Packed sign bits are not float vectors: ConfigError naming the setting, no request, no shard file."""
+    write_rows(tmp_path / "c" / "a.parquet", _rows(3), carried=False)
+    out = tmp_path / "out"
+    before = jina_server.stats()["requests"]
+    with pytest.raises(ConfigError, match="jina.embedding_type"):
+        _run(_config(tmp_path / "c", out, jina_server.url, embedding_type=etype), out, jina_key, jina_server.url)
+    assert jina_server.stats()["requests"] == before and not list(out.glob("shards/*.parquet"))
+
+
+def test_float_embedding_type_writes_the_same_vectors(jina_server, jina_key, tmp_path):
+    """embedding_type = float (JSON numbers) gives exactly the vectors base64 gives."""
+    rows = _rows(12)
+    write_rows(tmp_path / "c" / "a.parquet", rows, carried=False)
+    out = tmp_path / "out"
+    (res,) = _run(_config(tmp_path / "c", out, jina_server.url, embedding_type="float"), out, jina_key, jina_server.url)
+    assert_vectors_match(pq.read_table(shard_path(out, res.name)), {r["id"]: r["text"] for r in rows})

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .config import Config
 from .corpus import Shard
-from .errors import BadRowError, InvalidRequest
+from .errors import BadRowError, ConfigError, InvalidRequest
 from .jina import JinaClient
 from .shards import ShardWriter, write_dead_letter
 from .tokens import raw_estimate
@@ -45,6 +45,7 @@ READ_BATCH_ROWS = 1024
 # estimate can be off either way (it starts pessimistic), so a row over the limit by estimate goes alone in
 # its own request and the API decides: a 400 dead-letters (skip) or stops (fail) just that row.
 CLEARLY_OVER = 4.0
+FLOAT_TYPES = ("base64", "float")  # embedding types that decode to float32 vectors
 
 
 @dataclass
@@ -113,6 +114,9 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
                         id_field: pa.Field, carried: list[pa.Field],
                         on_rows: Callable[[int], None] | None = None, max_pending: int = 64) -> ShardResult:
     cs, j = config.corpus, config.jina
+    if j.embedding_type not in FLOAT_TYPES:  # packed sign bits would land in list<float32> as byte values
+        raise ConfigError(f"jina.embedding_type = {j.embedding_type!r}: the embed stage writes float32 vectors; "
+                          "use \"base64\" (fastest) or \"float\"")
     truncate = j.on_too_long == "truncate"
     limit = j.spec.max_tokens
     writer = ShardWriter(out, shard.name, id_field, carried, shard_meta(config, shard))
