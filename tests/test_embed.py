@@ -116,8 +116,6 @@ def test_other_fingerprint_over_existing_output_is_refused(ray_local, embed_conf
     assert json.loads((out / "_manifest.json").read_text())["fingerprint"] != other.fingerprint()
 
 
-@pytest.mark.xfail(strict=True, reason="embed.py: output.path inside corpus.path is neither refused nor excluded; "
-                                       "the rerun plans the output's own shard files as corpus")
 def test_output_inside_the_corpus_folder_is_refused_or_resumable(ray_local, embed_config, jina_server, tmp_path):
     """corpus.path = c/, output.path = c/out: refused up front, or a rerun resumes (never reads its own output)."""
     make_corpus(tmp_path / "c", files=1, rows_per_file=50, row_group_size=50)

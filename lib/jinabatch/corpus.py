@@ -70,8 +70,8 @@ def file_fingerprint(path: str) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def list_files(path: str) -> list[str]:
-    """The corpus files for ``corpus.path``, sorted, as absolute paths."""
+def list_files(path: str, exclude: str | Path | None = None) -> list[str]:
+    """The corpus files for ``corpus.path``, sorted, as absolute paths (none under ``exclude``)."""
     p = Path(path)
     if p.is_file():
         files = [p]
@@ -79,6 +79,9 @@ def list_files(path: str) -> list[str]:
         files = [f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_"))]
     else:
         files = [Path(f) for f in glob.glob(path, recursive=True) if Path(f).is_file()]
+    if exclude is not None:  # the job's own output folder may sit inside the corpus folder
+        ex = Path(exclude).resolve()
+        files = [f for f in files if not f.resolve().is_relative_to(ex)]
     if not files:
         raise CorpusError(f"corpus.path = {path!r}: no files found (give a Parquet file, a folder of them, or a glob)")
     return sorted(str(f.resolve()) for f in files)
@@ -146,9 +149,12 @@ def _find_duplicates(files: list[str], id_column: str) -> dict[str, dict[int, st
     return out
 
 
-def plan_corpus(cs: CorpusSettings) -> Plan:
-    """Check every file and cut the corpus into shards. Raises CorpusError before any API call."""
-    files = list_files(cs.path)
+def plan_corpus(cs: CorpusSettings, *, exclude: str | Path | None = None) -> Plan:
+    """Check every file and cut the corpus into shards. Raises CorpusError before any API call.
+
+    ``exclude``: a folder whose files are never corpus (the output folder, when it sits inside the corpus).
+    """
+    files = list_files(cs.path, exclude)
     metas = {}
     id_type, column_types = None, {}
     for f in files:

@@ -182,8 +182,8 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
         raise ConfigError(f"ray.workers ({config.ray.workers}) is more than limits.concurrency "
                           f"({config.limits.concurrency}): every worker needs at least one request in flight; "
                           "lower ray.workers or raise limits.concurrency")
-    plan = plan_corpus(config.corpus)
     out = Path(config.output.path).resolve()
+    plan = plan_corpus(config.corpus, exclude=out)
     _check_output(config, out, plan)
     j, lim = config.jina, config.limits
     rep = EmbedReport(shards_total=len(plan.shards), limits={"rpm": lim.rpm, "tpm": lim.tpm,
