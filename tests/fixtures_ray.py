@@ -29,7 +29,9 @@ def ray_local():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2,
+        # address="local": a fresh private Ray even when another Ray runs on this machine (address=None
+        # would join the one /tmp/ray/ray_current_cluster names, and refuse num_cpus)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2,
                  log_to_driver=False)
     yield ray
     if started:

@@ -51,7 +51,10 @@ def ray_session(config: Config) -> Iterator[None]:
         yield
         return
     address = config.ray.address or None
-    kwargs: dict = {"address": address, "log_to_driver": True, "logging_level": logging.WARNING}
+    # None would also join any cluster /tmp/ray/ray_current_cluster names (someone's `ray start`); "local"
+    # starts our own. RAY_ADDRESS (set by `ray job submit` for the driver) is still honoured.
+    auto = None if os.environ.get("RAY_ADDRESS") else "local"
+    kwargs: dict = {"address": address or auto, "log_to_driver": True, "logging_level": logging.WARNING}
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
