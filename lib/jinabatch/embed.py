@@ -54,7 +54,7 @@ class _Coordinator:
     def __init__(self, rpm: int, tpm: int, concurrency: int, workers: int, target: float):
         self.limits = (rpm, tpm, concurrency)
         self.workers, self.target = workers, target
-        self.remaining = 0
+        self.remaining = workers  # until the driver says: a worker that registers first must not get the whole key
         self.running: dict[int, dict[str, int]] = {}  # shard -> live counters of its current attempt
         self.finished = {"rows": 0, "tokens": 0, "requests": 0, "http_429": 0, "retries": 0}
         self.levels: list[tuple[float, float, float]] = []  # unused budget left by finished workers
