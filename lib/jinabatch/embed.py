@@ -108,6 +108,8 @@ def _counters(rows: int, client) -> dict[str, int]:
 
 async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field, carried: list[pa.Field],
                      base_url: str, key: str, coordinator) -> ShardResult:
+    import ray
+
     from .jina import JinaClient, Secret
 
     share = await coordinator.register.remote(shard.index)
@@ -131,6 +133,7 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
     try:
         res = await process_shard(config, shard, client, out, id_field=id_field, carried=carried, on_rows=on_rows)
         res.seconds = time.monotonic() - t0
+        res.node = ray.get_runtime_context().get_node_id()
         return res
     finally:
         pumping.cancel()
@@ -211,7 +214,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
             lim.rpm, lim.tpm, lim.concurrency, config.ray.workers, lim.target)
         task = ray.remote(_shard_task)
         task_opts = {"num_cpus": config.ray.num_cpus_per_task, "max_retries": config.ray.max_retries,
-                     "retry_exceptions": False}
+                     "retry_exceptions": False, "scheduling_strategy": "SPREAD"}  # use every node's network
         key_ref = ray.put(key.get())  # object store only: never in task specs or job metadata
         queue, running = list(reversed(todo)), {}
         bar = tqdm(total=sum(s.rows for s in todo), unit="rows", disable=not progress, smoothing=0.1,
@@ -266,6 +269,8 @@ def _collect(rep: EmbedReport, s: Shard, r: dict[str, Any], states: dict[int, di
     rep.http_429 += r["http_429"]
     if r["status"] == "done":
         rep.shards_done += 1
+        if r.get("node"):
+            rep.shards_by_node[r["node"]] = rep.shards_by_node.get(r["node"], 0) + 1
         rep.add_rows(r["rows_in"], r["rows_embedded"], r["rows_dead_letter"], r["reasons"], r["rows_truncated"])
         states[s.index] = {"status": "done", "rows_embedded": r["rows_embedded"],
                            "rows_dead_letter": r["rows_dead_letter"], "tokens": r["tokens"]}

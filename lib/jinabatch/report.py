@@ -31,6 +31,7 @@ class EmbedReport:
     shards_done: int = 0
     shards_failed: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    shards_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> shards it embedded
     tokens: int = 0
     requests: int = 0
     retries: int = 0

@@ -65,6 +65,7 @@ class ShardResult:
     error: str | None = None
     error_type: str | None = None
     seconds: float = 0.0
+    node: str | None = None  # Ray node that ran it
 
 
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
