@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import asdict
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
+    logging.getLogger("milvus_lite").setLevel(logging.WARNING)  # start/stop chatter of Milvus Lite
 
     def go() -> int:
         cfg = load_config(args.config)

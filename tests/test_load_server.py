@@ -85,3 +85,24 @@ def test_failed_import_keeps_the_alias_on_the_old_collection_and_says_why(tmp_pa
     assert [p.name for p in physicals(client, cfg.milvus.collection)] == [good.physical]
     assert len(_rows(client, cfg.milvus.collection)) == 30
     client.close()
+
+
+def test_job_started_embedded_server_is_stopped_after_and_its_collection_persists(
+        tmp_path, milvus_server, milvus_config):
+    """With no server running, uri = "embedded" starts one on data_dir, stops it; a restart still serves the load."""
+    from jinabatch.milvus_server import milvus_answers
+
+    make_output(tmp_path / "out", sample_texts(40))
+    cfg = milvus_config("embedded", tmp_path / "out", port=milvus_server.port, data_dir=str(milvus_server.data_dir))
+    milvus_server.stop()  # one server per machine: the job starts its own on the same data dir
+    try:
+        assert not milvus_answers(milvus_server.port)
+        rep = run_load(cfg, progress=False)
+        assert rep.mode == "bulk" and not milvus_answers(milvus_server.port)
+    finally:
+        milvus_server.start()
+    client = MilvusClient(milvus_server.uri)
+    assert alias_target(client, cfg.milvus.collection) == rep.physical
+    client.load_collection(rep.physical)
+    assert len(_rows(client, cfg.milvus.collection)) == 40
+    client.close()
