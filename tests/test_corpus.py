@@ -158,12 +158,11 @@ def test_unreadable_file_is_refused_naming_it(tmp_path):
         f.chmod(0o644)
 
 
-def test_unreadable_path_is_refused_naming_it(tmp_path):
-    """A directory given where a file was found by the glob (a `.parquet` folder is skipped) or a truncated
-    file: CorpusError naming the file."""
+def test_truncated_file_is_refused_naming_it(tmp_path):
+    """A Parquet file cut short (no footer): CorpusError naming the file and what to do."""
     f = _write_groups(tmp_path / "a.parquet", [3])
     f.write_bytes(f.read_bytes()[:20])  # cut short: the footer is gone
-    with pytest.raises(CorpusError, match="a.parquet: not a readable Parquet file"):
+    with pytest.raises(CorpusError, match="a.parquet: not a readable Parquet file.*convert it to Parquet"):
         plan_corpus(_cs(tmp_path))
 
 
