@@ -147,3 +147,21 @@ def test_alias_name_taken_by_a_plain_collection_is_refused(tmp_path, lite, milvu
         run_load(cfg, progress=False)
     assert physicals(client, cfg.milvus.collection) == []
     client.close()
+
+
+def test_load_then_search_on_one_open_connection_and_its_repr_hides_the_token(tmp_path, lite, milvus_config,
+                                                                              monkeypatch):
+    """run_load(target=...) reuses the caller's connection (what jobs/run.py does: load, then search)."""
+    from jinabatch.milvus import connect
+    from jinabatch.milvus_search import format_hits, search_target
+
+    monkeypatch.setenv("MILVUS_TOKEN", "tok_SECRET_never_shown")
+    texts = sample_texts(40)
+    make_output(tmp_path / "out", texts)
+    cfg = milvus_config(lite, tmp_path / "out")
+    with connect(cfg.milvus) as target:
+        assert "SECRET" not in repr(target)
+        run_load(cfg, target=target, progress=False)
+        hits = search_target(target, cfg, texts[9], k=2)
+    assert hits[0].id == "doc-000009"
+    assert format_hits(hits).splitlines()[0].endswith("id doc-000009")

@@ -18,6 +18,7 @@ current one. Both write ``{output.path}/_load_report.json``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,8 +33,8 @@ from tqdm import tqdm
 
 from .config import Config, MilvusSettings
 from .errors import ConfigError, LoadError
-from .milvus import (PROP, Target, _reason, alias_target, bulk_import, check_alias_free, connect, physical_name, physicals,
-                     point_alias, upsert_shards)
+from .milvus import (PROP, Target, _reason, alias_target, bulk_import, check_alias_free, connect, physical_name,
+                     physicals, point_alias, upsert_shards)
 from .milvus_schema import VECTOR_FIELD, LoadInput, build_schema, read_output
 
 __all__ = ["LoadReport", "run_load", "verify", "SAMPLE_SIZE"]
@@ -56,13 +57,18 @@ class LoadReport:
     verified_ids: int = 0
 
 
-def run_load(config: Config, *, rollback: bool = False, progress: bool = True) -> LoadReport:
-    """Load ``config.output.path`` into Milvus behind the alias ``config.milvus.collection`` (or roll back)."""
+def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
+             target: Target | None = None) -> LoadReport:
+    """Load ``config.output.path`` into Milvus behind the alias ``config.milvus.collection`` (or roll back).
+
+    ``target``: an open ``jinabatch.milvus.connect(config.milvus)`` to reuse (e.g. load then search on
+    one embedded server); by default the stage connects — and starts the embedded server — itself.
+    """
     ms = config.milvus
     out = Path(config.output.path)
     t0 = time.monotonic()
     inp = None if rollback else read_output(out)
-    with connect(ms) as target:
+    with contextlib.nullcontext(target) if target is not None else connect(ms) as target:
         if rollback:
             report = _rollback(target, ms.collection)
         else:
@@ -113,7 +119,8 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
                 upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update)
         client.flush(name)
         index = client.prepare_index_params()
-        index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric, **{"params": dict(ms.index.params)})
+        index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric,
+                        params=dict(ms.index.params))
         client.create_index(name, index)
         client.load_collection(name)
         checked = verify(client, name, inp)
