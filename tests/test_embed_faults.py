@@ -139,8 +139,6 @@ def test_dead_letters_reconcile_and_reasons_are_counted_in_the_report(ray_local,
     assert_vectors_match(table, {r["id"]: r["text"] for r in rows[:30] + rows[34:64]})
 
 
-@pytest.mark.xfail(strict=True, reason="embed.py: a resumed run adds skipped shards' dead letters without their "
-                                       "reasons (worker now records them in the footer; embed.py must read them)")
 def test_resumed_report_still_counts_dead_letter_reasons(ray_local, embed_config, jina_server, tmp_path):
     """A rerun that skips every shard reports the same dead-letter reasons as the run that made them."""
     _bad_corpus(tmp_path / "c")

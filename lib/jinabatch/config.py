@@ -157,7 +157,7 @@ class Config(_Section):
         c = self.corpus
         payload = {"embedding": self.embedding_key(), "id": c.id_column, "text": c.text_column,
                    "columns": list(c.columns), "rows_per_shard": c.rows_per_shard,
-                   "on_too_long": self.jina.on_too_long}
+                   "on_too_long": self.jina.on_too_long, "embedding_type": self.jina.embedding_type}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

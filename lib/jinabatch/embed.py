@@ -78,7 +78,11 @@ class _Coordinator:
         return share_of(*self.limits, active=active, rank=rank, target=self.target)
 
     def register(self, shard: int) -> Share:
-        self.running[shard] = {k: 0 for k in self.finished}  # a retried attempt starts over
+        dead = self.running.get(shard)  # an attempt whose worker died: its spend was real, its rows are redone
+        if dead:
+            for k, v in dead.items():
+                self.finished[k] += 0 if k == "rows" else v
+        self.running[shard] = {k: 0 for k in self.finished}
         return self.share(shard)
 
     def report(self, shard: int, counters: dict[str, int]) -> Share:
@@ -186,6 +190,10 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
                           f"({config.limits.concurrency}): every worker needs at least one request in flight; "
                           "lower ray.workers or raise limits.concurrency")
     out = Path(config.output.path).resolve()
+    if config.jina.late_chunking:
+        raise ConfigError("jina.late_chunking = true joins all inputs of a request into one sequence, so the batch "
+                          "job would mix unrelated rows; embed each document's chunks with the client "
+                          "(JinaClient.embed_batch(chunks, late_chunking=True)) instead, or set it to false")
     plan = plan_corpus(config.corpus, exclude=out)
     _check_output(config, out, plan)
     j, lim = config.jina, config.limits
@@ -200,12 +208,17 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
         meta = _already_done(config, s, out)
         if meta:
             dead = int(meta.get("rows_dead_letter", 0))
-            rep.add_rows(s.rows, int(meta["rows"]), dead, {})
+            rep.add_rows(s.rows, int(meta["rows"]), dead, meta.get("reasons", {}), int(meta.get("rows_truncated", 0)))
             rep.shards_skipped += 1
             states[s.index] = {"status": "done", "rows_embedded": meta["rows"], "rows_dead_letter": dead}
         else:
             todo.append(s)
     write_json_atomic(out / "_manifest.json", _manifest(config, plan, states))
+    if not todo:  # everything is done already: no server, no Ray
+        rep.duration_s = round(time.monotonic() - t_start, 3)
+        rep.finished = True
+        rep.write(out)
+        return rep
     id_field = pa.field(config.corpus.id_column, plan.id_type)
     carried = [pa.field(c, t) for c, t in plan.column_types.items()]
 
@@ -219,7 +232,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
         queue, running = list(reversed(todo)), {}
         bar = tqdm(total=sum(s.rows for s in todo), unit="rows", disable=not progress, smoothing=0.1,
                    dynamic_ncols=True, desc="embed")
-        t_first, fatal = None, None
+        t_first, fatal, spent = None, None, None
         try:
             while queue or running:
                 while queue and len(running) < config.ray.workers and fatal is None:
@@ -249,9 +262,13 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
                 el = max(1e-9, time.monotonic() - (t_first or time.monotonic()))
                 bar.set_postfix(tok_s=f"{t['tokens'] / el:.0f}", req=t["requests"], r429=t["http_429"], refresh=False)
                 bar.refresh()
+            spent = ray.get(coordinator.totals.remote())
         finally:
             bar.close()
         t_end = time.monotonic()
+        if spent:  # what the key was billed, dead attempts included (results only hold finished ones)
+            rep.tokens, rep.requests = max(rep.tokens, spent["tokens"]), max(rep.requests, spent["requests"])
+            rep.retries, rep.http_429 = max(rep.retries, spent["retries"]), max(rep.http_429, spent["http_429"])
     rep.duration_s = round(time.monotonic() - t_start, 3)
     rep.finish_rates((t_end - t_first) if t_first else 0.0, tpm=lim.tpm, rpm=lim.rpm)
     rep.finished = rep.shards_failed == 0 and fatal is None
