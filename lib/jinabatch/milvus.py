@@ -209,6 +209,8 @@ def bulk_import(target: Target, collection: str, shards: Sequence[Shard], server
             if st.state == S.ImportCompleted:
                 del running[task]
                 rows += st.row_count
+                done = len(shards) - len(pending) - len(running)
+                log.info("imported %s: %d rows (%d/%d files)", shard.path.name, st.row_count, done, len(shards))
                 if progress:
                     progress(st.row_count)
         if time.monotonic() > deadline:
