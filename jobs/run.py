@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         queries = args.query or (SAMPLE_QUERIES if "sample" in cfg.corpus.path else [])
         with connect(cfg.milvus) as target:  # one embedded server for load and search
-            load = run_load(cfg, progress=progress)
+            load = run_load(cfg, progress=progress, target=target)
             print(f"load: {load.rows} rows into {load.physical} ({load.mode}, {load.seconds:.1f}s), alias "
                   f"{load.collection!r} now points at it (was {load.previous}); dropped {load.dropped or 'none'}",
                   flush=True)

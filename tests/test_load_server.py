@@ -89,7 +89,8 @@ def test_failed_import_keeps_the_alias_on_the_old_collection_and_says_why(tmp_pa
 
 def test_job_started_embedded_server_is_stopped_after_and_its_collection_persists(
         tmp_path, milvus_server, milvus_config):
-    """With no server running, uri = "embedded" starts one on data_dir, stops it; a restart still serves the load."""
+    """With no server running, uri = "embedded" starts one on data_dir, stops it; a restart still serves the load
+    and still knows it was verified (keep_previous and rollback work across restarts)."""
     from jinabatch.milvus_server import milvus_answers
 
     make_output(tmp_path / "out", sample_texts(40))
@@ -106,3 +107,8 @@ def test_job_started_embedded_server_is_stopped_after_and_its_collection_persist
     client.load_collection(rep.physical)
     assert len(_rows(client, cfg.milvus.collection)) == 40
     client.close()
+    # the restart must not forget that rep.physical was verified: a new load keeps it, rollback returns to it
+    again = run_load(cfg, progress=False)
+    assert again.previous == rep.physical and again.dropped == []
+    back = run_load(cfg, rollback=True, progress=False)
+    assert back.physical == rep.physical

@@ -222,7 +222,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
     id_field = pa.field(config.corpus.id_column, plan.id_type)
     carried = [pa.field(c, t) for c, t in plan.column_types.items()]
 
-    with jina_endpoint(config) as (base_url, key), ray_session(config):
+    with jina_endpoint(config.jina, config.limits) as (base_url, key), ray_session(config):
         coordinator = ray.remote(num_cpus=0)(_Coordinator).remote(
             lim.rpm, lim.tpm, lim.concurrency, config.ray.workers, lim.target)
         task = ray.remote(_shard_task)

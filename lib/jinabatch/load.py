@@ -8,12 +8,15 @@ One readable pass (``run_load``)::
     fill    bulk import (server) | batched upsert (Lite)      mode = auto picks by what the server has
     index + load                                              index built after the data is in
     verify  count(*) == rows_embedded; sampled ids' vectors == the shard's vectors
-    mark    property jinabatch.verified
     swap    alter_alias / create_alias                        atomic: queries never see a partial load
-    tidy    release the previous one; drop verified ones beyond keep_previous and unverified leftovers
+    tidy    release the previous one; keep keep_previous verified ones behind it, drop everything else
+
+A collection is *verified* when it is on the chain alias target → its ``jinabatch.previous`` → ... (the
+alias only moves onto verified loads, and ``previous`` is written at creation, which Milvus 2.3 keeps
+across restarts where it drops later property changes).
 
 Anything failing before the swap drops the new collection and re-raises: the alias stays where it
-was. ``rollback=True`` instead points the alias at the newest verified collection older than the
+was. ``rollback=True`` instead points the alias at the ``previous`` of the
 current one. Both write ``{output.path}/_load_report.json``.
 """
 from __future__ import annotations
@@ -24,7 +27,6 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from .config import Config, MilvusSettings
 from .errors import ConfigError, LoadError
 from .milvus import (PROP, Target, _reason, alias_target, bulk_import, check_alias_free, connect, physical_name,
-                     physicals, point_alias, upsert_shards)
+                     physicals, point_alias, upsert_shards, verified_chain)
 from .milvus_schema import VECTOR_FIELD, LoadInput, build_schema, read_output
 
 __all__ = ["LoadReport", "run_load", "verify", "SAMPLE_SIZE"]
@@ -107,11 +109,11 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
              PROP + "dimensions": str(inp.dim), PROP + "id_column": inp.id_field.name,
              PROP + "columns": json.dumps([c.name for c in inp.columns]), PROP + "rows": str(inp.rows),
              PROP + "metric": ms.index.metric, PROP + "fingerprint": inp.fingerprint or "",
-             PROP + "source": str(inp.path.resolve())}
+             PROP + "source": str(inp.path.resolve()), PROP + "previous": alias_target(client, alias) or ""}
     log.info("loading %d rows from %d shard(s) into %s (%s)", inp.rows, len(inp.shards), name, mode)
-    client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}"))
+    # all properties at creation: Milvus 2.3 does not keep a later property change across a restart
+    client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}"), properties=props)
     try:
-        client.alter_collection_properties(name, props)
         with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
             if mode == "bulk":
                 bulk_import(target, name, inp.shards, _server_path(ms, inp.path), bar.update)
@@ -124,7 +126,6 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
         client.create_index(name, index)
         client.load_collection(name)
         checked = verify(client, name, inp)
-        client.alter_collection_properties(name, {PROP + "verified": datetime.now(timezone.utc).isoformat()})
         previous = point_alias(client, alias, name)
     except BaseException as e:
         _drop_quietly(client, name)
@@ -173,11 +174,11 @@ def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
 
 
 def _tidy(client, alias: str, current: str, keep_previous: int) -> list[str]:
-    """Drop verified collections beyond keep_previous (older than current) and unverified leftovers."""
-    family = [p for p in physicals(client, alias) if p.name != current]
-    cur = next((p for p in physicals(client, alias) if p.name == current), None)
-    older = [p for p in family if p.verified and (cur is None or p.stamp < cur.stamp)]
-    drop = older[: max(0, len(older) - keep_previous)] + [p for p in family if not p.verified]
+    """Keep the live collection and keep_previous verified ones behind it; drop the rest (older verified
+    loads, leftovers of killed loads, collections rolled back from)."""
+    family = physicals(client, alias)
+    keep = set(verified_chain(client, alias, family)[: 1 + keep_previous]) | {current}
+    drop = [p for p in family if p.name not in keep]
     dropped = []
     for p in drop:
         if alias_target(client, alias) == p.name:  # never drop what queries use
@@ -196,12 +197,11 @@ def _rollback(target: Target, alias: str) -> LoadReport:
         raise LoadError(f"alias {alias!r} does not exist in Milvus at {target.uri}; nothing to roll back — "
                         "run the load first")
     fam = {p.name: p for p in physicals(client, alias)}
-    cur = fam.get(current)
-    older = [p for p in fam.values() if p.verified and p.name != current and (cur is None or p.stamp < cur.stamp)]
-    if not older:
+    chain = verified_chain(client, alias, list(fam.values()))
+    if len(chain) < 2:
         raise LoadError(f"alias {alias!r} points at {current} and no older verified collection is kept to roll back "
                         "to (milvus.keep_previous controls how many are kept)")
-    back = older[-1]
+    back = fam[chain[1]]
     client.load_collection(back.name)
     point_alias(client, alias, back.name)
     _release_quietly(client, current)

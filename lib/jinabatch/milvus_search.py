@@ -9,18 +9,16 @@ started for the query and stopped after.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import LOCAL_BASE_URL, Config, JinaSettings
+from .config import Config, JinaSettings
 from .errors import ConfigError, LoadError
 from .milvus import PROP, Target, alias_target, connect
 from .milvus_schema import VECTOR_FIELD
 from .models import get_model
+from .runtime import jina_endpoint
 
 __all__ = ["Hit", "search", "search_target", "format_hits"]
 
@@ -32,30 +30,12 @@ class Hit:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def _jina_endpoint(jina: JinaSettings) -> Iterator[tuple[str | None, str]]:
-    """(base_url, api key) to embed with; starts the local server when base_url = "local"."""
-    key = os.environ.get(jina.api_key_env)
-    if jina.base_url != LOCAL_BASE_URL:
-        if not key:
-            raise ConfigError(f"the environment variable {jina.api_key_env} (jina.api_key_env) is not set; "
-                              "export your Jina API key there")
-        yield jina.base_url, key
-        return
-    from .server import LocalServer, ServerSettings
-    from .server_app import DEFAULT_KEY
-
-    key = key or DEFAULT_KEY
-    with LocalServer(ServerSettings(api_keys=frozenset({key}))) as srv:
-        yield srv.url, key
-
-
 def embed_query(jina: JinaSettings, model: str, dims: int, text: str):
     """The query vector, from ``model`` at ``dims`` with task retrieval.query (when the model takes tasks)."""
     from .facade import JinaEmbeddingFunction
 
     spec = get_model(model)
-    with _jina_endpoint(jina) as (base_url, key):
+    with jina_endpoint(jina) as (base_url, key):
         with JinaEmbeddingFunction(model, key, "retrieval.query" if spec.takes_task else None,
                                    dims if spec.takes_dimensions else None, base_url=base_url,
                                    settings=jina.model_copy(update={"model": model, "task": None,

@@ -15,7 +15,7 @@ import os
 import secrets
 from typing import Iterator
 
-from .config import LOCAL_BASE_URL, Config
+from .config import LOCAL_BASE_URL, JinaSettings, LimitsSettings
 from .jina import Secret, resolve_api_key
 
 __all__ = ["jina_endpoint", "ray_session"]
@@ -24,17 +24,16 @@ log = logging.getLogger("jinabatch")
 
 
 @contextlib.contextmanager
-def jina_endpoint(config: Config, *, enforce_limits: bool = True) -> Iterator[tuple[str, Secret]]:
-    j = config.jina
+def jina_endpoint(j: JinaSettings, limits: LimitsSettings | None = None) -> Iterator[tuple[str, Secret]]:
+    """(base URL, key) to embed with; with base_url "local" a bundled server enforcing ``limits`` (if given)."""
     if j.base_url.rstrip("/") != LOCAL_BASE_URL:
         yield j.base_url, resolve_api_key(None, j.api_key_env)
         return
     from .server import LocalServer, ServerSettings
 
     key = "jina_local_" + secrets.token_hex(16)
-    lim = config.limits
     settings = ServerSettings(api_keys=frozenset({key}), **(
-        {"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency} if enforce_limits else {}))
+        {"rpm": limits.rpm, "tpm": limits.tpm, "concurrency": limits.concurrency} if limits else {}))
     server = LocalServer(settings).start()
     log.info("started the local Jina-compatible server at %s", server.url)
     try:
@@ -44,7 +43,7 @@ def jina_endpoint(config: Config, *, enforce_limits: bool = True) -> Iterator[tu
 
 
 @contextlib.contextmanager
-def ray_session(config: Config) -> Iterator[None]:
+def ray_session(config) -> Iterator[None]:
     import ray
 
     if ray.is_initialized():
