@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,33 @@ class SeedJinaEmbeddingFunction:
         return [np.array(e["embedding"]) for e in data]
 
 
+class PeakRSS:
+    """Samples the resident memory of Ray's shard-task processes (``ray::embed shard-…``) while a run lasts."""
+
+    def __init__(self, every: float = 0.2):
+        import psutil
+
+        self._psutil, self.every, self.peak = psutil, every, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for p in self._psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("ray::embed") and p.info["memory_info"]:
+                    self.peak = max(self.peak, p.info["memory_info"].rss)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakRSS":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
 def utilization(stats: dict, tpm: int, rpm: int) -> tuple[float, str]:
     window = max(1e-9, stats["last_ok_at"] - stats["first_ok_at"])
     t = stats["tokens"] / (tpm * window / 60)
@@ -61,15 +89,17 @@ def utilization(stats: dict, tpm: int, rpm: int) -> tuple[float, str]:
     return (t, "TPM") if t >= r else (r, "RPM")
 
 
-def line(name: str, stats: dict, seconds: float, tpm: int, rpm: int) -> dict:
+def line(name: str, stats: dict, seconds: float, tpm: int, rpm: int, rss: int = 0) -> dict:
     u, which = utilization(stats, tpm, rpm)
     share429 = stats["http_429"] / max(1, stats["requests"])
     row = {"run": name, "seconds": round(seconds, 1), "rows": stats["inputs"], "tokens": stats["tokens"],
            "requests": stats["requests"], "http_429": stats["http_429"], "share_429": share429,
-           "utilization": u, "binding": which, "peak_concurrency": stats["peak_concurrency"]}
+           "utilization": u, "binding": which, "peak_concurrency": stats["peak_concurrency"],
+           "peak_worker_rss_mb": round(rss / 2**20)}
     print(f"{name:<26} {seconds:7.1f}s  {stats['inputs']:>7} rows  {stats['tokens']:>9} tokens  "
           f"{stats['requests']:>5} req  429s {stats['http_429']:>4} ({share429:6.2%})  "
-          f"utilization {u:6.1%} of {which}  peak conc {stats['peak_concurrency']}", flush=True)
+          f"utilization {u:6.1%} of {which}  peak conc {stats['peak_concurrency']}"
+          + (f"  peak worker RSS {rss / 2**20:.0f} MB" if rss else ""), flush=True)
     return row
 
 
@@ -105,9 +135,11 @@ def main() -> int:
                 "limits": {"rpm": a.rpm, "tpm": a.tpm, "concurrency": a.concurrency},
                 "ray": {"workers": workers}, "output": {"path": str(tmp / f"out-{workers}")}})
             t0 = time.monotonic()
-            rep = run_embed(cfg, progress=False)
+            with PeakRSS() as mem:
+                rep = run_embed(cfg, progress=False)
             assert rep.rows_embedded == a.rows, rep.summary()
-            rows.append(line(f"jinabatch, {workers} workers", server.stats(), time.monotonic() - t0, a.tpm, a.rpm))
+            rows.append(line(f"jinabatch, {workers} workers", server.stats(), time.monotonic() - t0, a.tpm, a.rpm,
+                             mem.peak))
         server.reset_stats()
         ef = SeedJinaEmbeddingFunction("jina-embeddings-v3", KEY, "retrieval.passage", 1024, server.url)
         t0, done = time.monotonic(), 0
