@@ -108,6 +108,8 @@ def test_job_started_embedded_server_is_stopped_after_and_its_collection_persist
     assert len(_rows(client, cfg.milvus.collection)) == 40
     client.close()
     # the restart must not forget that rep.physical was verified: a new load keeps it, rollback returns to it
+    # (the restarted server may have moved to the next port while the old one was still held)
+    cfg = cfg.model_copy(update={"milvus": cfg.milvus.model_copy(update={"port": milvus_server.port})})
     again = run_load(cfg, progress=False)
     assert again.previous == rep.physical and again.dropped == []
     back = run_load(cfg, rollback=True, progress=False)
