@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from jinabatch import fakemodel
-from jinabatch.config import JinaSettings
 from jinabatch.errors import AuthError, ConfigError, InvalidRequest, RetriesExhausted
 from jinabatch.jina import JinaClient, Limiter, NoLimiter, Secret
 

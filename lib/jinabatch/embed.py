@@ -117,10 +117,11 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
     from .jina import JinaClient, Secret
 
     share = await coordinator.register.remote(shard.index)
-    limiter = WorkerLimiter(share, burst_seconds=BURST_SECONDS, max_request_tokens=request_token_budget(config),
+    budget = request_token_budget(config)
+    limiter = WorkerLimiter(share, burst_seconds=BURST_SECONDS, max_request_tokens=budget,
                             start_levels=await coordinator.take_levels.remote())
     client = JinaClient(config.jina, api_key=Secret(key), base_url=base_url, limiter=limiter,
-                        max_tokens_per_request=request_token_budget(config))
+                        max_tokens_per_request=budget)
     rows = 0
 
     def on_rows(n: int) -> None:

@@ -164,7 +164,7 @@ def _dense(model: str, name: str, base: int) -> np.ndarray:
 def _base_vectors(model: str, task: str | None, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Un-truncated vectors (n, base) and each row's word count."""
     vocab = _vocab(model)
-    base, nlev = vocab.base, len(vocab.levels)
+    base = vocab.base
     bags = [words(t) for t in texts]
     counts = np.fromiter((len(b) for b in bags), np.int64, len(bags))
     out = np.empty((len(texts), base), np.float32)

@@ -34,7 +34,7 @@ import stamina
 from .config import LOCAL_BASE_URL, JinaSettings
 from .errors import AuthError, ConfigError, JinaError, RateLimited, RetriesExhausted, TransientError, TransportError
 from .tokens import TokenEstimator, plan_batches, raw_estimate
-from .wire import DTYPES, build_body, decode_response, error_for_status, row_width, short_text
+from .wire import DTYPES, build_body, decode_response, error_for_status, row_width
 
 __all__ = ["JinaClient", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "resolve_api_key",
            "FALLBACK_KEY_ENV"]
