@@ -13,7 +13,7 @@ import sys
 from _cli import run_main, setup_logging
 
 from jinabatch.config import load_config
-from jinabatch.embed import run_embed
+from jinabatch.embed.driver import run_embed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from _cli import run_main, setup_logging
 
 from jinabatch.config import load_config
 from jinabatch.errors import ConfigError
-from jinabatch.load import run_load
+from jinabatch.load.stage import run_load
 
 
 def _interrupt(*_) -> None:
@@ -31,7 +31,7 @@ def _interrupt(*_) -> None:
 
 
 def _serve(cfg) -> int:
-    from jinabatch.milvus_server import EmbeddedServer, milvus_answers
+    from jinabatch.load.server import EmbeddedServer, milvus_answers
 
     ms = cfg.milvus
     if ms.uri != "embedded":

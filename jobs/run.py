@@ -15,10 +15,10 @@ import sys
 from _cli import run_main, setup_logging
 
 from jinabatch.config import load_config
-from jinabatch.embed import run_embed
-from jinabatch.load import run_load
-from jinabatch.milvus import connect
-from jinabatch.milvus_search import format_hits, search_target
+from jinabatch.embed.driver import run_embed
+from jinabatch.load.stage import run_load
+from jinabatch.load.milvus import connect
+from jinabatch.load.search import format_hits, search_target
 
 SAMPLE_QUERIES = ["When was artificial intelligence founded?", "baking bread in a wood-fired oven",
                   "telescopes observing a distant galaxy"]

@@ -1,4 +1,4 @@
-"""Write the sample corpus `make run` embeds: readable passages on a few topics (jinabatch.samples).
+"""Write the sample corpus `make run` embeds: readable passages on a few topics (jinabatch.local_api.samples).
 
 `python jobs/sample_corpus.py --out out/sample/corpus [--rows 2000] [--files 2]`; does nothing if the folder
 already holds the same corpus, so `make run` can call it every time.
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import _cli  # noqa: F401  (puts lib/ on sys.path for a plain checkout)
-from jinabatch.samples import write_corpus
+from jinabatch.local_api.samples import write_corpus
 
 
 def main(argv: list[str] | None = None) -> int:

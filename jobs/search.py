@@ -16,7 +16,7 @@ from dataclasses import asdict
 from _cli import run_main, setup_logging
 
 from jinabatch.config import load_config
-from jinabatch.milvus_search import format_hits, search
+from jinabatch.load.search import format_hits, search
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,11 +4,11 @@
 
 Prints the API base URL (``http://127.0.0.1:PORT/v1``) on one line. Keys come from ``--key``
 (repeatable) and/or ``$JINAAI_API_KEY`` (comma-separated); they are never printed. See
-``python jobs/serve.py --help`` and ``jinabatch.server``.
+``python jobs/serve.py --help`` and ``jinabatch.local_api.server``.
 """
 import sys
 
-from jinabatch.server import main
+from jinabatch.local_api.server import main
 
 if __name__ == "__main__":
     sys.exit(main())

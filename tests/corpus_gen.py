@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jinabatch import fakemodel
+from jinabatch.local_api import fakemodel
 
 __all__ = ["Corpus", "make_corpus", "write_rows", "read_output", "read_dead_letters", "expected_vectors",
            "assert_vectors_match", "MODEL", "TASK", "DIMS", "CARRIED"]

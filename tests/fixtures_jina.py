@@ -1,4 +1,4 @@
-"""Fixtures for the local Jina-compatible server (``jinabatch.server``).
+"""Fixtures for the local Jina-compatible server (``jinabatch.local_api.server``).
 
 * ``jina_key`` — the session's API key, a distinctive string so leak tests can grep for it.
 * ``jina_server`` — one started ``LocalServer`` for the session: no limits, no faults. Tests may
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from jinabatch.server import LocalServer, ServerSettings
+from jinabatch.local_api.server import LocalServer, ServerSettings
 
 __all__ = ["jina_key", "jina_server", "make_jina_server", "JINA_TEST_KEY"]
 

@@ -1,6 +1,6 @@
 """Fixtures: a real Milvus standalone server for the session, Milvus Lite files, embed output folders.
 
-* ``milvus_server`` — one ``jinabatch.milvus_server.EmbeddedServer`` for the whole session (the job's own
+* ``milvus_server`` — one ``jinabatch.load.server.EmbeddedServer`` for the whole session (the job's own
   embedded-server helper, so starting/stopping it is exercised by every Milvus test), with its data dir
   under the session's tmp dir; stopped at the end. Only one can run per machine, so nothing else starts
   one: tests of ``uri = "embedded"`` point ``milvus.port`` at this server and the job reuses it.
@@ -8,7 +8,7 @@
   under its own alias so tests sharing the server never see each other's collections.
 * ``make_output(path, texts, ...)`` — writes an embed output folder following the embed stage's contract
   (``shards/shard-NNNNN.parquet`` + ``_report.json``) with the vectors the local Jina server would
-  return for each text (``jinabatch.fakemodel.embed``, task retrieval.passage).
+  return for each text (``jinabatch.local_api.fakemodel.embed``, task retrieval.passage).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jinabatch.config import parse_config
-from jinabatch.fakemodel import embed
+from jinabatch.local_api.fakemodel import embed
 
 __all__ = ["milvus_server", "milvus_config", "make_output", "sample_texts", "MODEL", "DIMS"]
 
@@ -41,7 +41,7 @@ def sample_texts(n: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory):
-    from jinabatch.milvus_server import EmbeddedServer
+    from jinabatch.load.server import EmbeddedServer
 
     server = EmbeddedServer(tmp_path_factory.mktemp("milvus-server"), port=19530).start()
     yield server

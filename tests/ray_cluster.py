@@ -1,4 +1,4 @@
-"""Helper process for tests/test_cluster.py: Ray reads RAY_AUTH_MODE once per process, and the test session's
+"""Helper process for tests/embed/test_cluster.py: Ray reads RAY_AUTH_MODE once per process, and the test session's
 own Ray runs with auth off, so everything that talks to the token-auth cluster runs here, in a fresh process.
 
     python tests/ray_cluster.py up                 start a head + 1 worker node; print {"address", "dashboard"};

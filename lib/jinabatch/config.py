@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .models import get_model
+from .jina.models import get_model
 
 __all__ = [
     "Config", "CorpusSettings", "JinaSettings", "LimitsSettings", "RaySettings", "OutputSettings",

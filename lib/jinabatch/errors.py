@@ -16,7 +16,7 @@
     │   └── RetriesExhausted     the retry budget ran out (names the last cause and the attempts)
     └── LoadError                Milvus import / verification failed (carries Milvus's reason)
 
-The Jina part of the tree is filled in by ``jinabatch.jina``; this module holds the classes.
+The Jina part of the tree is filled in by ``jinabatch.jina.client``; this module holds the classes.
 """
 from __future__ import annotations
 

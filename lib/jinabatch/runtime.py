@@ -16,7 +16,7 @@ import secrets
 from typing import Iterator
 
 from .config import LOCAL_BASE_URL, JinaSettings, LimitsSettings
-from .jina import Secret, resolve_api_key
+from .jina.client import Secret, resolve_api_key
 
 __all__ = ["jina_endpoint", "ray_session"]
 
@@ -29,7 +29,7 @@ def jina_endpoint(j: JinaSettings, limits: LimitsSettings | None = None) -> Iter
     if j.base_url.rstrip("/") != LOCAL_BASE_URL:
         yield j.base_url, resolve_api_key(None, j.api_key_env)
         return
-    from .server import LocalServer, ServerSettings
+    from .local_api.server import LocalServer, ServerSettings
 
     key = "jina_local_" + secrets.token_hex(16)
     settings = ServerSettings(api_keys=frozenset({key}), **(

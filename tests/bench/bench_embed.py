@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from jinabatch.config import parse_config
-from jinabatch.embed import run_embed
-from jinabatch.samples import write_corpus
-from jinabatch.server import LocalServer, ServerSettings
+from jinabatch.embed.driver import run_embed
+from jinabatch.local_api.samples import write_corpus
+from jinabatch.local_api.server import LocalServer, ServerSettings
 
 KEY = "jina_bench_" + os.urandom(8).hex()
 

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lib"))
 
 from jinabatch.config import parse_config  # noqa: E402
-from jinabatch.load import run_load  # noqa: E402
-from jinabatch.milvus_server import EmbeddedServer, milvus_answers  # noqa: E402
+from jinabatch.load.stage import run_load  # noqa: E402
+from jinabatch.load.server import EmbeddedServer, milvus_answers  # noqa: E402
 
 MODEL = "jina-embeddings-v3"
 

@@ -1,0 +1,11 @@
+"""The embed stage: corpus → plan of shards → a Ray task per shard (worker) under the coordinator's share
+of the key's budget → one Parquet file per shard, dead letters, manifest and report (driver)."""
+from .._lazy import lazy_exports
+
+_LAZY = {
+    "run_embed": ".driver", "request_token_budget": ".driver", "Coordinator": ".coordinator",
+    "Plan": ".plan", "Shard": ".plan", "plan_corpus": ".plan", "list_files": ".plan",
+    "process_shard": ".worker", "ShardResult": ".worker", "EmbedReport": ".report", "ShardWriter": ".shards",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+__all__ = list(_LAZY)

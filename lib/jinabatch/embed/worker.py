@@ -1,0 +1,222 @@
+"""One shard, start to finish, inside a worker: read → check → pack → embed → write.
+
+This is the loop the Ray task runs (``jinabatch.embed.driver`` wraps it); it knows nothing of Ray, so it can be
+tested on its own with a real client against the local server.
+
+* Rows stream in record batches from the shard's row groups; memory follows the shard, not the corpus.
+* Each row is checked: null id, null/empty text, duplicate id (found by the planner) go to the
+  dead-letter list with the reason. Too long is the API's call: under ``"skip"`` / ``"fail"`` a row over
+  the model's limit by estimate is sent alone and only the API's 400 dead-letters it (skip) or stops the
+  run naming id and file (fail) — the estimate starts pessimistic, so it alone would refuse rows that fit;
+  only a row far beyond any tokenizer (``CLEARLY_OVER``) is judged without a request. Under
+  ``"truncate"`` requests are sent with ``truncate: true``.
+* Rows are packed into requests (input cap and token budget) and sent concurrently, as many as the
+  limiter allows; results are written in input order as they complete, so a worker keeps its requests
+  flowing across record-batch boundaries.
+* A request the API rejects as invalid (400/422) is split in halves until the bad rows are isolated:
+  those rows go to the dead letters with the API's reason, the rest are embedded. Transient failures
+  are retried by the client; what stays failed fails the shard (which the driver reports, and a rerun
+  retries) — a row is never silently dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import Config
+from .plan import Shard
+from ..errors import BadRowError, ConfigError, InvalidRequest
+from ..jina.client import JinaClient
+from .shards import ShardWriter, write_dead_letter
+from ..jina.tokens import raw_estimate
+
+__all__ = ["ShardResult", "process_shard", "shard_meta"]
+
+READ_BATCH_ROWS = 1024
+# A row is judged too long without asking the API only when even the uncalibrated estimate (UTF-8 bytes / 4)
+# is this many times the model's limit (16+ bytes per token: no tokenizer does that on text). Below that the
+# estimate can be off either way (it starts pessimistic), so a row over the limit by estimate goes alone in
+# its own request and the API decides: a 400 dead-letters (skip) or stops (fail) just that row.
+CLEARLY_OVER = 4.0
+FLOAT_TYPES = ("base64", "float")  # embedding types that decode to float32 vectors
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    name: str
+    rows_in: int
+    rows_embedded: int
+    rows_dead_letter: int
+    rows_truncated: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    tokens: int = 0
+    requests: int = 0
+    retries: int = 0
+    http_429: int = 0
+    status: str = "done"  # done | skipped | failed
+    error: str | None = None
+    error_type: str | None = None
+    seconds: float = 0.0
+    node: str | None = None  # Ray node that ran it
+
+
+def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
+    """What a finished shard's footer says about how it was made (never the key)."""
+    j = config.jina
+    return {**config.embedding_key(), "embedding_type": j.embedding_type, "source_file": shard.file,
+            "file_fingerprint": shard.file_fingerprint, "row_start": shard.row_start, "row_stop": shard.row_stop,
+            "rg_start": shard.rg_start, "rg_stop": shard.rg_stop, "shard": shard.index,
+            "fingerprint": config.fingerprint(), "id_column": config.corpus.id_column,
+            "columns": list(config.corpus.columns)}
+
+
+def _reason_key(reason: str) -> str:
+    return reason.split(" (", 1)[0].split(":", 1)[0]
+
+
+async def _embed_rows(client: JinaClient, texts: list[str], truncate: bool) -> tuple[np.ndarray, list[int], dict[int, str], int]:
+    """Embed ``texts``; on an invalid-request answer split to find the bad rows.
+
+    Returns (vectors of the good rows, their positions, {position: reason} for the bad ones, tokens).
+    """
+    try:
+        r = await client.embed_batch(texts, truncate=truncate)
+        return r.vectors, list(range(len(texts))), {}, r.tokens
+    except InvalidRequest as e:
+        if len(texts) == 1:
+            return np.empty((0, 0), np.float32), [], {0: f"rejected by the API: {e}"}, 0
+    mid = len(texts) // 2
+    (va, pa_, ba, ta), (vb, pb, bb, tb) = await asyncio.gather(
+        _embed_rows(client, texts[:mid], truncate), _embed_rows(client, texts[mid:], truncate))
+    parts = [v for v in (va, vb) if len(v)]
+    vectors = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+    return vectors, pa_ + [p + mid for p in pb], {**ba, **{p + mid: why for p, why in bb.items()}}, ta + tb
+
+
+class _Batch:
+    """Rows of one record batch waiting for their requests: written in order once all are back."""
+
+    def __init__(self, table: pa.Table, row0: int):
+        self.table, self.row0 = table, row0
+        self.vectors: dict[int, np.ndarray] = {}
+        self.dead: dict[int, str] = {}
+        self.tasks: list[asyncio.Task] = []
+
+
+async def process_shard(config: Config, shard: Shard, client: JinaClient, out: str | Path, *,
+                        id_field: pa.Field, carried: list[pa.Field],
+                        on_rows: Callable[[int], None] | None = None, max_pending: int = 64) -> ShardResult:
+    cs, j = config.corpus, config.jina
+    if j.embedding_type not in FLOAT_TYPES:  # packed sign bits would land in list<float32> as byte values
+        raise ConfigError(f"jina.embedding_type = {j.embedding_type!r}: the embed stage writes float32 vectors; "
+                          "use \"base64\" (fastest) or \"float\"")
+    truncate = j.on_too_long == "truncate"
+    limit = j.spec.max_tokens
+    writer = ShardWriter(out, shard.name, id_field, carried, shard_meta(config, shard))
+    dead_rows: list[dict[str, Any]] = []
+    res = ShardResult(shard.index, shard.name, shard.rows, 0, 0)
+    pending: deque[_Batch] = deque()
+    in_flight = 0
+
+    def dead(b: _Batch, i: int, reason: str) -> None:
+        b.dead[i] = reason
+
+    async def flush(b: _Batch) -> None:
+        nonlocal in_flight
+        await asyncio.gather(*b.tasks)
+        in_flight -= len(b.tasks)
+        ids = b.table.column(cs.id_column)
+        texts = b.table.column(cs.text_column)
+        for i, why in sorted(b.dead.items()):
+            dead_rows.append({"id": ids[i].as_py(), "source_file": shard.file, "row": b.row0 + i,
+                              "reason": why, "text": texts[i].as_py()})
+            res.reasons[_reason_key(why)] = res.reasons.get(_reason_key(why), 0) + 1
+        good = np.array(sorted(b.vectors), dtype=np.int64)
+        if len(good):
+            sub = b.table.take(pa.array(good))
+            vecs = np.stack([b.vectors[int(i)] for i in good])
+            writer.write(sub.column(cs.id_column).combine_chunks(), vecs,
+                         [sub.column(c).combine_chunks() for c in cs.columns])
+        res.rows_embedded += len(good)
+        res.rows_dead_letter += len(b.dead)
+        if on_rows:
+            on_rows(len(good) + len(b.dead))
+
+    async def run_group(b: _Batch, rows: list[int], texts: list[str], label: str | None = None) -> None:
+        vectors, ok, bad, tokens = await _embed_rows(client, texts, truncate)
+        for k, pos in enumerate(ok):
+            b.vectors[rows[pos]] = vectors[k]
+        for pos, why in bad.items():
+            why = f"{label}: {why}" if label else why
+            if j.on_too_long == "fail":
+                i = rows[pos]
+                raise BadRowError(f"{shard.file} row {b.row0 + i} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
+                                  f"{why}; set jina.on_too_long = \"truncate\" or \"skip\" to go on")
+            dead(b, rows[pos], why)
+
+    try:
+        pf = pq.ParquetFile(shard.file)
+        columns = list(dict.fromkeys([cs.id_column, cs.text_column, *cs.columns]))
+        row = shard.row_start
+        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=range(shard.rg_start, shard.rg_stop),
+                                  columns=columns):
+            b = _Batch(pa.Table.from_batches([rb]), row)
+            row += rb.num_rows
+            ids, texts = b.table.column(cs.id_column).to_pylist(), b.table.column(cs.text_column).to_pylist()
+            keep: list[int] = []
+            alone: list[tuple[int, str]] = []  # over the limit by estimate: one request each, the API decides
+            for i, (id_, t) in enumerate(zip(ids, texts)):
+                if id_ is None:
+                    dead(b, i, "null id")
+                elif b.row0 + i in shard.duplicates:
+                    dead(b, i, shard.duplicates[b.row0 + i])
+                elif t is None:
+                    dead(b, i, "null text")
+                elif not t.strip():
+                    dead(b, i, "empty text")
+                else:
+                    est = client.estimator.estimate_one(t)
+                    if est <= limit:
+                        keep.append(i)
+                    elif truncate:
+                        res.rows_truncated += 1  # by estimate: the API truncates what is really over
+                        keep.append(i)
+                    elif raw_estimate(t) > limit * CLEARLY_OVER:
+                        if j.on_too_long == "fail":
+                            raise BadRowError(f"{shard.file} row {b.row0 + i} (id {id_!r}): about {est} tokens, over "
+                                              f"the model's {limit}; set jina.on_too_long = \"truncate\" or \"skip\"")
+                        dead(b, i, f"too long: about {est} tokens > {limit} (jina.on_too_long = skip)")
+                    else:
+                        alone.append((i, f"too long (about {est} tokens > {limit})"))
+            groups = [([keep[g] for g in group], None) for group in client.plan_batches([texts[i] for i in keep])]
+            groups += [([i], label) for i, label in alone]
+            for rows, label in groups:
+                b.tasks.append(asyncio.ensure_future(run_group(b, rows, [texts[i] for i in rows], label)))
+                in_flight += 1
+            pending.append(b)
+            await asyncio.sleep(0)  # let the new requests start while the next batch is read
+            while pending and (in_flight > max_pending or all(t.done() for t in pending[0].tasks)):
+                await flush(pending.popleft())
+        while pending:
+            await flush(pending.popleft())
+        assert res.rows_embedded + res.rows_dead_letter == shard.rows, "row count does not reconcile"
+        write_dead_letter(out, shard.name, dead_rows, id_field.type)
+        # counts a resumed run reports for this shard without reading its dead letters
+        writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons, rows_truncated=res.rows_truncated)
+    except BaseException:
+        for b in pending:
+            for t in b.tasks:
+                t.cancel()
+        writer.abort()
+        raise
+    st = client.stats
+    res.tokens, res.requests, res.retries, res.http_429 = st.tokens, st.requests, st.retries, st.http_429
+    return res

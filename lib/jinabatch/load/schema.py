@@ -1,0 +1,204 @@
+"""What the load stage reads: the embed stage's output folder, checked, turned into a Milvus schema.
+
+``read_output(path)`` opens ``_report.json`` and every ``shards/shard-*.parquet`` (temp files beside
+them are ignored), checks that the shards agree with the report and with each other (id column,
+dimension, columns, model) and scans only the id and string columns to size the VARCHAR fields and
+to catch duplicate ids — Milvus import never dedups, so a duplicate would silently become two rows.
+Vectors are not read here. ``build_schema`` maps the result to a ``CollectionSchema``:
+
+=========================  =====================================
+Arrow type (shard column)  Milvus field
+=========================  =====================================
+id: string / int64         VARCHAR primary key (max_length fits the data) / INT64 primary key
+embedding: list<float32>   FLOAT_VECTOR(dim = the run's dimension)
+string                     VARCHAR (max_length fits the data, ≤ 65,535 bytes)
+int64 / int32              INT64 / INT32
+float64 / float32          DOUBLE / FLOAT
+bool                       BOOL
+=========================  =====================================
+
+Anything else (and any null in a carried column: Milvus 2.3 has no nullable fields) is rejected with
+a ``LoadError`` naming the file and column and saying what to change.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pymilvus import DataType, MilvusClient
+
+from ..errors import LoadError
+
+__all__ = ["Shard", "Column", "LoadInput", "read_output", "build_schema", "VECTOR_FIELD", "MAX_VARCHAR"]
+
+VECTOR_FIELD = "embedding"
+MAX_VARCHAR = 65_535  # Milvus's cap on VARCHAR max_length (bytes)
+_SCALARS = {
+    pa.int64(): DataType.INT64, pa.int32(): DataType.INT32, pa.float64(): DataType.DOUBLE,
+    pa.float32(): DataType.FLOAT, pa.bool_(): DataType.BOOL,
+}
+_META_KEY = b"jinabatch"
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    rows: int
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: DataType
+    max_length: int | None = None  # VARCHAR only
+
+
+@dataclass(frozen=True)
+class LoadInput:
+    """The checked output folder: everything the load needs to know before touching Milvus."""
+
+    path: Path
+    report: dict[str, Any]
+    shards: list[Shard]
+    id_field: Column
+    columns: list[Column]  # carried columns, in shard order
+    dim: int
+    rows: int  # sum over shards == report["rows_embedded"]
+    model: str
+    task: str | None
+    fingerprint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _varchar_len(longest: int) -> int:
+    """Headroom over the longest value seen (next power of two, at least 16), capped at Milvus's max."""
+    n = 16
+    while n < longest:
+        n *= 2
+    return min(n, MAX_VARCHAR)
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    rp = path / "_report.json"
+    try:
+        report = json.loads(rp.read_text())
+    except FileNotFoundError:
+        raise LoadError(f"{rp}: no embed report; run the embed stage first (python jobs/embed.py CONFIG)") from None
+    except json.JSONDecodeError as e:
+        raise LoadError(f"{rp}: not valid JSON ({e}); rerun the embed stage") from None
+    if not report.get("finished"):
+        raise LoadError(f"{rp}: the embed run did not finish (finished != true); rerun jobs/embed.py to complete it")
+    for key in ("rows_embedded", "dimensions", "id_column", "model"):
+        if key not in report:
+            raise LoadError(f"{rp}: missing {key!r}; the folder was not written by this version of the embed stage")
+    return report
+
+
+def read_output(path: str | Path) -> LoadInput:
+    """Open and check an embed output folder (raises LoadError naming the file and what to do)."""
+    path = Path(path)
+    report = _read_report(path)
+    files = sorted((path / "shards").glob("shard-*.parquet"))
+    if not files:
+        raise LoadError(f"{path / 'shards'}: no shard-*.parquet files; run the embed stage first")
+    dim, id_name = int(report["dimensions"]), str(report["id_column"])
+    shards, first_schema = [], None
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise LoadError(f"{f}: not a readable Parquet file ({e}); delete it and rerun the embed stage") from None
+        schema = pf.schema_arrow
+        meta = json.loads((schema.metadata or {}).get(_META_KEY, b"{}"))
+        if first_schema is None:
+            first_schema = schema.remove_metadata()
+            if id_name not in schema.names:
+                raise LoadError(f"{f}: the id column {id_name!r} named in _report.json is missing")
+            if VECTOR_FIELD not in schema.names:
+                raise LoadError(f"{f}: no {VECTOR_FIELD!r} column")
+            vt = schema.field(VECTOR_FIELD).type
+            if not (pa.types.is_list(vt) and vt.value_type == pa.float32()):
+                raise LoadError(f"{f}: column {VECTOR_FIELD!r} is {vt}; Milvus import needs list<float32>")
+        elif not schema.remove_metadata().equals(first_schema):
+            raise LoadError(f"{f}: columns {schema.remove_metadata()} differ from {files[0].name}'s "
+                            f"{first_schema}; all shards of one run must share a schema — rerun the embed stage")
+        if meta.get("dimensions") not in (None, dim):
+            raise LoadError(f"{f}: dimensions {meta['dimensions']} but _report.json says {dim}; "
+                            "the folder mixes two runs — use a fresh output.path")
+        if meta.get("model") not in (None, report["model"]):
+            raise LoadError(f"{f}: model {meta['model']!r} but _report.json says {report['model']!r}; "
+                            "the folder mixes two runs — use a fresh output.path")
+        shards.append(Shard(f, pf.metadata.num_rows, meta))
+    rows = sum(s.rows for s in shards)
+    if rows != int(report["rows_embedded"]):
+        raise LoadError(f"{path}: the shards hold {rows} rows but _report.json says rows_embedded = "
+                        f"{report['rows_embedded']}; a shard is missing or stale — rerun the embed stage")
+    id_col, columns = _scan_columns(shards, first_schema, id_name)
+    return LoadInput(path=path, report=report, shards=shards, id_field=id_col, columns=columns, dim=dim,
+                     rows=rows, model=str(report["model"]), task=report.get("task"),
+                     fingerprint=report.get("fingerprint"))
+
+
+def _scan_columns(shards: list[Shard], schema: pa.Schema, id_name: str) -> tuple[Column, list[Column]]:
+    """Map each non-vector column to a Milvus type; size VARCHARs and check ids are unique."""
+    strings = [n for n in schema.names if n != VECTOR_FIELD
+               and (pa.types.is_string(schema.field(n).type) or pa.types.is_large_string(schema.field(n).type))]
+    longest = {n: 0 for n in strings}
+    id_type = schema.field(id_name).type
+    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type) or id_type == pa.int64()):
+        raise LoadError(f"{shards[0].path}: id column {id_name!r} is {id_type}; a Milvus primary key must be a "
+                        "string or int64 — cast corpus.id_column in the corpus")
+    for name in schema.names:
+        t = schema.field(name).type
+        if name in (id_name, VECTOR_FIELD) or name in longest or t in _SCALARS:
+            continue
+        raise LoadError(f"{shards[0].path}: column {name!r} is {t}, which has no Milvus scalar type; "
+                        "drop it from corpus.columns or cast it to string, int64, int32, float64, float32 or bool")
+    ids = []
+    for s in shards:
+        table = pq.read_table(s.path, columns=[id_name, *[n for n in schema.names
+                                                         if n not in (id_name, VECTOR_FIELD)]])
+        for name in table.column_names:
+            col = table.column(name)
+            if col.null_count:
+                what = "id" if name == id_name else "carried column"
+                raise LoadError(f"{s.path}: {what} {name!r} has {col.null_count} null value(s); Milvus 2.3 "
+                                "fields are not nullable — fill or drop those rows in the corpus")
+            if name in longest and len(col):
+                longest[name] = max(longest[name], pc.max(pc.binary_length(col)).as_py() or 0)
+        ids.append(table.column(id_name))
+    all_ids = pa.chunked_array([c for ch in ids for c in ch.chunks], type=id_type)
+    if len(pc.unique(all_ids)) != len(all_ids):
+        counts = pc.value_counts(all_ids)
+        dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
+        raise LoadError(f"{shards[0].path.parent}: id {dup!r} appears more than once; Milvus import never "
+                        "dedups — make corpus.id_column unique and rerun the embed stage")
+    for name, n in longest.items():
+        if n > MAX_VARCHAR:
+            raise LoadError(f"{shards[0].path.parent}: column {name!r} holds a value of {n} bytes; Milvus VARCHAR "
+                            f"holds at most {MAX_VARCHAR} — shorten it or drop it from corpus.columns")
+
+    def col(name: str) -> Column:
+        if name in longest:
+            return Column(name, DataType.VARCHAR, _varchar_len(longest[name]))
+        t = schema.field(name).type
+        return Column(name, DataType.INT64 if name == id_name else _SCALARS[t])
+
+    return col(id_name), [col(n) for n in schema.names if n not in (id_name, VECTOR_FIELD)]
+
+
+def build_schema(inp: LoadInput, description: str = "") -> Any:
+    """The CollectionSchema for a load: primary key, the vector field, then the carried columns."""
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
+    for c in [inp.id_field, *inp.columns]:
+        kw = {"max_length": c.max_length} if c.dtype == DataType.VARCHAR else {}
+        schema.add_field(c.name, c.dtype, is_primary=c is inp.id_field, **kw)
+        if c is inp.id_field:
+            schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=inp.dim)
+    return schema

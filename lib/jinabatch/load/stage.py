@@ -1,0 +1,230 @@
+"""The load stage: embed output folder → a new, verified Milvus collection → the alias swapped onto it.
+
+One readable pass (``run_load``)::
+
+    read_output (check report + shards, size the schema)     nothing touched yet: bad input fails here
+    connect (start or reuse the embedded server)
+    create  {alias}__{model}_{dims}d_{stamp}                  a new physical collection every load
+    fill    bulk import (server) | batched upsert (Lite)      mode = auto picks by what the server has
+    index + load                                              index built after the data is in
+    verify  count(*) == rows_embedded; sampled ids' vectors == the shard's vectors
+    swap    alter_alias / create_alias                        atomic: queries never see a partial load
+    tidy    release the previous one; keep keep_previous verified ones behind it, drop everything else
+
+A collection is *verified* when it is on the chain alias target → its ``jinabatch.previous`` → ... (the
+alias only moves onto verified loads, and ``previous`` is written at creation, which Milvus 2.3 keeps
+across restarts where it drops later property changes).
+
+Anything failing before the swap drops the new collection and re-raises: the alias stays where it
+was. ``rollback=True`` instead points the alias at the ``previous`` of the
+current one. Both write ``{output.path}/_load_report.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..config import Config, MilvusSettings
+from ..errors import ConfigError, LoadError
+from .milvus import (PROP, Target, _reason, alias_target, bulk_import, check_alias_free, connect, physical_name,
+                     physicals, point_alias, upsert_shards, verified_chain)
+from .schema import VECTOR_FIELD, LoadInput, build_schema, read_output
+
+__all__ = ["LoadReport", "run_load", "verify", "SAMPLE_SIZE"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SIZE = 200  # ids fetched back and compared vector by vector
+
+
+@dataclass
+class LoadReport:
+    collection: str  # the alias users query
+    physical: str  # the collection it now points at
+    rows: int
+    mode: str  # "bulk" | "insert" | "rollback"
+    seconds: float
+    previous: str | None  # where the alias pointed before
+    dropped: list[str] = field(default_factory=list)
+    uri: str = ""
+    verified_ids: int = 0
+
+
+def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
+             target: Target | None = None) -> LoadReport:
+    """Load ``config.output.path`` into Milvus behind the alias ``config.milvus.collection`` (or roll back).
+
+    ``target``: an open ``jinabatch.load.milvus.connect(config.milvus)`` to reuse (e.g. load then search on
+    one embedded server); by default the stage connects — and starts the embedded server — itself.
+    """
+    ms = config.milvus
+    out = Path(config.output.path)
+    t0 = time.monotonic()
+    inp = None if rollback else read_output(out)
+    with contextlib.nullcontext(target) if target is not None else connect(ms) as target:
+        if rollback:
+            report = _rollback(target, ms.collection)
+        else:
+            report = _load(target, inp, ms, _pick_mode(ms, target), progress)
+    report.seconds = round(time.monotonic() - t0, 3)
+    report.uri = target.uri
+    _write_report(out, report)
+    return report
+
+
+def _pick_mode(ms: MilvusSettings, target: Target) -> str:
+    if ms.mode == "auto":
+        return "bulk" if target.kind == "server" else "insert"
+    if ms.mode == "bulk" and target.kind == "lite":
+        raise ConfigError(f"milvus.mode = \"bulk\" needs a Milvus server; Milvus Lite ({ms.uri}) has no import API "
+                          "— use mode = \"auto\" or \"insert\"")
+    return ms.mode
+
+
+def _server_path(ms: MilvusSettings, out: Path):
+    root = out.resolve()
+    if ms.import_root is None:
+        return lambda p: str(Path(p).resolve())
+    prefix = ms.import_root.strip("/")
+    return lambda p: f"{prefix}/{Path(p).resolve().relative_to(root).as_posix()}".lstrip("/")
+
+
+def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progress: bool) -> LoadReport:
+    client, alias = target.client, ms.collection
+    check_alias_free(client, alias)
+    name = physical_name(alias, inp.model, inp.dim)
+    while client.has_collection(name):  # two loads in one millisecond
+        time.sleep(0.002)
+        name = physical_name(alias, inp.model, inp.dim)
+    props = {PROP + "alias": alias, PROP + "model": inp.model, PROP + "task": inp.task or "",
+             PROP + "dimensions": str(inp.dim), PROP + "id_column": inp.id_field.name,
+             PROP + "columns": json.dumps([c.name for c in inp.columns]), PROP + "rows": str(inp.rows),
+             PROP + "metric": ms.index.metric, PROP + "fingerprint": inp.fingerprint or "",
+             PROP + "source": str(inp.path.resolve()), PROP + "previous": alias_target(client, alias) or ""}
+    log.info("loading %d rows from %d shard(s) into %s (%s)", inp.rows, len(inp.shards), name, mode)
+    # all properties at creation: Milvus 2.3 does not keep a later property change across a restart
+    client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}"), properties=props)
+    try:
+        with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
+            if mode == "bulk":
+                bulk_import(target, name, inp.shards, _server_path(ms, inp.path), bar.update)
+            else:
+                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update)
+        client.flush(name)
+        index = client.prepare_index_params()
+        index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric,
+                        params=dict(ms.index.params))
+        client.create_index(name, index)
+        client.load_collection(name)
+        checked = verify(client, name, inp)
+        previous = point_alias(client, alias, name)
+    except BaseException as e:
+        _drop_quietly(client, name)
+        if isinstance(e, Exception) and not isinstance(e, (LoadError, ConfigError)):
+            raise LoadError(f"loading {inp.path} into {name} failed: {_reason(e)}; the alias {alias!r} was not "
+                            "changed — fix the cause and rerun") from e
+        raise
+    log.info("alias %s -> %s (was %s)", alias, name, previous)
+    if previous and previous != name:
+        _release_quietly(client, previous)
+    dropped = _tidy(client, alias, name, ms.keep_previous)
+    return LoadReport(alias, name, inp.rows, mode, 0.0, previous, dropped, verified_ids=checked)
+
+
+def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
+    """Row count equals the report's rows_embedded, and sampled ids come back with the shard's vectors."""
+    got = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
+    if got != inp.rows:
+        raise LoadError(f"{name} holds {got} rows but the embed report says rows_embedded = {inp.rows}; "
+                        "the load is incomplete or a shard was imported twice — the alias was not changed")
+    id_name = inp.id_field.name
+    per_shard = max(1, sample // len(inp.shards))
+    picks = np.linspace(0, len(inp.shards) - 1, num=min(len(inp.shards), sample)).round().astype(int)
+    checked = 0
+    for si in sorted(set(picks.tolist())):
+        shard = inp.shards[si]
+        if not shard.rows:
+            continue
+        pf = pq.ParquetFile(shard.path)
+        table = pf.read_row_group(0, columns=[id_name, VECTOR_FIELD])
+        rows = sorted(set(np.linspace(0, table.num_rows - 1, num=min(per_shard, table.num_rows)).round().astype(int)))
+        ids = [table.column(id_name)[int(i)].as_py() for i in rows]
+        want = {ids[k]: np.asarray(table.column(VECTOR_FIELD)[int(i)].as_py(), dtype=np.float32)
+                for k, i in enumerate(rows)}
+        found = {r[id_name]: np.asarray(r[VECTOR_FIELD], dtype=np.float32)
+                 for r in client.get(name, ids=ids, output_fields=[id_name, VECTOR_FIELD])}
+        for i, v in want.items():
+            if i not in found:
+                raise LoadError(f"{name}: id {i!r} from {shard.path.name} is missing after the load — the alias "
+                                "was not changed")
+            if not np.array_equal(found[i], v):
+                raise LoadError(f"{name}: id {i!r} came back with a different vector than {shard.path.name} holds "
+                                f"(max diff {float(np.max(np.abs(found[i] - v))):.3g}) — the alias was not changed")
+        checked += len(want)
+    return checked
+
+
+def _tidy(client, alias: str, current: str, keep_previous: int) -> list[str]:
+    """Keep the live collection and keep_previous verified ones behind it; drop the rest (older verified
+    loads, leftovers of killed loads, collections rolled back from)."""
+    family = physicals(client, alias)
+    keep = set(verified_chain(client, alias, family)[: 1 + keep_previous]) | {current}
+    drop = [p for p in family if p.name not in keep]
+    dropped = []
+    for p in drop:
+        if alias_target(client, alias) == p.name:  # never drop what queries use
+            continue
+        _drop_quietly(client, p.name)
+        dropped.append(p.name)
+    if dropped:
+        log.info("dropped %s (keep_previous = %d)", ", ".join(dropped), keep_previous)
+    return dropped
+
+
+def _rollback(target: Target, alias: str) -> LoadReport:
+    client = target.client
+    current = alias_target(client, alias)
+    if current is None:
+        raise LoadError(f"alias {alias!r} does not exist in Milvus at {target.uri}; nothing to roll back — "
+                        "run the load first")
+    fam = {p.name: p for p in physicals(client, alias)}
+    chain = verified_chain(client, alias, list(fam.values()))
+    if len(chain) < 2:
+        raise LoadError(f"alias {alias!r} points at {current} and no older verified collection is kept to roll back "
+                        "to (milvus.keep_previous controls how many are kept)")
+    back = fam[chain[1]]
+    client.load_collection(back.name)
+    point_alias(client, alias, back.name)
+    _release_quietly(client, current)
+    log.info("rolled back alias %s: %s -> %s", alias, current, back.name)
+    return LoadReport(alias, back.name, int(back.props.get(PROP + "rows", 0)), "rollback", 0.0, current)
+
+
+def _drop_quietly(client, name: str) -> None:
+    try:
+        client.drop_collection(name)
+    except Exception as e:  # cleanup must not hide the real error
+        log.warning("could not drop %s: %s", name, _reason(e))
+
+
+def _release_quietly(client, name: str) -> None:
+    try:
+        client.release_collection(name)
+    except Exception as e:
+        log.warning("could not release %s: %s", name, _reason(e))
+
+
+def _write_report(out: Path, report: LoadReport) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"_load_report.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    tmp.replace(out / "_load_report.json")

@@ -1,0 +1,11 @@
+"""The local stand-in for the Jina API — not part of the job that runs in production.
+
+A Jina-compatible HTTP server (``server``, ``app``, ``validate``, ``limits``) with a deterministic model
+(``fakemodel``), and the readable sample corpus (``samples``) that ``make run`` embeds. It ships because
+``make run``, the tests and the benchmarks use it; the job reaches it only through ``jina.base_url = "local"``
+(``jinabatch.runtime.jina_endpoint``)."""
+from .._lazy import lazy_exports
+
+_LAZY = {"LocalServer": ".server", "ServerSettings": ".server", "embed": ".fakemodel", "write_corpus": ".samples"}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+__all__ = list(_LAZY)

@@ -1,0 +1,159 @@
+"""Request validation of the local server, mirroring https://api.jina.ai/v1/embeddings.
+
+``parse_request`` turns a decoded JSON body into an ``EmbeddingRequest`` or raises ``HTTPProblem``
+with the status and ``detail`` the real API would give: 422 for anything the schema rejects
+(unknown field, a field the model does not take, wrong JSON type, unknown model / task /
+dimensions / embedding_type) and 400 for content problems (empty input, too many inputs, an input
+over the model's token cap without ``truncate``). Each detail names the field or input index and
+says what is accepted.
+
+Truncation under late chunking: all inputs form one sequence, so the model's token cap applies
+to the request. With ``truncate: true`` inputs are cut in order, each keeping room for the
+special tokens of the ones after it, so the total always fits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import fakemodel
+from ..jina.models import EMBEDDING_TYPES, ModelSpec, get_model
+
+__all__ = ["HTTPProblem", "EmbeddingRequest", "parse_request", "ALL_FIELDS"]
+
+ALL_FIELDS = ("model", "input", "task", "dimensions", "late_chunking", "embedding_type", "normalized", "truncate")
+
+
+class HTTPProblem(Exception):
+    """An error response: ``status`` and the ``detail`` text."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class EmbeddingRequest:
+    spec: ModelSpec
+    texts: list[str]  # after truncation
+    tokens: list[int]  # per input, after truncation
+    task: str | None
+    dimensions: int
+    late_chunking: bool
+    embedding_type: str
+    normalized: bool
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens)
+
+
+def _bool(body: dict, name: str, default: bool) -> bool:
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise HTTPProblem(422, f"{name}: expected true or false; got {v!r}")
+    return v
+
+
+def _inputs(raw) -> list[str]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise HTTPProblem(422, "input: expected a string or a list of strings / {\"text\": ...} objects")
+    texts = []
+    for i, item in enumerate(raw):
+        if isinstance(item, dict) and set(item) == {"text"} and isinstance(item["text"], str):
+            item = item["text"]
+        if not isinstance(item, str):
+            raise HTTPProblem(422, f"input[{i}]: expected a string or {{\"text\": \"...\"}}; got {type(item).__name__}")
+        texts.append(item)
+    return texts
+
+
+def _model(body: dict) -> ModelSpec:
+    name = body.get("model")
+    if name is None:
+        raise HTTPProblem(422, "model: field required (e.g. \"jina-embeddings-v3\")")
+    if not isinstance(name, str):
+        raise HTTPProblem(422, f"model: expected a string; got {type(name).__name__}")
+    try:
+        return get_model(name)
+    except ValueError as e:
+        raise HTTPProblem(422, f"model: {e}") from None
+
+
+def _truncate_all(spec: ModelSpec, texts: list[str], late_chunking: bool) -> tuple[list[str], list[int]]:
+    if not late_chunking:
+        out = [t if fakemodel.count_tokens(t) <= spec.max_tokens else fakemodel.truncate_text(t, spec.max_tokens)
+               for t in texts]
+        return out, [fakemodel.count_tokens(t) for t in out]
+    remaining, out, tokens = spec.max_tokens, [], []
+    for i, t in enumerate(texts):
+        room = max(remaining - fakemodel.SPECIAL_TOKENS * (len(texts) - i - 1), fakemodel.SPECIAL_TOKENS)
+        if fakemodel.count_tokens(t) > room:
+            t = fakemodel.truncate_text(t, room)
+        n = fakemodel.count_tokens(t)
+        out.append(t)
+        tokens.append(n)
+        remaining -= n
+    return out, tokens
+
+
+def parse_request(body) -> EmbeddingRequest:
+    """Validate a decoded JSON body like the real API; raise HTTPProblem(400|422, detail) if wrong."""
+    if not isinstance(body, dict):
+        raise HTTPProblem(422, "request body must be a JSON object")
+    unknown = sorted(set(body) - set(ALL_FIELDS))
+    if unknown:
+        raise HTTPProblem(422, f"unknown field(s) {unknown}; accepted fields: {list(ALL_FIELDS)}")
+    spec = _model(body)
+    refused = sorted(k for k in set(body) - spec.fields() if body[k] is not None)
+    if refused:
+        raise HTTPProblem(422, f"{spec.name} does not accept field(s) {refused}; "
+                               f"send only {sorted(spec.fields())}")
+    if "input" not in body:
+        raise HTTPProblem(422, "input: field required")
+    texts = _inputs(body["input"])
+
+    task = body.get("task")
+    if task is not None and (not isinstance(task, str) or task not in spec.tasks):
+        raise HTTPProblem(422, f"task: {spec.name} accepts {list(spec.tasks)}; got {task!r}")
+    dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int)):
+        raise HTTPProblem(422, f"dimensions: expected an integer; got {dims!r}")
+    try:
+        dimensions = spec.check_dimensions(dims)
+    except ValueError as e:
+        raise HTTPProblem(422, f"dimensions: {e}") from None
+    etype = body.get("embedding_type")
+    etype = "float" if etype is None else etype
+    if etype not in EMBEDDING_TYPES:
+        raise HTTPProblem(422, f"embedding_type: expected one of {list(EMBEDDING_TYPES)}; got {etype!r}")
+    late = _bool(body, "late_chunking", False)
+    normalized = _bool(body, "normalized", True)
+    truncate = _bool(body, "truncate", False)
+
+    if not texts:
+        raise HTTPProblem(400, "input: the list is empty; send at least one text")
+    if len(texts) > spec.max_inputs:
+        raise HTTPProblem(400, f"input: {len(texts)} inputs, over {spec.name}'s limit of {spec.max_inputs} "
+                               "per request; split the batch")
+    for i, t in enumerate(texts):
+        if not t:
+            raise HTTPProblem(400, f"input[{i}]: empty string; remove it or send some text")
+    tokens = [fakemodel.count_tokens(t) for t in texts]
+    if not truncate:
+        for i, n in enumerate(tokens):
+            if n > spec.max_tokens:
+                raise HTTPProblem(400, f"input[{i}]: {n} tokens, over {spec.name}'s limit of {spec.max_tokens}; "
+                                       "shorten it or send \"truncate\": true")
+        if late and sum(tokens) > spec.max_tokens:
+            raise HTTPProblem(400, f"input: {sum(tokens)} tokens in total, over {spec.name}'s limit of "
+                                   f"{spec.max_tokens} for one late-chunking request; send fewer chunks per "
+                                   "request or \"truncate\": true")
+    elif max(tokens) > spec.max_tokens or (late and sum(tokens) > spec.max_tokens):
+        texts, tokens = _truncate_all(spec, texts, late)
+    return EmbeddingRequest(spec, texts, tokens, task if spec.takes_task else None, dimensions, late,
+                            etype, normalized)
