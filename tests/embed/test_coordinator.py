@@ -2,7 +2,7 @@
 import pytest
 
 from jinabatch.embed.coordinator import Coordinator
-from jinabatch.embed.driver import request_token_budget
+from jinabatch.embed.task import request_token_budget
 from jinabatch.config import parse_config
 
 

@@ -3,7 +3,7 @@ of the key's budget → one Parquet file per shard, dead letters, manifest and r
 from .._lazy import lazy_exports
 
 _LAZY = {
-    "run_embed": ".driver", "request_token_budget": ".driver", "Coordinator": ".coordinator",
+    "run_embed": ".driver", "request_token_budget": ".task", "Coordinator": ".coordinator",
     "Plan": ".plan", "Shard": ".plan", "plan_corpus": ".plan", "list_files": ".plan",
     "process_shard": ".worker", "ShardResult": ".worker", "EmbedReport": ".report", "ShardWriter": ".shards",
 }

@@ -17,7 +17,6 @@ runtime_env or job metadata; it is wrapped in ``Secret`` as soon as it lands in 
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from pathlib import Path
@@ -26,78 +25,19 @@ from typing import Any
 import pyarrow as pa
 
 from ..config import Config
-from .plan import Plan, Shard, plan_corpus
 from ..errors import AuthError, BadRowError, BillingError, ConfigError, JinaBatchError
-from ..jina.limits import WorkerLimiter
-from .coordinator import Coordinator
-from .report import EmbedReport
 from ..runtime import jina_endpoint, ray_session
+from .coordinator import Coordinator
+from .plan import Plan, Shard, plan_corpus
+from .report import EmbedReport
 from .shards import read_json, read_shard_meta, shard_path, write_json_atomic
-from .worker import ShardResult, process_shard, shard_meta
+from .task import shard_task
+from .worker import ShardResult, shard_meta
 
-__all__ = ["run_embed", "request_token_budget"]
+__all__ = ["run_embed"]
 
 log = logging.getLogger("jinabatch.embed")
 FATAL = (AuthError, BillingError, BadRowError, ConfigError)  # stop the whole run: every shard would fail alike
-BURST_SECONDS = 2.0
-
-
-def request_token_budget(config: Config) -> int:
-    """Tokens per request: big enough that RPM does not bind before TPM, small enough to pace smoothly."""
-    lim, w = config.limits, config.ray.workers
-    per_worker_burst = lim.tpm * lim.target / w / 60 * BURST_SECONDS
-    return int(min(config.jina.max_tokens_per_request, max(512, min(4 * lim.tpm / lim.rpm, per_worker_burst))))
-
-
-def _counters(rows: int, client) -> dict[str, int]:
-    s = client.stats
-    return {"rows": rows, "tokens": s.tokens, "requests": s.requests, "http_429": s.http_429, "retries": s.retries}
-
-
-async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field, carried: list[pa.Field],
-                     base_url: str, key: str, coordinator) -> ShardResult:
-    import ray
-
-    from ..jina.client import JinaClient, Secret
-
-    share = await coordinator.register.remote(shard.index)
-    budget = request_token_budget(config)
-    limiter = WorkerLimiter(share, burst_seconds=BURST_SECONDS, max_request_tokens=budget,
-                            start_levels=await coordinator.take_levels.remote())
-    client = JinaClient(config.jina, api_key=Secret(key), base_url=base_url, limiter=limiter,
-                        max_tokens_per_request=budget)
-    rows = 0
-
-    def on_rows(n: int) -> None:
-        nonlocal rows
-        rows += n
-
-    async def pump() -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            limiter.set_share(await coordinator.report.remote(shard.index, _counters(rows, client)))
-
-    t0 = time.monotonic()
-    pumping = asyncio.ensure_future(pump())
-    try:
-        res = await process_shard(config, shard, client, out, id_field=id_field, carried=carried, on_rows=on_rows)
-        res.seconds = time.monotonic() - t0
-        res.node = ray.get_runtime_context().get_node_id()
-        return res
-    finally:
-        pumping.cancel()
-        await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.levels())
-        await client.aclose()
-
-
-def _shard_task(config: Config, shard: Shard, out: str, id_field: pa.Field, carried: list[pa.Field],
-                base_url: str, key: str, coordinator) -> dict[str, Any]:
-    """Ray task body. Known errors come back as a failed result (typed, picklable) instead of raising."""
-    try:
-        return vars(asyncio.run(_run_shard(config, shard, out, id_field, carried, base_url, key, coordinator)))
-    except JinaBatchError as e:
-        return vars(ShardResult(shard.index, shard.name, shard.rows, 0, 0, status="failed",
-                                error=str(e), error_type=type(e).__name__))
 
 
 def _already_done(config: Config, shard: Shard, out: Path) -> dict[str, Any] | None:
@@ -170,7 +110,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
     with jina_endpoint(config.jina, config.limits) as (base_url, key), ray_session(config):
         coordinator = ray.remote(num_cpus=0)(Coordinator).remote(
             lim.rpm, lim.tpm, lim.concurrency, config.ray.workers, lim.target)
-        task = ray.remote(_shard_task)
+        task = ray.remote(shard_task)
         task_opts = {"num_cpus": config.ray.num_cpus_per_task, "max_retries": config.ray.max_retries,
                      "retry_exceptions": False, "scheduling_strategy": "SPREAD"}  # use every node's network
         key_ref = ray.put(key.get())  # object store only: never in task specs or job metadata

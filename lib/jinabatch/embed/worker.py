@@ -31,11 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import Config
-from .plan import Shard
 from ..errors import BadRowError, ConfigError, InvalidRequest
 from ..jina.client import JinaClient
-from .shards import ShardWriter, write_dead_letter
 from ..jina.tokens import raw_estimate
+from .plan import Shard
+from .shards import ShardWriter, write_dead_letter
 
 __all__ = ["ShardResult", "process_shard", "shard_meta"]
 

@@ -32,7 +32,15 @@ import pydantic
 import stamina
 
 from ..config import LOCAL_BASE_URL, JinaSettings
-from ..errors import AuthError, ConfigError, JinaError, RateLimited, RetriesExhausted, TransientError, TransportError
+from ..errors import (
+    AuthError,
+    ConfigError,
+    JinaError,
+    RateLimited,
+    RetriesExhausted,
+    TransientError,
+    TransportError,
+)
 from .tokens import TokenEstimator, plan_batches, raw_estimate
 from .wire import DTYPES, build_body, decode_response, error_for_status, row_width
 

@@ -23,8 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import (AuthError, BillingError, InvalidRequest, JinaError, RateLimited, ResponseError,
-                     ServerError)
+from ..errors import (
+    AuthError,
+    BillingError,
+    InvalidRequest,
+    JinaError,
+    RateLimited,
+    ResponseError,
+    ServerError,
+)
 from .models import ModelSpec
 
 __all__ = ["build_body", "decode_response", "row_width", "error_for_status", "parse_retry_after",

@@ -15,10 +15,10 @@ from typing import Any
 
 from ..config import Config, JinaSettings
 from ..errors import ConfigError, LoadError
-from .milvus import PROP, Target, alias_target, connect
-from .schema import VECTOR_FIELD
 from ..jina.models import get_model
 from ..runtime import jina_endpoint
+from .milvus import PROP, Target, alias_target, connect
+from .schema import VECTOR_FIELD
 
 __all__ = ["Hit", "search", "search_target", "format_hits"]
 

@@ -64,7 +64,9 @@ class EmbeddedServer:
         return self._server is not None and self._server.running
 
     def start(self) -> "EmbeddedServer":
-        from milvus import MilvusServer  # heavy import, only when a server is really started
+        from milvus import (
+            MilvusServer,  # heavy import, only when a server is really started
+        )
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         server = MilvusServer()

@@ -35,8 +35,20 @@ from tqdm import tqdm
 
 from ..config import Config, MilvusSettings
 from ..errors import ConfigError, LoadError
-from .milvus import (PROP, Target, _reason, alias_target, bulk_import, check_alias_free, connect, physical_name,
-                     physicals, point_alias, upsert_shards, verified_chain)
+from .milvus import (
+    PROP,
+    Target,
+    _reason,
+    alias_target,
+    bulk_import,
+    check_alias_free,
+    connect,
+    physical_name,
+    physicals,
+    point_alias,
+    upsert_shards,
+    verified_chain,
+)
 from .schema import VECTOR_FIELD, LoadInput, build_schema, read_output
 
 __all__ = ["LoadReport", "run_load", "verify", "SAMPLE_SIZE"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import fakemodel
 from ..jina.models import EMBEDDING_TYPES, ModelSpec, get_model
+from . import fakemodel
 
 __all__ = ["HTTPProblem", "EmbeddingRequest", "parse_request", "ALL_FIELDS"]
 
