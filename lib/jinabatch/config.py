@@ -28,7 +28,7 @@ from .jina.models import get_model
 
 __all__ = [
     "Config", "CorpusSettings", "JinaSettings", "LimitsSettings", "RaySettings", "OutputSettings",
-    "MilvusSettings", "IndexSettings", "load_config", "parse_config", "DEFAULT_BASE_URL", "LOCAL_BASE_URL",
+    "MilvusSettings", "IndexSettings", "StorageSettings", "load_config", "parse_config", "DEFAULT_BASE_URL", "LOCAL_BASE_URL",
 ]
 
 DEFAULT_BASE_URL = "https://api.jina.ai/v1"
@@ -144,6 +144,27 @@ class MilvusSettings(_Section):
         return v
 
 
+class StorageSettings(_Section):
+    """How s3:// URIs are reached. Credentials never go here: they come from AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN (or an instance role) on every node."""
+
+    endpoint: str | None = None  # an S3-compatible store, e.g. "http://minio:9000" (default: $AWS_ENDPOINT_URL, else AWS)
+    region: str | None = None  # default: $AWS_REGION, else us-east-1
+    connect_timeout: float = Field(5.0, gt=0)
+    request_timeout: float = Field(60.0, gt=0)
+    max_attempts: int = Field(4, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for k in data:
+                if any(s in k.lower() for s in ("secret", "access_key", "password", "token", "credential")):
+                    raise ValueError(f"{k}: credentials are never read from the config file; set AWS_ACCESS_KEY_ID "
+                                     "and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the environment of every node")
+        return data
+
+
 class Config(_Section):
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
     jina: JinaSettings = Field(default_factory=JinaSettings)
@@ -151,6 +172,7 @@ class Config(_Section):
     ray: RaySettings = Field(default_factory=RaySettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     source: str | None = Field(None, exclude=True)  # the file it came from, for messages
 
     def embedding_key(self) -> dict[str, Any]:
