@@ -68,6 +68,7 @@ class JinaSettings(_Section):
     retry_wait_jitter: float = Field(1.0, ge=0)  # up to this many random seconds added to a backoff
     retry_after_max: float = Field(120.0, ge=0)  # cap on a server's Retry-After (s)
     concurrency: int = Field(4, gt=0)  # requests in flight per client in JinaClient.embed
+    price_per_million_tokens: float | None = Field(None, ge=0)  # for cost estimates and spend in reports (USD)
 
     @model_validator(mode="after")
     def _fits_model(self) -> "JinaSettings":
