@@ -4,7 +4,8 @@ from .._lazy import lazy_exports
 
 _LAZY = {
     "run_embed": ".driver", "request_token_budget": ".task", "Coordinator": ".coordinator",
-    "Plan": ".plan", "Shard": ".plan", "plan_corpus": ".plan", "list_files": ".plan",
+    "Plan": ".plan", "Shard": ".plan", "Piece": ".plan", "plan_corpus": ".plan", "list_corpus": ".corpus",
+    "CorpusFile": ".corpus",
     "process_shard": ".worker", "ShardResult": ".worker", "EmbedReport": ".report", "ShardWriter": ".shards",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .shards import write_json_atomic
+from ..storage import Storage
 
 __all__ = ["EmbedReport", "utilization"]
 
@@ -33,6 +32,8 @@ class EmbedReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     shards_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> shards it embedded
     tokens: int = 0
+    raw_tokens: float = 0.0  # the uncalibrated estimate (UTF-8 bytes / 4 + 2 per row) of the rows sent
+    token_ratio: float | None = None  # tokens / raw_tokens: what the next plan's estimate is calibrated with
     requests: int = 0
     retries: int = 0
     http_429: int = 0
@@ -63,6 +64,8 @@ class EmbedReport:
             self.dead_letter_reasons[k] = self.dead_letter_reasons.get(k, 0) + v
 
     def finish_rates(self, window_s: float, *, tpm: int, rpm: int) -> None:
+        if self.raw_tokens > 0 and self.tokens > 0:
+            self.token_ratio = round(self.tokens / self.raw_tokens, 4)
         self.embed_window_s = round(window_s, 3)
         if window_s > 0:
             self.tokens_per_min = round(self.tokens / window_s * 60, 1)
@@ -77,10 +80,9 @@ class EmbedReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def write(self, out: str | Path) -> Path:
-        p = Path(out) / "_report.json"
-        write_json_atomic(p, self.to_dict())
-        return p
+    def write(self, out: Storage) -> str:
+        out.write_json("_report.json", self.to_dict())
+        return out.uri_of("_report.json")
 
     def summary(self) -> str:
         return (f"{self.rows_embedded}/{self.rows_in} rows embedded, {self.rows_dead_letter} dead-lettered, "

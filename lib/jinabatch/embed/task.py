@@ -16,6 +16,7 @@ import pyarrow as pa
 from ..config import Config
 from ..errors import JinaBatchError
 from ..jina.limits import WorkerLimiter
+from ..storage import Storage
 from .plan import Shard
 from .worker import ShardResult, process_shard
 
@@ -62,7 +63,8 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
     t0 = time.monotonic()
     pumping = asyncio.ensure_future(pump())
     try:
-        res = await process_shard(config, shard, client, out, id_field=id_field, carried=carried, on_rows=on_rows)
+        res = await process_shard(config, shard, client, Storage.open(out, config.storage), id_field=id_field,
+                                  carried=carried, on_rows=on_rows)
         res.seconds = time.monotonic() - t0
         res.node = ray.get_runtime_context().get_node_id()
         return res

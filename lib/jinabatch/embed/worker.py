@@ -23,18 +23,19 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..config import Config
 from ..errors import BadRowError, ConfigError, InvalidRequest
 from ..jina.client import JinaClient
 from ..jina.tokens import raw_estimate
+from ..storage import Storage
+from .dedup import read_duplicates
 from .plan import Shard
+from .reader import RowBatch, read_shard
 from .shards import ShardWriter, write_dead_letter
 
 __all__ = ["ShardResult", "process_shard", "shard_meta"]
@@ -66,14 +67,14 @@ class ShardResult:
     error_type: str | None = None
     seconds: float = 0.0
     node: str | None = None  # Ray node that ran it
+    raw_tokens: float = 0.0  # uncalibrated estimate of what was sent: tokens / raw_tokens calibrates the next plan
 
 
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
-    """What a finished shard's footer says about how it was made (never the key)."""
+    """What a finished shard's footer says about how it was made: settings and every piece (never the key)."""
     j = config.jina
-    return {**config.embedding_key(), "embedding_type": j.embedding_type, "source_file": shard.file,
-            "file_fingerprint": shard.file_fingerprint, "row_start": shard.row_start, "row_stop": shard.row_stop,
-            "rg_start": shard.rg_start, "rg_stop": shard.rg_stop, "shard": shard.index,
+    return {**config.embedding_key(), "embedding_type": j.embedding_type, "shard": shard.index, "key": shard.key,
+            "start": shard.start, "stop": shard.stop, "pieces": [p.describe() for p in shard.pieces],
             "fingerprint": config.fingerprint(), "id_column": config.corpus.id_column,
             "columns": list(config.corpus.columns)}
 
@@ -104,14 +105,14 @@ async def _embed_rows(client: JinaClient, texts: list[str], truncate: bool) -> t
 class _Batch:
     """Rows of one record batch waiting for their requests: written in order once all are back."""
 
-    def __init__(self, table: pa.Table, row0: int):
-        self.table, self.row0 = table, row0
+    def __init__(self, rows: RowBatch):
+        self.table, self.file, self.row0, self.pos0 = rows.table, rows.file, rows.row0, rows.pos0
         self.vectors: dict[int, np.ndarray] = {}
         self.dead: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
 
 
-async def process_shard(config: Config, shard: Shard, client: JinaClient, out: str | Path, *,
+async def process_shard(config: Config, shard: Shard, client: JinaClient, out: Storage, *,
                         id_field: pa.Field, carried: list[pa.Field],
                         on_rows: Callable[[int], None] | None = None, max_pending: int = 64) -> ShardResult:
     cs, j = config.corpus, config.jina
@@ -136,7 +137,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
         ids = b.table.column(cs.id_column)
         texts = b.table.column(cs.text_column)
         for i, why in sorted(b.dead.items()):
-            dead_rows.append({"id": ids[i].as_py(), "source_file": shard.file, "row": b.row0 + i,
+            dead_rows.append({"id": ids[i].as_py(), "source_file": b.file, "row": b.row0 + i,
                               "reason": why, "text": texts[i].as_py()})
             res.reasons[_reason_key(why)] = res.reasons.get(_reason_key(why), 0) + 1
         good = np.array(sorted(b.vectors), dtype=np.int64)
@@ -158,32 +159,31 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
             why = f"{label}: {why}" if label else why
             if j.on_too_long == "fail":
                 i = rows[pos]
-                raise BadRowError(f"{shard.file} row {b.row0 + i} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
+                raise BadRowError(f"{b.file} row {b.row0 + i} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
                                   f"{why}; set jina.on_too_long = \"truncate\" or \"skip\" to go on")
             dead(b, rows[pos], why)
 
     try:
-        pf = pq.ParquetFile(shard.file)
+        duplicates = read_duplicates(out, shard.start, shard.stop)
         columns = list(dict.fromkeys([cs.id_column, cs.text_column, *cs.columns]))
-        row = shard.row_start
-        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=range(shard.rg_start, shard.rg_stop),
-                                  columns=columns):
-            b = _Batch(pa.Table.from_batches([rb]), row)
-            row += rb.num_rows
+        for rows_in in read_shard(shard, columns, {f.name: f.type for f in carried}, config.storage,
+                                  batch_rows=READ_BATCH_ROWS):
+            b = _Batch(rows_in)
             ids, texts = b.table.column(cs.id_column).to_pylist(), b.table.column(cs.text_column).to_pylist()
             keep: list[int] = []
             alone: list[tuple[int, str]] = []  # over the limit by estimate: one request each, the API decides
             for i, (id_, t) in enumerate(zip(ids, texts)):
                 if id_ is None:
                     dead(b, i, "null id")
-                elif b.row0 + i in shard.duplicates:
-                    dead(b, i, shard.duplicates[b.row0 + i])
+                elif b.pos0 + i in duplicates:
+                    dead(b, i, duplicates[b.pos0 + i])
                 elif t is None:
                     dead(b, i, "null text")
                 elif not t.strip():
                     dead(b, i, "empty text")
                 else:
                     est = client.estimator.estimate_one(t)
+                    res.raw_tokens += raw_estimate(t)
                     if est <= limit:
                         keep.append(i)
                     elif truncate:
@@ -191,7 +191,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
                         keep.append(i)
                     elif raw_estimate(t) > limit * CLEARLY_OVER:
                         if j.on_too_long == "fail":
-                            raise BadRowError(f"{shard.file} row {b.row0 + i} (id {id_!r}): about {est} tokens, over "
+                            raise BadRowError(f"{b.file} row {b.row0 + i} (id {id_!r}): about {est} tokens, over "
                                               f"the model's {limit}; set jina.on_too_long = \"truncate\" or \"skip\"")
                         dead(b, i, f"too long: about {est} tokens > {limit} (jina.on_too_long = skip)")
                     else:
