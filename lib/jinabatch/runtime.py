@@ -18,7 +18,7 @@ from typing import Iterator
 from .config import LOCAL_BASE_URL, JinaSettings, LimitsSettings
 from .jina.client import Secret, resolve_api_key
 
-__all__ = ["jina_endpoint", "ray_session"]
+__all__ = ["jina_endpoint", "ray_session", "local_token_count"]
 
 log = logging.getLogger("jinabatch")
 
@@ -40,6 +40,13 @@ def jina_endpoint(j: JinaSettings, limits: LimitsSettings | None = None) -> Iter
         yield server.url, Secret(key)
     finally:
         server.stop()
+
+
+def local_token_count(texts: list[str]) -> int:
+    """Tokens the local stand-in bills for ``texts``: its tokenizer is known, so a plan can count exactly."""
+    from .local_api.fakemodel import count_tokens
+
+    return sum(count_tokens(t) for t in texts)
 
 
 @contextlib.contextmanager
