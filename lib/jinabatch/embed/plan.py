@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ..config import CorpusSettings
 from ..errors import CorpusError
+from .columns import check_carried_type, check_id_type
 
 __all__ = ["Shard", "Plan", "list_files", "plan_corpus", "file_fingerprint"]
 
@@ -109,11 +110,9 @@ def _check_schema(path: str, schema: pa.Schema, cs: CorpusSettings) -> None:
     id_t = schema.field(cs.id_column).type
     if not (pa.types.is_string(id_t) or pa.types.is_large_string(id_t) or pa.types.is_integer(id_t)):
         raise CorpusError(f"{path}: id column {cs.id_column!r} is {id_t}, expected string or integer ids")
+    check_id_type(path, cs.id_column, id_t)  # hook (issue 14): type rules live in embed/columns.py
     for c in cs.columns:
-        t = schema.field(c).type
-        if t not in CARRIED_TYPES:
-            raise CorpusError(f"{path}: carried column {c!r} is {t}; corpus.columns takes string, integer, "
-                              "float or bool columns")
+        check_carried_type(path, c, schema.field(c).type)  # hook (issue 14): dates, timestamps, unsigned...
 
 
 def _find_duplicates(files: list[str], id_column: str) -> dict[str, dict[int, str]]:

@@ -24,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .columns import shard_fields, to_shard
+
 __all__ = ["ShardWriter", "write_dead_letter", "read_shard_meta", "shard_path", "dead_letter_path",
            "write_json_atomic", "read_json", "embedding_array", "DEAD_LETTER_SCHEMA_FIELDS"]
 
@@ -60,6 +62,7 @@ class ShardWriter:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         _clean_stale(self.final)
         self.tmp = self.final.with_name(f"{self.final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        id_field, carried = shard_fields(id_field, carried)  # hook (issue 14): Milvus-holdable types
         self.schema = pa.schema([id_field, pa.field("embedding", pa.list_(pa.float32())), *carried])
         self.meta = dict(meta)
         self.rows = 0
@@ -68,6 +71,7 @@ class ShardWriter:
     def write(self, ids: pa.Array, vectors: np.ndarray, carried: list[pa.Array]) -> None:
         if len(ids) == 0:
             return
+        carried = [to_shard(a) for a in carried]  # hook (issue 14): dates → ISO text, NaN → null, ...
         batch = pa.record_batch([ids.cast(self.schema.field(0).type), embedding_array(vectors), *carried],
                                 schema=self.schema)
         self._writer.write_batch(batch)
