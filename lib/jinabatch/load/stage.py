@@ -4,10 +4,13 @@ One readable pass (``run_load``)::
 
     read_output (check report + shards, size the schema)     nothing touched yet: bad input fails here
     connect (start or reuse the embedded server)
+    layout  carried columns: typed fields, nullable where the server has nullable fields (Milvus ≥ 2.5, Lite);
+            else a column holding nulls is a key of the dynamic field (jinabatch.load.target)
     create  {alias}__{model}_{dims}d_{stamp}                  a new physical collection every load
     fill    bulk import (server) | batched upsert (Lite)      mode = auto picks by what the server has
+            (dynamic-field keys: bulk import of copies with a $meta column, jinabatch.load.staging)
     index + load                                              index built after the data is in
-    verify  count(*) == rows_embedded; sampled ids' vectors == the shard's vectors
+    verify  count(*) == rows_embedded; sampled ids' vectors and carried values == the shard's
     swap    alter_alias / create_alias                        atomic: queries never see a partial load
     tidy    release the previous one; keep keep_previous verified ones behind it, drop everything else
 
@@ -50,6 +53,8 @@ from .milvus import (
     verified_chain,
 )
 from .schema import VECTOR_FIELD, LoadInput, build_schema, read_output
+from .staging import import_copies
+from .target import Layout, ServerInfo, choose_layout, server_info
 
 __all__ = ["LoadReport", "run_load", "verify", "SAMPLE_SIZE"]
 
@@ -69,6 +74,8 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     uri: str = ""
     verified_ids: int = 0
+    server: str = ""  # e.g. "Milvus v2.3.5-lite (no nullable fields)"
+    carried: dict[str, str] = field(default_factory=dict)  # column -> how it is held ("nullable field", ...)
 
 
 def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
@@ -110,6 +117,47 @@ def _server_path(ms: MilvusSettings, out: Path):
     return lambda p: f"{prefix}/{Path(p).resolve().relative_to(root).as_posix()}".lstrip("/")
 
 
+def _fill_mode(ms: MilvusSettings, mode: str, layout: Layout, info: ServerInfo) -> str:
+    """Bulk import needs import copies for dynamic-field columns; a server reading its own bucket
+    (milvus.import_root) cannot see them, so such a load inserts instead."""
+    if mode != "bulk" or not layout.dynamic or ms.import_root is None:
+        return mode
+    why = (f"columns {list(layout.dynamic)} hold nulls and {info.describe()} keeps them in the dynamic field, "
+           "which bulk import fills from import copies the server must read from this machine")
+    if ms.mode == "bulk":
+        raise ConfigError(f"milvus.mode = \"bulk\" with milvus.import_root: {why}; use mode = \"auto\" (inserts "
+                          "this load) or a Milvus ≥ 2.5, whose nullable fields import the shards as they are")
+    log.warning("%s; inserting instead of bulk import", why)
+    return "insert"
+
+
+def _props(ms: MilvusSettings, inp: LoadInput, alias: str, previous: str, layout: Layout) -> dict[str, str]:
+    return {PROP + "alias": alias, PROP + "model": inp.model, PROP + "task": inp.task or "",
+            PROP + "dimensions": str(inp.dim), PROP + "id_column": inp.id_field.name,
+            PROP + "columns": json.dumps([c.name for c in inp.columns]), PROP + "rows": str(inp.rows),
+            PROP + "dynamic": json.dumps(list(layout.dynamic)),
+            PROP + "metric": ms.index.metric, PROP + "fingerprint": inp.fingerprint or "",
+            PROP + "source": str(inp.path.resolve()), PROP + "previous": previous}
+
+
+def _create(client, name: str, inp: LoadInput, ms: MilvusSettings, alias: str, previous: str,
+            info: ServerInfo) -> Layout:
+    """Create the collection for the layout ``info`` allows; if the server silently dropped ``nullable``
+    (Milvus 2.3.5 does, and would then import a null as 0 or ""), recreate it without nullable fields."""
+    nulls = {c.name: c.nulls for c in inp.columns}
+    for attempt in (info, ServerInfo(info.kind, info.version, False)):
+        layout = choose_layout(nulls, attempt)
+        # all properties at creation: Milvus 2.3 does not keep a later property change across a restart
+        client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}", layout),
+                                 properties=_props(ms, inp, alias, previous, layout))
+        fields = client.describe_collection(name).get("fields", [])
+        if not layout.nullable or all(f.get("nullable") for f in fields if f["name"] in layout.typed):
+            return layout
+        log.warning("%s did not keep nullable fields; carried columns with nulls go to the dynamic field", info.describe())
+        client.drop_collection(name)
+    raise AssertionError("unreachable")
+
+
 def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progress: bool) -> LoadReport:
     client, alias = target.client, ms.collection
     check_alias_free(client, alias)
@@ -117,20 +165,21 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
     while client.has_collection(name):  # two loads in one millisecond
         time.sleep(0.002)
         name = physical_name(alias, inp.model, inp.dim)
-    props = {PROP + "alias": alias, PROP + "model": inp.model, PROP + "task": inp.task or "",
-             PROP + "dimensions": str(inp.dim), PROP + "id_column": inp.id_field.name,
-             PROP + "columns": json.dumps([c.name for c in inp.columns]), PROP + "rows": str(inp.rows),
-             PROP + "metric": ms.index.metric, PROP + "fingerprint": inp.fingerprint or "",
-             PROP + "source": str(inp.path.resolve()), PROP + "previous": alias_target(client, alias) or ""}
-    log.info("loading %d rows from %d shard(s) into %s (%s)", inp.rows, len(inp.shards), name, mode)
-    # all properties at creation: Milvus 2.3 does not keep a later property change across a restart
-    client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}"), properties=props)
+    info, before = server_info(target), alias_target(client, alias) or ""
     try:
+        layout = _create(client, name, inp, ms, alias, before, info)
+        carried = {c.name: layout.describe(c.name) for c in inp.columns}
+        mode = _fill_mode(ms, mode, layout, info)
+        log.info("loading %d rows from %d shard(s) into %s (%s); carried columns: %s", inp.rows, len(inp.shards),
+                 name, mode, carried or "none")
         with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
-            if mode == "bulk":
+            if mode == "bulk" and layout.dynamic:
+                with import_copies(inp.shards, inp.path, name, layout.dynamic) as copies:
+                    bulk_import(target, name, copies, _server_path(ms, inp.path), bar.update)
+            elif mode == "bulk":
                 bulk_import(target, name, inp.shards, _server_path(ms, inp.path), bar.update)
             else:
-                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update)
+                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update, layout.dynamic)
         client.flush(name)
         index = client.prepare_index_params()
         index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric,
@@ -149,11 +198,13 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
     if previous and previous != name:
         _release_quietly(client, previous)
     dropped = _tidy(client, alias, name, ms.keep_previous)
-    return LoadReport(alias, name, inp.rows, mode, 0.0, previous, dropped, verified_ids=checked)
+    return LoadReport(alias, name, inp.rows, mode, 0.0, previous, dropped, verified_ids=checked,
+                      server=info.describe(), carried=carried)
 
 
 def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
-    """Row count equals the report's rows_embedded, and sampled ids come back with the shard's vectors."""
+    """Row count equals the report's rows_embedded, and sampled ids come back with the shard's vectors and
+    carried values (a null comes back as None, whether a nullable field or an absent dynamic key)."""
     got = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
     if got != inp.rows:
         raise LoadError(f"{name} holds {got} rows but the embed report says rows_embedded = {inp.rows}; "
@@ -167,13 +218,15 @@ def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
         if not shard.rows:
             continue
         pf = pq.ParquetFile(shard.path)
-        table = pf.read_row_group(0, columns=[id_name, VECTOR_FIELD])
+        carried = [c.name for c in inp.columns]
+        table = pf.read_row_group(0, columns=[id_name, VECTOR_FIELD, *carried])
         rows = sorted(set(np.linspace(0, table.num_rows - 1, num=min(per_shard, table.num_rows)).round().astype(int)))
         ids = [table.column(id_name)[int(i)].as_py() for i in rows]
         want = {ids[k]: np.asarray(table.column(VECTOR_FIELD)[int(i)].as_py(), dtype=np.float32)
                 for k, i in enumerate(rows)}
-        found = {r[id_name]: np.asarray(r[VECTOR_FIELD], dtype=np.float32)
-                 for r in client.get(name, ids=ids, output_fields=[id_name, VECTOR_FIELD])}
+        values = {ids[k]: {c: table.column(c)[int(i)].as_py() for c in carried} for k, i in enumerate(rows)}
+        got = {r[id_name]: r for r in client.get(name, ids=ids, output_fields=[id_name, VECTOR_FIELD, *carried])}
+        found = {i: np.asarray(r[VECTOR_FIELD], dtype=np.float32) for i, r in got.items()}
         for i, v in want.items():
             if i not in found:
                 raise LoadError(f"{name}: id {i!r} from {shard.path.name} is missing after the load — the alias "
@@ -181,6 +234,10 @@ def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
             if not np.array_equal(found[i], v):
                 raise LoadError(f"{name}: id {i!r} came back with a different vector than {shard.path.name} holds "
                                 f"(max diff {float(np.max(np.abs(found[i] - v))):.3g}) — the alias was not changed")
+            for c, w in values[i].items():
+                if got[i].get(c) != w:
+                    raise LoadError(f"{name}: id {i!r} came back with {c} = {got[i].get(c)!r} but {shard.path.name} "
+                                    f"holds {w!r} — the alias was not changed")
         checked += len(want)
     return checked
 
