@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,17 +68,14 @@ def test_null_id_in_a_shard_is_rejected(tmp_path):
 
 def test_int8_int16_columns_map_to_milvus_int8_int16_and_converted_types_are_named(tmp_path):
     """Shard fields the embed stage converted (a timestamp as ISO text) keep their corpus type in metadata."""
+    at = datetime(2024, 1, 1, tzinfo=timezone.utc)
     make_output(tmp_path, sample_texts(3), extra={
         "a": pa.array([1, 2, 3], pa.int8()), "b": pa.array([1, 2, 3], pa.int16()),
-        "ts": pa.array(["2024-01-01T00:00:00Z"] * 3)})
-    f = tmp_path / "shards" / "shard-00000.parquet"
-    t = pq.read_table(f)
-    field = t.schema.field("ts").with_metadata({b"jinabatch.source_type": b"timestamp[us, tz=UTC]"})
-    pq.write_table(t.cast(t.schema.set(t.schema.get_field_index("ts"), field)), f)
+        "ts": pa.array([at, None, at], pa.timestamp("us", "UTC"))})
     cols = {c.name: c for c in read_output(tmp_path).columns}
     assert (cols["a"].dtype, cols["b"].dtype) == (DataType.INT8, DataType.INT16)
-    assert (cols["ts"].dtype, cols["ts"].source_type, cols["a"].source_type) == (
-        DataType.VARCHAR, "timestamp[us, tz=UTC]", None)
+    assert (cols["ts"].dtype, cols["ts"].source_type, cols["ts"].nulls, cols["a"].source_type) == (
+        DataType.VARCHAR, "timestamp[us, tz=UTC]", 1, None)
 
 
 def test_duplicate_ids_across_shards_are_rejected(tmp_path):

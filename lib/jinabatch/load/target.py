@@ -8,7 +8,7 @@ from a schema, then imports a Parquet null as 0, "" or false). So the layout of 
 * **no nullable fields** (Milvus 2.3 / 2.4, e.g. the embedded 2.3.5): a column without nulls is a typed field
   as before; a column holding a null becomes a key of the collection's dynamic field (``$meta``), absent in
   the rows where the value is null. Filters read the same (``score > 5``, ``title == "x"``); a row whose key
-  is absent matches no comparison (but does match ``!=``), and search output shows the absent key as null.
+  is absent matches no comparison (but does match ``!=`` and ``not``), and search output shows it as null.
 
 ``server_info`` reads the version of a connected target; ``probe_server`` finds it at plan time without
 starting anything (the embedded server's version is the installed ``milvus`` package's unless one is
