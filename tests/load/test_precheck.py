@@ -109,8 +109,9 @@ def test_import_root_with_null_holding_columns_inserts_in_auto_mode_and_is_refus
     """A server reading its own bucket cannot see import copies: auto inserts (and says so), bulk is refused."""
     files, types = _corpus(tmp_path, title=["a", None, "b"])
     auto = check_load_target(types, MilvusSettings(uri="http://m:19530", import_root="jb/out"), files=files, server=OLD)
-    assert auto.fill == "insert" and "will insert instead of bulk import" in auto.summary()
-    with pytest.raises(ConfigError, match=r"milvus\.mode = \"bulk\": columns \['title'\] hold nulls .*milvus\.import_root"):
+    assert auto.fill == "insert" and "the load inserts instead of bulk import" in auto.summary()
+    with pytest.raises(ConfigError, match=r"milvus\.mode = \"bulk\" with milvus\.import_root: columns \['title'\] "
+                                          r"hold nulls .*use mode = \"auto\""):
         check_load_target(types, MilvusSettings(uri="http://m:19530", import_root="jb/out", mode="bulk"),
                           files=files, server=OLD)
     assert check_load_target(types, MilvusSettings(uri="http://m:19530", import_root="jb/out", mode="bulk"),

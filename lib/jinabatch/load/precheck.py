@@ -32,7 +32,7 @@ from ..embed.columns import check_carried_type, check_id_type, shard_type, to_sh
 from ..errors import ConfigError, CorpusError
 from .schema import MAX_VARCHAR, VECTOR_FIELD
 from .staging import DYNAMIC_FIELD
-from .target import MAX_FIELDS, Layout, ServerInfo, choose_layout, probe_server
+from .target import MAX_FIELDS, Layout, ServerInfo, choose_layout, fill_mode, probe_server
 
 __all__ = ["check_load_target", "TargetCheck", "ColumnFacts"]
 
@@ -118,26 +118,6 @@ def _scan(files: Sequence[str | Path], facts: dict[str, ColumnFacts]) -> None:
             row += rb.num_rows
 
 
-def _fill(settings: MilvusSettings, server: ServerInfo, layout: Layout | None, notes: list[str]) -> str:
-    mode = settings.mode
-    if mode == "bulk" and server.kind == "lite":
-        raise ConfigError(f"milvus.mode = \"bulk\" needs a Milvus server; Milvus Lite ({settings.uri}) has no import "
-                          "API — use mode = \"auto\" or \"insert\"")
-    if mode == "insert" or (mode == "auto" and server.kind == "lite"):
-        return "insert"
-    if layout is None or not layout.dynamic:
-        return "bulk"
-    if settings.import_root is None:
-        return "bulk (import copies)"
-    why = (f"columns {list(layout.dynamic)} hold nulls and {server.describe()} keeps them in the dynamic field, "
-           "filled by import copies that a server reading its own bucket (milvus.import_root) cannot see")
-    if mode == "bulk":
-        raise ConfigError(f"milvus.mode = \"bulk\": {why}; use mode = \"auto\" (the load then inserts) or a "
-                          "Milvus ≥ 2.5, whose nullable fields import the shards as they are")
-    notes.append(f"{why}: the load will insert instead of bulk import")
-    return "insert"
-
-
 def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusSettings, *,
                       files: Sequence[str | Path] = (), id_column: str = "id", id_type: pa.DataType | None = None,
                       server: ServerInfo | None = None) -> TargetCheck:
@@ -164,6 +144,5 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
     if n_fields > MAX_FIELDS:
         raise ConfigError(f"corpus.columns: {len(names)} carried columns make {n_fields} Milvus fields (with the id "
                           f"and the vector); a collection holds at most {MAX_FIELDS} — carry fewer columns")
-    notes: list[str] = []
-    fill = _fill(settings, server, layout, notes)
-    return TargetCheck(server, settings.uri, facts, layout, fill, notes)
+    fill, note = fill_mode(settings, server, layout)
+    return TargetCheck(server, settings.uri, facts, layout, fill, [note] if note else [])

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,7 @@ from .milvus import (
 )
 from .schema import VECTOR_FIELD, LoadInput, build_schema, read_output
 from .staging import import_copies
-from .target import Layout, ServerInfo, choose_layout, server_info
+from .target import BULK, BULK_COPIES, Layout, ServerInfo, choose_layout, fill_mode, server_info
 
 __all__ = ["LoadReport", "run_load", "verify", "SAMPLE_SIZE"]
 
@@ -93,20 +93,11 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
         if rollback:
             report = _rollback(target, ms.collection)
         else:
-            report = _load(target, inp, ms, _pick_mode(ms, target), progress)
+            report = _load(target, inp, ms, progress)
     report.seconds = round(time.monotonic() - t0, 3)
     report.uri = target.uri
     _write_report(out, report)
     return report
-
-
-def _pick_mode(ms: MilvusSettings, target: Target) -> str:
-    if ms.mode == "auto":
-        return "bulk" if target.kind == "server" else "insert"
-    if ms.mode == "bulk" and target.kind == "lite":
-        raise ConfigError(f"milvus.mode = \"bulk\" needs a Milvus server; Milvus Lite ({ms.uri}) has no import API "
-                          "— use mode = \"auto\" or \"insert\"")
-    return ms.mode
 
 
 def _server_path(ms: MilvusSettings, out: Path):
@@ -115,20 +106,6 @@ def _server_path(ms: MilvusSettings, out: Path):
         return lambda p: str(Path(p).resolve())
     prefix = ms.import_root.strip("/")
     return lambda p: f"{prefix}/{Path(p).resolve().relative_to(root).as_posix()}".lstrip("/")
-
-
-def _fill_mode(ms: MilvusSettings, mode: str, layout: Layout, info: ServerInfo) -> str:
-    """Bulk import needs import copies for dynamic-field columns; a server reading its own bucket
-    (milvus.import_root) cannot see them, so such a load inserts instead."""
-    if mode != "bulk" or not layout.dynamic or ms.import_root is None:
-        return mode
-    why = (f"columns {list(layout.dynamic)} hold nulls and {info.describe()} keeps them in the dynamic field, "
-           "which bulk import fills from import copies the server must read from this machine")
-    if ms.mode == "bulk":
-        raise ConfigError(f"milvus.mode = \"bulk\" with milvus.import_root: {why}; use mode = \"auto\" (inserts "
-                          "this load) or a Milvus ≥ 2.5, whose nullable fields import the shards as they are")
-    log.warning("%s; inserting instead of bulk import", why)
-    return "insert"
 
 
 def _props(ms: MilvusSettings, inp: LoadInput, alias: str, previous: str, layout: Layout) -> dict[str, str]:
@@ -145,20 +122,25 @@ def _create(client, name: str, inp: LoadInput, ms: MilvusSettings, alias: str, p
     """Create the collection for the layout ``info`` allows; if the server silently dropped ``nullable``
     (Milvus 2.3.5 does, and would then import a null as 0 or ""), recreate it without nullable fields."""
     nulls = {c.name: c.nulls for c in inp.columns}
-    for attempt in (info, ServerInfo(info.kind, info.version, False)):
-        layout = choose_layout(nulls, attempt)
-        # all properties at creation: Milvus 2.3 does not keep a later property change across a restart
+
+    def create(layout: Layout) -> None:  # all properties at creation: 2.3 loses later changes across a restart
         client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}", layout),
                                  properties=_props(ms, inp, alias, previous, layout))
+
+    layout = choose_layout(nulls, info)
+    create(layout)
+    if layout.nullable:
         fields = client.describe_collection(name).get("fields", [])
-        if not layout.nullable or all(f.get("nullable") for f in fields if f["name"] in layout.typed):
-            return layout
-        log.warning("%s did not keep nullable fields; carried columns with nulls go to the dynamic field", info.describe())
-        client.drop_collection(name)
-    raise AssertionError("unreachable")
+        if not all(f.get("nullable") for f in fields if f["name"] in layout.typed):
+            log.warning("%s did not keep nullable fields; carried columns holding nulls go to the dynamic field",
+                        info.describe())
+            client.drop_collection(name)
+            layout = choose_layout(nulls, replace(info, nullable=False))
+            create(layout)
+    return layout
 
 
-def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progress: bool) -> LoadReport:
+def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) -> LoadReport:
     client, alias = target.client, ms.collection
     check_alias_free(client, alias)
     name = physical_name(alias, inp.model, inp.dim)
@@ -166,17 +148,21 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
         time.sleep(0.002)
         name = physical_name(alias, inp.model, inp.dim)
     info, before = server_info(target), alias_target(client, alias) or ""
+    fill_mode(ms, info, choose_layout({c.name: c.nulls for c in inp.columns}, info))  # refuse before creating
     try:
         layout = _create(client, name, inp, ms, alias, before, info)
+        info = replace(info, nullable=layout.nullable)  # what the created collection has
         carried = {c.name: layout.describe(c.name) for c in inp.columns}
-        mode = _fill_mode(ms, mode, layout, info)
+        mode, note = fill_mode(ms, info, layout)
+        if note:
+            log.warning(note)
         log.info("loading %d rows from %d shard(s) into %s (%s); carried columns: %s", inp.rows, len(inp.shards),
                  name, mode, carried or "none")
         with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
-            if mode == "bulk" and layout.dynamic:
+            if mode == BULK_COPIES:
                 with import_copies(inp.shards, inp.path, name, layout.dynamic) as copies:
                     bulk_import(target, name, copies, _server_path(ms, inp.path), bar.update)
-            elif mode == "bulk":
+            elif mode == BULK:
                 bulk_import(target, name, inp.shards, _server_path(ms, inp.path), bar.update)
             else:
                 upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update, layout.dynamic)
@@ -198,7 +184,8 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
     if previous and previous != name:
         _release_quietly(client, previous)
     dropped = _tidy(client, alias, name, ms.keep_previous)
-    return LoadReport(alias, name, inp.rows, mode, 0.0, previous, dropped, verified_ids=checked,
+    return LoadReport(alias, name, inp.rows, BULK if mode == BULK_COPIES else mode, 0.0, previous, dropped,
+                      verified_ids=checked,
                       server=info.describe(), carried=carried)
 
 

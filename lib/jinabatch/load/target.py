@@ -24,10 +24,11 @@ from importlib import metadata
 from ..config import MilvusSettings
 from ..errors import ConfigError
 
-__all__ = ["ServerInfo", "Layout", "server_info", "probe_server", "parse_version", "choose_layout",
-           "NULLABLE_SINCE", "MAX_FIELDS"]
+__all__ = ["ServerInfo", "Layout", "server_info", "probe_server", "parse_version", "choose_layout", "fill_mode",
+           "NULLABLE_SINCE", "MAX_FIELDS", "BULK", "BULK_COPIES", "INSERT"]
 
 NULLABLE_SINCE = (2, 5)
+BULK, BULK_COPIES, INSERT = "bulk", "bulk (import copies)", "insert"  # how a load fills its collection
 MAX_FIELDS = 64  # Milvus's default proxy.maxFieldNum (the dynamic field counts as one)
 
 
@@ -126,3 +127,26 @@ def choose_layout(nulls: dict[str, int], info: ServerInfo) -> Layout:
     if info.nullable:
         return Layout(names, (), True)
     return Layout(tuple(n for n in names if not nulls[n]), tuple(n for n in names if nulls[n]), False)
+
+
+def fill_mode(settings: MilvusSettings, info: ServerInfo, layout: Layout | None) -> tuple[str, str | None]:
+    """How the load fills the collection — ``BULK``, ``BULK_COPIES`` (import copies with ``$meta``, for
+    dynamic-field columns) or ``INSERT`` — and a note when it inserts where bulk import was the default.
+    ConfigError where ``milvus.mode`` asks for what cannot work. ``layout`` None: nulls not known yet."""
+    mode = settings.mode
+    if mode == "bulk" and info.kind == "lite":
+        raise ConfigError(f"milvus.mode = \"bulk\" needs a Milvus server; Milvus Lite ({settings.uri}) has no import "
+                          "API — use mode = \"auto\" or \"insert\"")
+    if mode == "insert" or info.kind == "lite":
+        return INSERT, None
+    if layout is None or not layout.dynamic:
+        return BULK, None
+    if settings.import_root is None:
+        return BULK_COPIES, None
+    why = (f"columns {list(layout.dynamic)} hold nulls and {info.describe()} keeps them in the dynamic field, "
+           "which bulk import fills from import copies that a server reading its own bucket (milvus.import_root) "
+           "cannot see")
+    if mode == "bulk":
+        raise ConfigError(f"milvus.mode = \"bulk\" with milvus.import_root: {why}; use mode = \"auto\" (the load "
+                          "then inserts) or a Milvus ≥ 2.5, whose nullable fields import the shards as they are")
+    return INSERT, f"{why}: the load inserts instead of bulk import"
