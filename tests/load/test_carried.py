@@ -7,8 +7,8 @@ import pytest
 from pymilvus import MilvusClient
 
 from fixtures_milvus import carried_sample, make_output, sample_texts
-from jinabatch.errors import ConfigError
-from jinabatch.load import stage
+from jinabatch.errors import ConfigError, LoadError
+from jinabatch.load import milvus, stage
 from jinabatch.load.search import format_hits, search
 from jinabatch.load.stage import run_load
 from jinabatch.load.target import ServerInfo
@@ -119,4 +119,19 @@ def test_server_reading_its_own_bucket_gets_nulls_by_insert_in_auto_mode_and_a_r
     assert rep.mode == "insert" and rep.carried["score"] == DYNAMIC and rep.previous is None
     client = MilvusClient(milvus_server.uri)
     _check_load(client, cfg.milvus.collection, want)
+    client.close()
+
+
+def test_verification_compares_carried_values_so_a_changed_null_stops_the_swap(tmp_path, milvus_config, monkeypatch):
+    """A carried value that comes back different (here: nulls written as "" on the way in) fails the load and
+    leaves the alias where it was — what a server silently zero-filling nulls would get."""
+    cols, _ = carried_sample(N)
+    make_output(tmp_path / "out", sample_texts(N), rows_per_shard=30, extra=cols)
+    cfg = milvus_config(str(tmp_path / "lite.db"), tmp_path / "out")
+    real = milvus._rows
+    monkeypatch.setattr(milvus, "_rows", lambda *a: [{**r, "title": r["title"] or ""} for r in real(*a)])
+    with pytest.raises(LoadError, match=r"came back with title = '' but shard-0000\d\.parquet holds None"):
+        run_load(cfg, progress=False)
+    client = MilvusClient(str(tmp_path / "lite.db"))
+    assert cfg.milvus.collection not in client.list_aliases().get("aliases", [])
     client.close()
