@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED = 0
 export PYTHONUNBUFFERED = 1
 
-.PHONY: install run embed load search test test-fast bench serve clean
+.PHONY: install run plan embed load search test test-fast bench bench-scale serve clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ install: $(STAMP)
 run: install
 	$(PY) jobs/sample_corpus.py --out out/sample/corpus
 	$(PY) jobs/run.py $(CONFIG)
+
+plan: install
+	$(PY) jobs/plan.py $(CONFIG)
 
 embed: install
 	$(PY) jobs/embed.py $(CONFIG)
@@ -44,6 +47,10 @@ test-fast: install
 bench: install
 	$(PY) tests/bench/bench_embed.py
 	$(PY) tests/bench/bench_load.py
+
+# planning 1M-50M-row corpora (generated once under out/scale/) and the job's CPU per row; not part of make test
+bench-scale: install
+	$(PY) tests/bench/bench_scale.py $(BENCH_ARGS)
 
 serve: install
 	$(PY) jobs/serve.py

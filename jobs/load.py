@@ -8,6 +8,9 @@ Lite), verifies it (row count, sampled vectors), then points the alias `milvus.c
     python jobs/load.py CONFIG.toml --serve     keep the embedded Milvus server (uri = "embedded")
                                                 running until Ctrl+C, so search and other clients can use it
 
+Prints the load report as JSON: with `server` (what the server is, e.g. whether it has nullable fields) and
+`carried` (how each carried column is held: field, nullable field, or key of the dynamic field — see README,
+"Carried columns: nulls and dates").
 Exit code 0 on success, 1 with a one-line reason (Milvus's own reason for a failed import).
 """
 from __future__ import annotations

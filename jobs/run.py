@@ -1,6 +1,8 @@
 """The whole job: `python jobs/run.py CONFIG.toml` = embed, then load into Milvus, then search (what `make run` runs).
 
-Embeds the corpus (resuming if a previous run was interrupted), loads the shards into a new verified
+Checks first — before any API request — that the configured Milvus can hold the carried columns (names,
+types, text lengths; where nulls go on this server: jinabatch.load.precheck) and prints how each will be held.
+Then embeds the corpus (resuming if a previous run was interrupted), loads the shards into a new verified
 collection behind the alias, and — with --query, or on the sample corpus by default — prints the top hits
 of a few queries so a person can judge the result. Services the config names as local (the Jina-compatible
 server, Ray, the embedded Milvus server) are started for the run and stopped after it.
@@ -13,15 +15,25 @@ import json
 import sys
 
 from _cli import run_main, setup_logging
-
 from jinabatch.config import load_config
 from jinabatch.embed.driver import run_embed
-from jinabatch.load.stage import run_load
+from jinabatch.embed.plan import plan_corpus
 from jinabatch.load.milvus import connect
+from jinabatch.load.precheck import check_load_target
 from jinabatch.load.search import format_hits, search_target
+from jinabatch.load.stage import run_load
+from jinabatch.storage import Storage
 
 SAMPLE_QUERIES = ["When was artificial intelligence founded?", "baking bread in a wood-fired oven",
                   "telescopes observing a distant galaxy"]
+
+
+def check_target(cfg) -> str:
+    """Refuse now what the load would refuse after the tokens are spent; the summary of how columns are held.
+    The plan made here is kept in output.path/_plan/, so the embed stage reuses it instead of planning again."""
+    plan = plan_corpus(cfg, Storage.open(cfg.output.path, cfg.storage))
+    return check_load_target(plan.column_types, cfg.milvus, files=plan.files, id_column=cfg.corpus.id_column,
+                             id_type=plan.id_type, storage=cfg.storage).summary()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         cfg = load_config(args.config)
         progress = not args.no_progress and sys.stderr.isatty()
+        print(check_target(cfg), flush=True)  # before the embed stage sends anything
         rep = run_embed(cfg, progress=progress)
         print(f"embed: {rep.summary()}", flush=True)
         if not rep.finished:

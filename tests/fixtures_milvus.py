@@ -8,12 +8,18 @@
   under its own alias so tests sharing the server never see each other's collections.
 * ``make_output(path, texts, ...)`` — writes an embed output folder following the embed stage's contract
   (``shards/shard-NNNNN.parquet`` + ``_report.json``) with the vectors the local Jina server would
-  return for each text (``jinabatch.local_api.fakemodel.embed``, task retrieval.passage).
+  return for each text (``jinabatch.local_api.fakemodel.embed``, task retrieval.passage). ``extra`` columns
+  of a type the embed stage carries are converted as its ShardWriter does (``jinabatch.embed.columns``:
+  timestamps → ISO text, ...); other types are written as given, for tests of the load's own checks.
+* ``carried_sample(n)`` — carried columns as real corpora have them (nulls in string, int, float and bool
+  columns, a UTC timestamp and a date32 column, also with nulls) and, independently computed, the values a
+  load must give back for them (``None`` for a null, ISO-8601 text for dates).
 """
 from __future__ import annotations
 
 import itertools
 import json
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +28,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jinabatch.config import parse_config
+from jinabatch.embed.columns import shard_fields, shard_type, to_shard
 from jinabatch.local_api.fakemodel import embed
 
-__all__ = ["milvus_server", "milvus_config", "make_output", "sample_texts", "MODEL", "DIMS"]
+__all__ = ["milvus_server", "milvus_config", "make_output", "sample_texts", "carried_sample", "MODEL", "DIMS"]
 
 MODEL, DIMS = "jina-embeddings-v3", 64
 _aliases = itertools.count()
@@ -65,18 +72,21 @@ def make_output(path: str | Path, texts: list[str], *, rows_per_shard: int = 100
     (path / "shards").mkdir(parents=True, exist_ok=True)
     vectors = embed(model, "retrieval.passage", dims, texts)
     ids = [f"doc-{i:06d}" for i in range(len(texts))] if id_type == "string" else list(range(1000, 1000 + len(texts)))
-    extra = extra or {}
+    extra = _as_shard_columns(extra or {})
     columns = ["text", *extra]
     n_shards = 0
     for n_shards, start in enumerate(range(0, len(texts), rows_per_shard), 1):
         stop = min(start + rows_per_shard, len(texts))
         flat = pa.array(vectors[start:stop].reshape(-1), pa.float32())
-        table = pa.table({
-            id_column: pa.array(ids[start:stop], pa.string() if id_type == "string" else pa.int64()),
-            "embedding": pa.ListArray.from_arrays(pa.array(np.arange(0, (stop - start + 1) * dims, dims), pa.int32()), flat),
-            "text": texts[start:stop],
-            **{k: v[start:stop] for k, v in extra.items()},
-        })
+        id_t = pa.string() if id_type == "string" else pa.int64()
+        schema = pa.schema([pa.field(id_column, id_t), pa.field("embedding", pa.list_(pa.float32())),
+                            pa.field("text", pa.string()), *(f for _, f in extra.values())])
+        table = pa.Table.from_arrays([
+            pa.array(ids[start:stop], id_t),
+            pa.ListArray.from_arrays(pa.array(np.arange(0, (stop - start + 1) * dims, dims), pa.int32()), flat),
+            pa.array(texts[start:stop], pa.string()),
+            *(a.slice(start, stop - start) for a, _ in extra.values()),
+        ], schema=schema)
         meta = {"model": model, "task": "retrieval.passage", "dimensions": dims, "embedding_type": "base64",
                 "normalized": True, "source_file": "corpus.parquet", "row_start": start, "row_stop": stop,
                 "rows": stop - start, "fingerprint": "test", "shard": n_shards - 1, "id_column": id_column,
@@ -89,3 +99,42 @@ def make_output(path: str | Path, texts: list[str], *, rows_per_shard: int = 100
               "columns": columns, "fingerprint": "test", "finished": True}
     (path / "_report.json").write_text(json.dumps(report))
     return dict(zip(ids, vectors))
+
+
+def _as_shard_columns(extra: dict) -> dict[str, tuple[pa.Array, pa.Field]]:
+    """Each extra column as the embed stage's ShardWriter would write it: (array, field with metadata)."""
+    out = {}
+    for k, v in extra.items():
+        a = v if isinstance(v, pa.Array) else pa.array(v)
+        if shard_type(a.type) is None:  # not a carried type: written as given (the load must refuse it)
+            out[k] = (a, pa.field(k, a.type))
+            continue
+        _, (f,) = shard_fields(pa.field("id", pa.string()), [pa.field(k, a.type)])
+        out[k] = (to_shard(a), f)
+    return out
+
+
+T0, D0 = datetime(2024, 1, 1, tzinfo=timezone.utc), date(2023, 12, 1)
+
+
+def carried_sample(n: int) -> tuple[dict[str, pa.Array], dict[str, list]]:
+    """(corpus-typed columns, the values Milvus must give back) for rows 0..n-1.
+
+    title (string): null every 4th row, "x" at rows 5 and 17; n (int64): null every 5th; score (float64, i/4):
+    null every 3rd; flag (bool): null every 7th; published (timestamp[us, UTC], T0 + i days + i minutes + i µs):
+    null every 6th; day (date32, D0 + i days): null every 8th.
+    """
+    def nul(every, f):
+        return [None if i % every == 0 else f(i) for i in range(n)]
+
+    title = nul(4, lambda i: "x" if i in (5, 17) else f"title {i}")
+    ints, score, flag = nul(5, lambda i: i * 1000), nul(3, lambda i: i / 4), nul(7, lambda i: i % 2 == 0)
+    ts = nul(6, lambda i: T0 + timedelta(days=i, minutes=i, microseconds=i))
+    day = nul(8, lambda i: D0 + timedelta(days=i))
+    columns = {"title": pa.array(title, pa.string()), "n": pa.array(ints, pa.int64()),
+               "score": pa.array(score, pa.float64()), "flag": pa.array(flag, pa.bool_()),
+               "published": pa.array(ts, pa.timestamp("us", "UTC")), "day": pa.array(day, pa.date32())}
+    want = {"title": title, "n": ints, "score": score, "flag": flag,
+            "published": [None if t is None else t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for t in ts],
+            "day": [None if d is None else d.isoformat() for d in day]}
+    return columns, want

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpus_gen import assert_vectors_match, make_corpus, write_rows
-from fixtures_ray import KEY_ENV, base_config
+from fixtures_ray import base_config
 from fixtures_s3 import S3_KEY_ID, S3_SECRET
 from jinabatch.config import parse_config
 from jinabatch.embed.driver import run_embed

@@ -25,11 +25,10 @@ import pyarrow.parquet as pq
 from ..config import CorpusSettings, StorageSettings
 from ..errors import CorpusError, StorageError
 from ..storage import FileStat, Storage, is_remote
+from .columns import check_carried_type, check_id_type
 
-__all__ = ["CorpusFile", "list_corpus", "inspect_files", "CARRIED_TYPES", "open_parquet"]
+__all__ = ["CorpusFile", "list_corpus", "inspect_files", "open_parquet"]
 
-CARRIED_TYPES = (pa.string(), pa.large_string(), pa.int64(), pa.int32(), pa.int16(), pa.int8(),
-                 pa.float64(), pa.float32(), pa.bool_())
 _WILDCARDS = "*?["
 
 
@@ -140,13 +139,10 @@ def _check_schema(uri: str, schema: pa.Schema, cs: CorpusSettings, from_path: di
     id_t = schema.field(cs.id_column).type
     if not (pa.types.is_string(id_t) or pa.types.is_large_string(id_t) or pa.types.is_integer(id_t)):
         raise CorpusError(f"{uri}: id column {cs.id_column!r} is {id_t}, expected string or integer ids")
+    check_id_type(uri, cs.id_column, id_t)  # type rules live in embed/columns.py
     for c in cs.columns:
-        if c not in names:
-            continue
-        t = schema.field(c).type
-        if t not in CARRIED_TYPES:
-            raise CorpusError(f"{uri}: carried column {c!r} is {t}; corpus.columns takes string, integer, "
-                              "float or bool columns")
+        if c in names:
+            check_carried_type(uri, c, schema.field(c).type)  # dates, timestamps, unsigned ints, ...
 
 
 def inspect_files(root: Storage, stats: list[FileStat], cs: CorpusSettings, threads: int = 16) -> Inspection:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..storage import Storage
+from .columns import shard_fields, to_shard
 
 __all__ = ["ShardWriter", "write_dead_letter", "read_shard_meta", "shard_path", "dead_letter_path",
            "embedding_array", "DEAD_LETTER_SCHEMA_FIELDS", "SHARDS", "DEAD_LETTER"]
@@ -65,6 +66,7 @@ class ShardWriter:
         _clean_stale(out, self.sub)
         self.tmp = out.local_temp(self.sub)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        id_field, carried = shard_fields(id_field, carried)  # types Milvus import reads (embed.columns)
         self.schema = pa.schema([id_field, pa.field("embedding", pa.list_(pa.float32())), *carried])
         self.meta = dict(meta)
         self.rows = 0
@@ -73,6 +75,7 @@ class ShardWriter:
     def write(self, ids: pa.Array, vectors: np.ndarray, carried: list[pa.Array]) -> None:
         if len(ids) == 0:
             return
+        carried = [to_shard(a) for a in carried]  # dates → ISO text, NaN → null, ... (embed.columns)
         batch = pa.record_batch([ids.cast(self.schema.field(0).type), embedding_array(vectors), *carried],
                                 schema=self.schema)
         self._writer.write_batch(batch)

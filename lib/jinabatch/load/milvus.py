@@ -17,7 +17,8 @@ Data gets in by one of:
   can replace them in one place.
 - ``upsert_shards`` (Milvus Lite, which has no import API, or ``mode = "insert"``): streams the shards
   in batches of ``insert_batch_mb`` (never one RPC over 64 MB). Upsert, so a retried batch cannot
-  duplicate.
+  duplicate. A null in a nullable field is sent as None; a null in a dynamic-field column is left out of
+  the row (the key is absent).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from ..config import MilvusSettings
 from ..errors import ConfigError, LoadError
 from .schema import VECTOR_FIELD, Shard
 from .server import embedded_uri
+from .staging import dynamic_values
 
 __all__ = [
     "Target", "connect", "physical_name", "Physical", "physicals", "verified_chain", "alias_target", "point_alias",
@@ -239,8 +241,9 @@ def bulk_import(target: Target, collection: str, shards: Sequence[Shard], server
 # --- batched upsert (Milvus Lite, or mode = "insert") -------------------------------------------------
 
 def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim: int, batch_mb: float,
-                  progress: Callable[[int], None] | None = None) -> int:
-    """Stream shards in upsert batches of about ``batch_mb`` MB; returns rows sent."""
+                  progress: Callable[[int], None] | None = None, dynamic: Sequence[str] = ()) -> int:
+    """Stream shards in upsert batches of about ``batch_mb`` MB; returns rows sent. ``dynamic``: columns that
+    are keys of the dynamic field (left out of a row where null)."""
     rows = 0
     limit = min(batch_mb, MAX_RPC_MB) * 1024 * 1024
     for shard in shards:
@@ -251,7 +254,7 @@ def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim:
             for start in range(0, rb.num_rows, step):
                 part = rb.slice(start, step)
                 try:
-                    target.client.upsert(collection, _rows(part, dim))
+                    target.client.upsert(collection, _rows(part, dim, dynamic))
                 except Exception as e:
                     raise LoadError(f"{shard.path}: Milvus rejected rows {start}..{start + part.num_rows} of a "
                                     f"batch: {_reason(e)}") from None
@@ -261,11 +264,12 @@ def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim:
     return rows
 
 
-def _rows(rb, dim: int) -> list[dict[str, Any]]:
+def _rows(rb, dim: int, dynamic: Sequence[str] = ()) -> list[dict[str, Any]]:
     flat = rb.column(VECTOR_FIELD).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     if flat.size != rb.num_rows * dim:
         raise LoadError(f"vectors do not all have the run's dimension {dim}")
     flat = flat.reshape(-1, dim)
-    other = {n: rb.column(n).to_pylist() for n in rb.schema.names if n != VECTOR_FIELD}
-    return [{**{n: v[i] for n, v in other.items()}, VECTOR_FIELD: flat[i]} for i in range(rb.num_rows)]
+    other = {n: rb.column(n).to_pylist() for n in rb.schema.names if n != VECTOR_FIELD and n not in dynamic}
+    extra = dynamic_values(rb, dynamic) if dynamic else [{}] * rb.num_rows
+    return [{**{n: v[i] for n, v in other.items()}, **extra[i], VECTOR_FIELD: flat[i]} for i in range(rb.num_rows)]
 

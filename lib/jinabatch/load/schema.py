@@ -12,13 +12,16 @@ Arrow type (shard column)  Milvus field
 id: string / int64         VARCHAR primary key (max_length fits the data) / INT64 primary key
 embedding: list<float32>   FLOAT_VECTOR(dim = the run's dimension)
 string                     VARCHAR (max_length fits the data, ≤ 65,535 bytes)
-int64 / int32              INT64 / INT32
+int64 / int32 / int16 / 8  INT64 / INT32 / INT16 / INT8
 float64 / float32          DOUBLE / FLOAT
 bool                       BOOL
 =========================  =====================================
 
-Anything else (and any null in a carried column: Milvus 2.3 has no nullable fields) is rejected with
-a ``LoadError`` naming the file and column and saying what to change.
+Dates and timestamps arrive as ISO-8601 text (``jinabatch.embed.columns`` converts them in the shards), so
+they are VARCHARs here; their corpus type is kept in ``Column.source_type``. Nulls in carried columns are
+counted (``Column.nulls``): where they go depends on the server (``jinabatch.load.target.choose_layout``).
+A null id, or a column type with no Milvus scalar, is rejected with a ``LoadError`` naming the file and
+column and saying what to change.
 """
 from __future__ import annotations
 
@@ -39,9 +42,10 @@ __all__ = ["Shard", "Column", "LoadInput", "read_output", "build_schema", "VECTO
 VECTOR_FIELD = "embedding"
 MAX_VARCHAR = 65_535  # Milvus's cap on VARCHAR max_length (bytes)
 _SCALARS = {
-    pa.int64(): DataType.INT64, pa.int32(): DataType.INT32, pa.float64(): DataType.DOUBLE,
-    pa.float32(): DataType.FLOAT, pa.bool_(): DataType.BOOL,
+    pa.int64(): DataType.INT64, pa.int32(): DataType.INT32, pa.int16(): DataType.INT16, pa.int8(): DataType.INT8,
+    pa.float64(): DataType.DOUBLE, pa.float32(): DataType.FLOAT, pa.bool_(): DataType.BOOL,
 }
+_SOURCE_TYPE = b"jinabatch.source_type"  # field metadata written by jinabatch.embed.columns
 _META_KEY = b"jinabatch"
 
 
@@ -57,6 +61,8 @@ class Column:
     name: str
     dtype: DataType
     max_length: int | None = None  # VARCHAR only
+    nulls: int = 0  # null values over all shards
+    source_type: str | None = None  # the corpus type when the embed stage converted it (e.g. a timestamp)
 
 
 @dataclass(frozen=True)
@@ -160,16 +166,19 @@ def _scan_columns(shards: list[Shard], schema: pa.Schema, id_name: str) -> tuple
             continue
         raise LoadError(f"{shards[0].path}: column {name!r} is {t}, which has no Milvus scalar type; "
                         "drop it from corpus.columns or cast it to string, int64, int32, float64, float32 or bool")
+    nulls = {n: 0 for n in schema.names if n not in (id_name, VECTOR_FIELD)}
     ids = []
     for s in shards:
         table = pq.read_table(s.path, columns=[id_name, *[n for n in schema.names
                                                          if n not in (id_name, VECTOR_FIELD)]])
         for name in table.column_names:
             col = table.column(name)
-            if col.null_count:
-                what = "id" if name == id_name else "carried column"
-                raise LoadError(f"{s.path}: {what} {name!r} has {col.null_count} null value(s); Milvus 2.3 "
-                                "fields are not nullable — fill or drop those rows in the corpus")
+            if col.null_count and name == id_name:
+                raise LoadError(f"{s.path}: id column {name!r} has {col.null_count} null value(s); a primary key "
+                                "cannot be null — the shard was not written by the embed stage (it dead-letters "
+                                "null ids): rerun it")
+            if name != id_name:
+                nulls[name] += col.null_count
             if name in longest and len(col):
                 longest[name] = max(longest[name], pc.max(pc.binary_length(col)).as_py() or 0)
         ids.append(table.column(id_name))
@@ -185,20 +194,32 @@ def _scan_columns(shards: list[Shard], schema: pa.Schema, id_name: str) -> tuple
                             f"holds at most {MAX_VARCHAR} — shorten it or drop it from corpus.columns")
 
     def col(name: str) -> Column:
+        src = (schema.field(name).metadata or {}).get(_SOURCE_TYPE)
+        extra = {"nulls": nulls.get(name, 0), "source_type": src.decode() if src else None}
         if name in longest:
-            return Column(name, DataType.VARCHAR, _varchar_len(longest[name]))
+            return Column(name, DataType.VARCHAR, _varchar_len(longest[name]), **extra)
         t = schema.field(name).type
-        return Column(name, DataType.INT64 if name == id_name else _SCALARS[t])
+        return Column(name, DataType.INT64 if name == id_name else _SCALARS[t], **extra)
 
     return col(id_name), [col(n) for n in schema.names if n not in (id_name, VECTOR_FIELD)]
 
 
-def build_schema(inp: LoadInput, description: str = "") -> Any:
-    """The CollectionSchema for a load: primary key, the vector field, then the carried columns."""
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
-    for c in [inp.id_field, *inp.columns]:
+def build_schema(inp: LoadInput, description: str = "", layout: Any = None) -> Any:
+    """The CollectionSchema for a load: primary key, the vector field, then the carried columns.
+
+    ``layout`` (``jinabatch.load.target.Layout``): which carried columns are typed fields (declared nullable
+    when ``layout.nullable``) and which are keys of the dynamic field (enabled only then). Default: all typed.
+    """
+    typed = set(layout.typed) if layout is not None else {c.name for c in inp.columns}
+    nullable = bool(layout is not None and layout.nullable)
+    dynamic = bool(layout is not None and layout.dynamic)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=dynamic, description=description)
+    schema.add_field(inp.id_field.name, inp.id_field.dtype, is_primary=True,
+                     **({"max_length": inp.id_field.max_length} if inp.id_field.dtype == DataType.VARCHAR else {}))
+    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=inp.dim)
+    for c in inp.columns:
+        if c.name not in typed:
+            continue
         kw = {"max_length": c.max_length} if c.dtype == DataType.VARCHAR else {}
-        schema.add_field(c.name, c.dtype, is_primary=c is inp.id_field, **kw)
-        if c is inp.id_field:
-            schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=inp.dim)
+        schema.add_field(c.name, c.dtype, **kw, **({"nullable": True} if nullable else {}))
     return schema

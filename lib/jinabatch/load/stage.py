@@ -4,10 +4,13 @@ One readable pass (``run_load``)::
 
     read_output (check report + shards, size the schema)     nothing touched yet: bad input fails here
     connect (start or reuse the embedded server)
+    layout  carried columns: typed fields, nullable where the server has nullable fields (Milvus ≥ 2.5, Lite);
+            else a column holding nulls is a key of the dynamic field (jinabatch.load.target)
     create  {alias}__{model}_{dims}d_{stamp}                  a new physical collection every load
     fill    bulk import (server) | batched upsert (Lite)      mode = auto picks by what the server has
+            (dynamic-field keys: bulk import of copies with a $meta column, jinabatch.load.staging)
     index + load                                              index built after the data is in
-    verify  count(*) == rows_embedded; sampled ids' vectors == the shard's vectors
+    verify  count(*) == rows_embedded; sampled ids' vectors and carried values == the shard's
     swap    alter_alias / create_alias                        atomic: queries never see a partial load
     tidy    release the previous one; keep keep_previous verified ones behind it, drop everything else
 
@@ -26,7 +29,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,16 @@ from .milvus import (
     verified_chain,
 )
 from .schema import VECTOR_FIELD, LoadInput, build_schema, read_output
+from .staging import import_copies
+from .target import (
+    BULK,
+    BULK_COPIES,
+    Layout,
+    ServerInfo,
+    choose_layout,
+    fill_mode,
+    server_info,
+)
 
 __all__ = ["LoadReport", "run_load", "verify", "SAMPLE_SIZE"]
 
@@ -69,6 +82,8 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     uri: str = ""
     verified_ids: int = 0
+    server: str = ""  # e.g. "Milvus v2.3.5-lite (no nullable fields)"
+    carried: dict[str, str] = field(default_factory=dict)  # column -> how it is held ("nullable field", ...)
 
 
 def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
@@ -86,20 +101,11 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
         if rollback:
             report = _rollback(target, ms.collection)
         else:
-            report = _load(target, inp, ms, _pick_mode(ms, target), progress)
+            report = _load(target, inp, ms, progress)
     report.seconds = round(time.monotonic() - t0, 3)
     report.uri = target.uri
     _write_report(out, report)
     return report
-
-
-def _pick_mode(ms: MilvusSettings, target: Target) -> str:
-    if ms.mode == "auto":
-        return "bulk" if target.kind == "server" else "insert"
-    if ms.mode == "bulk" and target.kind == "lite":
-        raise ConfigError(f"milvus.mode = \"bulk\" needs a Milvus server; Milvus Lite ({ms.uri}) has no import API "
-                          "— use mode = \"auto\" or \"insert\"")
-    return ms.mode
 
 
 def _server_path(ms: MilvusSettings, out: Path):
@@ -110,27 +116,64 @@ def _server_path(ms: MilvusSettings, out: Path):
     return lambda p: f"{prefix}/{Path(p).resolve().relative_to(root).as_posix()}".lstrip("/")
 
 
-def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progress: bool) -> LoadReport:
+def _props(ms: MilvusSettings, inp: LoadInput, alias: str, previous: str, layout: Layout) -> dict[str, str]:
+    return {PROP + "alias": alias, PROP + "model": inp.model, PROP + "task": inp.task or "",
+            PROP + "dimensions": str(inp.dim), PROP + "id_column": inp.id_field.name,
+            PROP + "columns": json.dumps([c.name for c in inp.columns]), PROP + "rows": str(inp.rows),
+            PROP + "dynamic": json.dumps(list(layout.dynamic)),
+            PROP + "metric": ms.index.metric, PROP + "fingerprint": inp.fingerprint or "",
+            PROP + "source": str(inp.path.resolve()), PROP + "previous": previous}
+
+
+def _create(client, name: str, inp: LoadInput, ms: MilvusSettings, alias: str, previous: str,
+            info: ServerInfo) -> Layout:
+    """Create the collection for the layout ``info`` allows; if the server silently dropped ``nullable``
+    (Milvus 2.3.5 does, and would then import a null as 0 or ""), recreate it without nullable fields."""
+    nulls = {c.name: c.nulls for c in inp.columns}
+
+    def create(layout: Layout) -> None:  # all properties at creation: 2.3 loses later changes across a restart
+        client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}", layout),
+                                 properties=_props(ms, inp, alias, previous, layout))
+
+    layout = choose_layout(nulls, info)
+    create(layout)
+    if layout.nullable:
+        fields = client.describe_collection(name).get("fields", [])
+        if not all(f.get("nullable") for f in fields if f["name"] in layout.typed):
+            log.warning("%s did not keep nullable fields; carried columns holding nulls go to the dynamic field",
+                        info.describe())
+            client.drop_collection(name)
+            layout = choose_layout(nulls, replace(info, nullable=False))
+            create(layout)
+    return layout
+
+
+def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) -> LoadReport:
     client, alias = target.client, ms.collection
     check_alias_free(client, alias)
     name = physical_name(alias, inp.model, inp.dim)
     while client.has_collection(name):  # two loads in one millisecond
         time.sleep(0.002)
         name = physical_name(alias, inp.model, inp.dim)
-    props = {PROP + "alias": alias, PROP + "model": inp.model, PROP + "task": inp.task or "",
-             PROP + "dimensions": str(inp.dim), PROP + "id_column": inp.id_field.name,
-             PROP + "columns": json.dumps([c.name for c in inp.columns]), PROP + "rows": str(inp.rows),
-             PROP + "metric": ms.index.metric, PROP + "fingerprint": inp.fingerprint or "",
-             PROP + "source": str(inp.path.resolve()), PROP + "previous": alias_target(client, alias) or ""}
-    log.info("loading %d rows from %d shard(s) into %s (%s)", inp.rows, len(inp.shards), name, mode)
-    # all properties at creation: Milvus 2.3 does not keep a later property change across a restart
-    client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}"), properties=props)
+    info, before = server_info(target), alias_target(client, alias) or ""
+    fill_mode(ms, info, choose_layout({c.name: c.nulls for c in inp.columns}, info))  # refuse before creating
     try:
+        layout = _create(client, name, inp, ms, alias, before, info)
+        info = replace(info, nullable=layout.nullable)  # what the created collection has
+        carried = {c.name: layout.describe(c.name) for c in inp.columns}
+        mode, note = fill_mode(ms, info, layout)
+        if note:
+            log.warning(note)
+        log.info("loading %d rows from %d shard(s) into %s (%s); carried columns: %s", inp.rows, len(inp.shards),
+                 name, mode, carried or "none")
         with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
-            if mode == "bulk":
+            if mode == BULK_COPIES:
+                with import_copies(inp.shards, inp.path, name, layout.dynamic) as copies:
+                    bulk_import(target, name, copies, _server_path(ms, inp.path), bar.update)
+            elif mode == BULK:
                 bulk_import(target, name, inp.shards, _server_path(ms, inp.path), bar.update)
             else:
-                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update)
+                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update, layout.dynamic)
         client.flush(name)
         index = client.prepare_index_params()
         index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric,
@@ -149,11 +192,14 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
     if previous and previous != name:
         _release_quietly(client, previous)
     dropped = _tidy(client, alias, name, ms.keep_previous)
-    return LoadReport(alias, name, inp.rows, mode, 0.0, previous, dropped, verified_ids=checked)
+    return LoadReport(alias, name, inp.rows, BULK if mode == BULK_COPIES else mode, 0.0, previous, dropped,
+                      verified_ids=checked,
+                      server=info.describe(), carried=carried)
 
 
 def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
-    """Row count equals the report's rows_embedded, and sampled ids come back with the shard's vectors."""
+    """Row count equals the report's rows_embedded, and sampled ids come back with the shard's vectors and
+    carried values (a null comes back as None, whether a nullable field or an absent dynamic key)."""
     got = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
     if got != inp.rows:
         raise LoadError(f"{name} holds {got} rows but the embed report says rows_embedded = {inp.rows}; "
@@ -167,13 +213,15 @@ def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
         if not shard.rows:
             continue
         pf = pq.ParquetFile(shard.path)
-        table = pf.read_row_group(0, columns=[id_name, VECTOR_FIELD])
+        carried = [c.name for c in inp.columns]
+        table = pf.read_row_group(0, columns=[id_name, VECTOR_FIELD, *carried])
         rows = sorted(set(np.linspace(0, table.num_rows - 1, num=min(per_shard, table.num_rows)).round().astype(int)))
         ids = [table.column(id_name)[int(i)].as_py() for i in rows]
         want = {ids[k]: np.asarray(table.column(VECTOR_FIELD)[int(i)].as_py(), dtype=np.float32)
                 for k, i in enumerate(rows)}
-        found = {r[id_name]: np.asarray(r[VECTOR_FIELD], dtype=np.float32)
-                 for r in client.get(name, ids=ids, output_fields=[id_name, VECTOR_FIELD])}
+        values = {ids[k]: {c: table.column(c)[int(i)].as_py() for c in carried} for k, i in enumerate(rows)}
+        got = {r[id_name]: r for r in client.get(name, ids=ids, output_fields=[id_name, VECTOR_FIELD, *carried])}
+        found = {i: np.asarray(r[VECTOR_FIELD], dtype=np.float32) for i, r in got.items()}
         for i, v in want.items():
             if i not in found:
                 raise LoadError(f"{name}: id {i!r} from {shard.path.name} is missing after the load — the alias "
@@ -181,6 +229,10 @@ def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
             if not np.array_equal(found[i], v):
                 raise LoadError(f"{name}: id {i!r} came back with a different vector than {shard.path.name} holds "
                                 f"(max diff {float(np.max(np.abs(found[i] - v))):.3g}) — the alias was not changed")
+            for c, w in values[i].items():
+                if got[i].get(c) != w:
+                    raise LoadError(f"{name}: id {i!r} came back with {c} = {got[i].get(c)!r} but {shard.path.name} "
+                                    f"holds {w!r} — the alias was not changed")
         checked += len(want)
     return checked
 
