@@ -19,6 +19,7 @@ from jinabatch.embed.driver import run_embed
 from jinabatch.load.stage import run_load
 from jinabatch.load.milvus import connect
 from jinabatch.load.search import format_hits, search_target
+from jinabatch.storage import Storage
 
 SAMPLE_QUERIES = ["When was artificial intelligence founded?", "baking bread in a wood-fired oven",
                   "telescopes observing a distant galaxy"]
@@ -37,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         cfg = load_config(args.config)
         progress = not args.no_progress and sys.stderr.isatty()
-        rep = run_embed(cfg, progress=progress)
+        rep = run_embed(cfg, progress=not args.no_progress)  # a bar on a terminal, log lines elsewhere
         print(f"embed: {rep.summary()}", flush=True)
+        report_html = Storage.open(cfg.output.path).uri_of("_report.html")
         if not rep.finished:
             print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps(rep.failures)[:500]}; "
                   "rerun to retry them (finished shards are kept)", file=sys.stderr)
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             for q in queries:
                 print(f"\nsearch {q!r}:\n{format_hits(search_target(target, cfg, q, args.k))}", flush=True)
+        print(f"\nreport (charts of the embed and the load): {report_html}\n"
+              f"status: python jobs/status.py {cfg.output.path}", flush=True)
         return 0
 
     return run_main(go)

@@ -18,7 +18,9 @@ import pytest
 from corpus_gen import CARRIED, DIMS, MODEL, TASK, assert_vectors_match, make_corpus, read_output
 from jinabatch.embed.driver import run_embed
 from jinabatch.errors import ConfigError
+from jinabatch.embed.runlog import RunLog
 from jinabatch.embed.shards import read_json, read_shard_meta
+from jinabatch.storage import Storage
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +74,9 @@ def test_end_to_end_int_ids_every_row_gets_its_own_texts_vector(ray_local, embed
     assert rep.requests == after["requests"] - before["requests"]
     report = read_json(out / "_report.json")
     assert report["rows_embedded"] == 900 and report["finished"] is True
-    assert [s["status"] for s in read_json(out / "_manifest.json")["shards"]] == ["done"] * 6
+    manifest = read_json(out / "_manifest.json")
+    assert manifest["state"] == "finished" and manifest["shards"]["done"] == 6 and manifest["shards"]["pending"] == 0
+    assert sorted(RunLog.read_done(Storage.open(out))) == list(range(6))
     assert _files_containing(out, jina_key.encode()) == [], "the API key was written to the output"
 
 

@@ -147,3 +147,13 @@ def test_a_storage_error_mid_run_is_retried_at_the_next_flush_and_loses_nothing(
     sim.run()
     sim.runlog.finish(sim.report(), "finished")
     assert sorted(RunLog.read_done(out)) == list(range(10))
+
+
+def test_an_exception_in_the_driver_ends_the_manifest_as_failed_and_goes_on_up(out):
+    sim = simulate(out, 10)
+    sim.run(until_done=4)
+    with pytest.raises(KeyboardInterrupt):
+        with sim.runlog.failing(sim.report):
+            raise KeyboardInterrupt
+    m = out.read_json(MANIFEST)
+    assert m["state"] == "failed" and m["shards"]["done"] == 4 and len(RunLog.read_done(out)) == 4

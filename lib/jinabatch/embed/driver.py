@@ -5,7 +5,8 @@ Driver (``run_embed``)::
     plan (all files checked, duplicates found)  → skip shards whose output footer matches the plan
     → start the local Jina server (base_url = "local") / resolve the key
     → Ray: ≤ ray.workers shard tasks in flight, each retried by Ray if its worker process dies
-    → progress bar fed by the coordinator actor → manifest after every shard → _report.json
+    → progress (bar or log lines) fed by the coordinator actor → RunLog (manifest snapshot, progress and time
+      series chunk logs) → _report.json → _report.html
 
 The coordinator actor holds the key's budget. ``remaining`` (shards queued or running) decides how many
 workers share it: ``min(workers, remaining)``, so when the last shards run alone they take the freed
@@ -27,10 +28,13 @@ import pyarrow as pa
 from ..config import Config
 from ..errors import AuthError, BadRowError, BillingError, ConfigError, JinaBatchError
 from ..runtime import jina_endpoint, ray_session
+from ..storage import Storage
 from .coordinator import Coordinator
 from .plan import Plan, Shard, plan_corpus
+from .progress import make_progress
 from .report import EmbedReport
-from .shards import read_json, read_shard_meta, shard_path, write_json_atomic
+from .runlog import RunLog
+from .shards import read_json, read_shard_meta, shard_path
 from .task import shard_task
 from .worker import ShardResult, shard_meta
 
@@ -57,17 +61,18 @@ def _check_output(config: Config, out: Path, plan: Plan) -> None:
                           "backfill) or delete the old one")
 
 
-def _manifest(config: Config, plan: Plan, states: dict[int, dict[str, Any]]) -> dict[str, Any]:
+# --- bookkeeping (issue 12): RunLog + progress; the lead redoes this wiring in the new driver -------------
+def _runlog_meta(config: Config, plan: Plan) -> dict[str, Any]:
+    lim = config.limits
     return {"fingerprint": config.fingerprint(), "embedding": config.embedding_key(),
-            "shards": [{"shard": s.index, "name": s.name, "file": s.file, "rg": [s.rg_start, s.rg_stop],
-                        "rows": [s.row_start, s.row_stop], **states.get(s.index, {"status": "pending"})}
-                       for s in plan.shards]}
+            "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency}, "keys": ["key0"],
+            "price_per_million_tokens": config.jina.price_per_million_tokens, "workers": config.ray.workers,
+            "plan": {"files": len(plan.files), "shards_total": len(plan.shards), "rows_total": plan.rows}}
 
 
 def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
     """Run the embed stage; returns the report (also written to ``output.path/_report.json``)."""
     import ray
-    from tqdm import tqdm
 
     t_start = time.monotonic()
     if config.ray.workers > config.limits.concurrency:
@@ -89,6 +94,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
                       fingerprint=config.fingerprint(), output=str(out))
     states: dict[int, dict[str, Any]] = {}
     todo: list[Shard] = []
+    skipped: list[dict[str, Any]] = []
     for s in plan.shards:
         meta = _already_done(config, s, out)
         if meta:
@@ -96,18 +102,24 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
             rep.add_rows(s.rows, int(meta["rows"]), dead, meta.get("reasons", {}), int(meta.get("rows_truncated", 0)))
             rep.shards_skipped += 1
             states[s.index] = {"status": "done", "rows_embedded": meta["rows"], "rows_dead_letter": dead}
+            skipped.append({"shard": s.index, "name": s.name, "rows_in": s.rows, "rows_embedded": int(meta["rows"]),
+                            "rows_dead_letter": dead})
         else:
             todo.append(s)
-    write_json_atomic(out / "_manifest.json", _manifest(config, plan, states))
+    runlog = RunLog(Storage.open(out), _runlog_meta(config, plan))  # issue 12
+    runlog.start(skipped)  # issue 12
     if not todo:  # everything is done already: no server, no Ray
         rep.duration_s = round(time.monotonic() - t_start, 3)
         rep.finished = True
         rep.write(out)
+        runlog.finish(rep.to_dict(), "finished")  # issue 12
         return rep
     id_field = pa.field(config.corpus.id_column, plan.id_type)
     carried = [pa.field(c, t) for c, t in plan.column_types.items()]
 
-    with jina_endpoint(config.jina, config.limits) as (base_url, key), ray_session(config):
+    # issue 12: runlog.failing first, so a failure to start the server or Ray also ends the manifest as "failed"
+    with runlog.failing(rep.to_dict), jina_endpoint(config.jina, config.limits) as (base_url, key), \
+            ray_session(config):
         coordinator = ray.remote(num_cpus=0)(Coordinator).remote(
             lim.rpm, lim.tpm, lim.concurrency, config.ray.workers, lim.target)
         task = ray.remote(shard_task)
@@ -115,8 +127,8 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
                      "retry_exceptions": False, "scheduling_strategy": "SPREAD"}  # use every node's network
         key_ref = ray.put(key.get())  # object store only: never in task specs or job metadata
         queue, running = list(reversed(todo)), {}
-        bar = tqdm(total=sum(s.rows for s in todo), unit="rows", disable=not progress, smoothing=0.1,
-                   dynamic_ncols=True, desc="embed")
+        bar = make_progress(progress, plan.rows, limits={"rpm": lim.rpm, "tpm": lim.tpm},  # issue 12
+                            rows_before=sum(s["rows_in"] for s in skipped))
         t_first, fatal, spent = None, None, None
         try:
             while queue or running:
@@ -125,6 +137,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
                     coordinator.set_remaining.remote(len(queue) + len(running) + 1)
                     running[task.options(name=f"embed {s.name}", **task_opts).remote(
                         config, s, str(out), id_field, carried, base_url, key_ref, coordinator)] = s
+                    runlog.shard_started(s.index, s.name)  # issue 12
                     t_first = t_first or time.monotonic()
                 if not running:
                     break
@@ -137,17 +150,17 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
                         r = vars(ShardResult(s.index, s.name, s.rows, 0, 0, status="failed",
                                              error=f"{type(e).__name__}: {e}", error_type=type(e).__name__))
                     fatal = fatal or _collect(rep, s, r, states)
-                    write_json_atomic(out / "_manifest.json", _manifest(config, plan, states))
+                    runlog.shard_finished({**r, "key": "key0"})  # issue 12
                     coordinator.set_remaining.remote(len(queue) + len(running))
                 if fatal is not None and running:
                     for ref in running:
                         ray.cancel(ref, force=True)
                 t = ray.get(coordinator.totals.remote())
-                bar.n = t["rows"]
-                el = max(1e-9, time.monotonic() - (t_first or time.monotonic()))
-                bar.set_postfix(tok_s=f"{t['tokens'] / el:.0f}", req=t["requests"], r429=t["http_429"], refresh=False)
-                bar.refresh()
+                runlog.tick(t, {"key0": t}, len(running))  # issue 12
+                bar.update(t, shards_done=rep.shards_done + rep.shards_skipped, shards_total=len(plan.shards),
+                           workers_active=len(running))
             spent = ray.get(coordinator.totals.remote())
+            runlog.tick(spent, {"key0": spent}, 0)  # issue 12
         finally:
             bar.close()
         t_end = time.monotonic()
@@ -158,6 +171,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
     rep.finish_rates((t_end - t_first) if t_first else 0.0, tpm=lim.tpm, rpm=lim.rpm)
     rep.finished = rep.shards_failed == 0 and fatal is None
     rep.write(out)
+    runlog.finish(rep.to_dict(), "finished" if rep.finished else "failed")  # issue 12
     if fatal is not None:
         raise fatal
     return rep

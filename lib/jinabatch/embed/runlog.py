@@ -17,11 +17,12 @@ named by index ("key0", ...).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import StorageError
 from ..storage import Storage
@@ -157,6 +158,19 @@ class RunLog:
             write_report_html(self.out, report=report, manifest=self.manifest(now))
         except Exception as e:  # the report must not fail a finished run
             log.warning("could not write _report.html: %s: %s", type(e).__name__, e)
+
+    @contextlib.contextmanager
+    def failing(self, report: Callable[[], dict[str, Any]]) -> Iterator[None]:
+        """Around the driver's work: an exception (Ctrl+C included) ends the run as "failed" with what was done
+        recorded, then goes on up; an error writing that never hides it."""
+        try:
+            yield
+        except BaseException:
+            try:
+                self.finish(report(), "failed")
+            except Exception as e:
+                log.warning("could not record the failed run: %s: %s", type(e).__name__, e)
+            raise
 
     @staticmethod
     def read_done(out: Storage) -> dict[int, dict[str, Any]]:

@@ -69,6 +69,8 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     uri: str = ""
     verified_ids: int = 0
+    phases: list[dict] = field(default_factory=list)  # {"phase", "seconds"} per step, in order (for _report.html)
+    imports: list[dict] = field(default_factory=list)  # {"t": s into the fill, "rows"} per finished import/batch
 
 
 def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
@@ -90,6 +92,7 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
     report.seconds = round(time.monotonic() - t0, 3)
     report.uri = target.uri
     _write_report(out, report)
+    _write_html(out)
     return report
 
 
@@ -123,22 +126,39 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
              PROP + "metric": ms.index.metric, PROP + "fingerprint": inp.fingerprint or "",
              PROP + "source": str(inp.path.resolve()), PROP + "previous": alias_target(client, alias) or ""}
     log.info("loading %d rows from %d shard(s) into %s (%s)", inp.rows, len(inp.shards), name, mode)
+    phases, imports, mark = _timing()
     # all properties at creation: Milvus 2.3 does not keep a later property change across a restart
     client.create_collection(name, schema=build_schema(inp, f"jinabatch load of {inp.path}"), properties=props)
+    mark("create")
     try:
         with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
+            t_fill = time.monotonic()
+
+            def filled(n: int) -> None:
+                bar.update(n)
+                t = round(time.monotonic() - t_fill, 3)
+                if imports and t - imports[-1]["t"] < 1.0 and mode != "bulk":  # batches: one point per second
+                    imports[-1]["rows"] += n
+                else:
+                    imports.append({"t": t, "rows": n})
+
             if mode == "bulk":
-                bulk_import(target, name, inp.shards, _server_path(ms, inp.path), bar.update)
+                bulk_import(target, name, inp.shards, _server_path(ms, inp.path), filled)
             else:
-                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update)
+                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, filled)
+        mark("fill")
         client.flush(name)
         index = client.prepare_index_params()
         index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric,
                         params=dict(ms.index.params))
         client.create_index(name, index)
+        mark("flush + index")
         client.load_collection(name)
+        mark("load")
         checked = verify(client, name, inp)
+        mark("verify")
         previous = point_alias(client, alias, name)
+        mark("alias switch")
     except BaseException as e:
         _drop_quietly(client, name)
         if isinstance(e, Exception) and not isinstance(e, (LoadError, ConfigError)):
@@ -149,7 +169,22 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, mode: str, progres
     if previous and previous != name:
         _release_quietly(client, previous)
     dropped = _tidy(client, alias, name, ms.keep_previous)
-    return LoadReport(alias, name, inp.rows, mode, 0.0, previous, dropped, verified_ids=checked)
+    mark("tidy")
+    return LoadReport(alias, name, inp.rows, mode, 0.0, previous, dropped, verified_ids=checked, phases=phases,
+                      imports=imports)
+
+
+def _timing():
+    """(phases, imports, mark): ``mark(name)`` records the seconds since the previous mark under ``name``."""
+    phases: list[dict] = []
+    last = [time.monotonic()]
+
+    def mark(name: str) -> None:
+        now = time.monotonic()
+        phases.append({"phase": name, "seconds": round(now - last[0], 3)})
+        last[0] = now
+
+    return phases, [], mark
 
 
 def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
@@ -233,6 +268,17 @@ def _release_quietly(client, name: str) -> None:
         client.release_collection(name)
     except Exception as e:
         log.warning("could not release %s: %s", name, _reason(e))
+
+
+def _write_html(out: Path) -> None:
+    """Redraw ``_report.html`` with the load's part (issue 12); a failure to draw never fails the load."""
+    try:
+        from ..embed.report_html import write_report_html
+        from ..storage import Storage
+
+        log.info("report: %s", write_report_html(Storage.open(out)))
+    except Exception as e:
+        log.warning("could not write _report.html: %s: %s", type(e).__name__, e)
 
 
 def _write_report(out: Path, report: LoadReport) -> None:
