@@ -54,7 +54,9 @@ def series_rows(samples: list[dict[str, Any]], max_points: int = MAX_POINTS) -> 
         for key, c in (b.get("keys") or {}).items():
             prev = (a.get("keys") or {}).get(key, {})
             cur["keys"][key] = cur["keys"].get(key, 0) + c.get("tokens", 0) - prev.get("tokens", 0)
-    for r in rows:
+    rows.insert(0, {"_idx": -1, "time": _iso(samples[0]["t"]), "seconds": 0.0, "workers": samples[0].get("workers", 0),
+                    **{k: 0 for k in ("tokens", "requests", "rows", "http_429", "retries")}, "keys": {}})
+    for r in rows:  # the first row marks where the run starts (nothing done yet)
         r.pop("_idx")
         per_min = 60.0 / r["seconds"] if r["seconds"] > 0 else 0.0
         for k in ("tokens", "requests", "rows", "http_429", "retries"):
@@ -69,7 +71,8 @@ def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: 
 
     specs: dict[str, dict[str, Any]] = {}
     width = 760
-    x = alt.X("time:T", title="time (UTC)", scale=alt.Scale(type="utc"))
+    axis = alt.Axis(format="%H:%M:%S", labelAngle=0, labelOverlap=True)
+    x = alt.X("time:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=axis)
     base = alt.Chart(alt.Data(values=series)).properties(width=width, height=220)
 
     def against(field: str, title: str, limit: float | None, limit_name: str) -> alt.TopLevelMixin:
@@ -108,7 +111,7 @@ def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: 
     if shards:
         if len(shards) <= MAX_BARS:
             specs["timeline"] = alt.Chart(alt.Data(values=shards)).mark_bar(height={"band": 0.8}, stroke="white", strokeWidth=0.5).encode(
-                x=alt.X("start:T", title="time (UTC)", scale=alt.Scale(type="utc")), x2="end:T",
+                x=alt.X("start:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=axis), x2="end:T",
                 y=alt.Y("worker:N", title="worker slot", sort="ascending"),
                 color=alt.Color("node:N", title="node"), opacity=alt.condition("datum.status == 'done'",
                                                                             alt.value(1.0), alt.value(0.35)),
