@@ -244,7 +244,7 @@ class RunLog:
             return
         s = {"run": self.run, "t": round(now, 3), "elapsed": round(now - self.t_start, 3), **self.totals,
              "workers": self.workers_active, "shards_done": self.counts["done"], "shards_failed": self.counts["failed"]}
-        if self.per_key:
+        if len(self.per_key) > 1:  # one key's counters are the run's: not repeated in every sample
             s["keys"] = self.per_key
         self.series.append(s)
         self._last_sample_t, self._last_sampled = now, dict(self.totals)
