@@ -16,7 +16,6 @@ a crash in between) that sees both reads the segment and skips what it covers â€
 from __future__ import annotations
 
 import json
-import logging
 import posixpath
 import re
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from ..errors import StorageError
 from ..storage import Storage
 
 __all__ = ["ChunkLog", "LogObject", "scan"]
-
-log = logging.getLogger("jinabatch.embed")
 
 _NAME = re.compile(r"^(?:c-(\d{8,})|s-(\d{8,})-(\d{8,}))\.jsonl$")
 
