@@ -14,6 +14,7 @@ from _cli import run_main, setup_logging
 
 from jinabatch.config import load_config
 from jinabatch.embed.driver import run_embed
+from jinabatch.storage import Storage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         cfg = load_config(args.config, {"output": {"path": args.output}} if args.output else None)
-        rep = run_embed(cfg, progress=not args.no_progress and sys.stderr.isatty())
+        rep = run_embed(cfg, progress=not args.no_progress)  # a bar on a terminal, log lines elsewhere
         print(rep.summary())
+        print(f"report: {Storage.open(cfg.output.path).uri_of('_report.html')}")
         if not rep.finished:
             print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps(rep.failures)[:500]}; "
                   "rerun the same command to retry them", file=sys.stderr)

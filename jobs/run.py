@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         progress = not args.no_progress and sys.stderr.isatty()
         print(check_target(cfg), flush=True)  # before the embed stage sends anything
-        rep = run_embed(cfg, progress=progress)
+        rep = run_embed(cfg, progress=not args.no_progress)  # a bar on a terminal, log lines elsewhere
         print(f"embed: {rep.summary()}", flush=True)
+        report_html = Storage.open(cfg.output.path).uri_of("_report.html")
         if not rep.finished:
             print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps(rep.failures)[:500]}; "
                   "rerun to retry them (finished shards are kept)", file=sys.stderr)
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             for q in queries:
                 print(f"\nsearch {q!r}:\n{format_hits(search_target(target, cfg, q, args.k))}", flush=True)
+        print(f"\nreport (charts of the embed and the load): {report_html}\n"
+              f"status: python jobs/status.py {cfg.output.path}", flush=True)
         return 0
 
     return run_main(go)

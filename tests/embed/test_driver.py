@@ -18,6 +18,7 @@ import pytest
 from corpus_gen import CARRIED, DIMS, MODEL, TASK, assert_vectors_match, make_corpus, read_output
 from jinabatch.embed.driver import run_embed
 from jinabatch.errors import ConfigError
+from jinabatch.embed.runlog import RunLog
 from jinabatch.embed.shards import read_shard_meta
 from jinabatch.storage import Storage
 
@@ -79,7 +80,8 @@ def test_end_to_end_int_ids_every_row_gets_its_own_texts_vector(ray_local, embed
     report = json.loads((out / "_report.json").read_text())
     assert report["rows_embedded"] == 900 and report["finished"] is True
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["state"] == "finished" and manifest["shards"]["done"] == manifest["shards"]["total"] == 5
+    assert manifest["state"] == "finished" and manifest["shards"]["done"] == 5 and manifest["shards"]["pending"] == 0
+    assert sorted(RunLog.read_done(Storage.open(out))) == list(range(5))
     assert _files_containing(out, jina_key.encode()) == [], "the API key was written to the output"
 
 

@@ -7,6 +7,8 @@ _LAZY = {
     "Plan": ".plan", "Shard": ".plan", "Piece": ".plan", "plan_corpus": ".plan", "list_corpus": ".corpus",
     "CorpusFile": ".corpus",
     "process_shard": ".worker", "ShardResult": ".worker", "EmbedReport": ".report", "ShardWriter": ".shards",
+    "RunLog": ".runlog", "make_progress": ".progress", "read_status": ".status", "format_status": ".status",
+    "write_report_html": ".report_html",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 __all__ = list(_LAZY)

@@ -6,11 +6,12 @@
     the same corpus reused) → settings match the output folder? → finished shards found with one listing
     (embed.resume), stale ones deleted → local Jina server (base_url = "local") / the key
     → Ray: ≤ ray.workers shard tasks in flight (embed.task), each retried by Ray if its worker process dies
-    → progress fed by the coordinator actor → a small manifest snapshot every few seconds → _report.json
+    → progress (a bar on a terminal, log lines elsewhere) fed by the coordinator actor → RunLog (a small
+      _manifest.json snapshot, _progress/ and _timeseries/ chunk logs) → _report.json, _report.html
 
 Ray is started only when needed: for the distributed duplicate pass of a big corpus, or to embed; a rerun
-with nothing left to do starts no service at all. Finishing a shard costs the driver O(1): a counter update
-and, every few seconds, one small file — never a rewrite of a per-shard list.
+with nothing left to do starts no service at all. Finishing a shard costs the driver O(1): a record buffered
+by the RunLog and, every few seconds, one small new object — never a rewrite of a per-shard list.
 
 The API key reaches workers through the object store (``ray.put``), never through task arguments,
 runtime_env or job metadata; object-store credentials never travel at all (every node reads its own).
@@ -29,18 +30,19 @@ from ..errors import AuthError, BadRowError, BillingError, ConfigError, JinaBatc
 from ..runtime import jina_endpoint, ray_session
 from ..storage import Storage
 from .coordinator import Coordinator
+from .estimate import estimate_run
 from .plan import Plan, Shard, plan_corpus
+from .progress import make_progress
 from .report import EmbedReport
 from .resume import find_finished
+from .runlog import MANIFEST, RunLog
 from .task import shard_task
 from .worker import ShardResult
 
-__all__ = ["run_embed", "MANIFEST"]
+__all__ = ["run_embed"]
 
 log = logging.getLogger("jinabatch.embed")
 FATAL = (AuthError, BadRowError, BillingError, ConfigError)  # stop the whole run: every shard would fail alike
-MANIFEST = "_manifest.json"
-MANIFEST_SECONDS = 5.0
 
 
 def _check_settings(config: Config) -> None:
@@ -62,14 +64,13 @@ def _check_output(config: Config, out: Storage) -> None:
                           "backfill) or delete the old one")
 
 
-def _manifest(config: Config, plan: Plan, rep: EmbedReport, state: str, running: int = 0) -> dict[str, Any]:
-    done = rep.shards_done + rep.shards_skipped
-    return {"fingerprint": config.fingerprint(), "embedding": config.embedding_key(), "state": state,
-            "updated_at": time.time(), "corpus": plan.root, "files": len(plan.files), "rows": plan.rows,
-            "shards": {"total": len(plan.shards), "done": done, "skipped": rep.shards_skipped,
-                       "failed": rep.shards_failed, "running": running,
-                       "pending": len(plan.shards) - done - rep.shards_failed - running},
-            "rows_embedded": rep.rows_embedded, "rows_dead_letter": rep.rows_dead_letter, "tokens": rep.tokens}
+def _runlog_meta(config: Config, plan: Plan, todo: list[Shard], estimate: dict[str, Any] | None) -> dict[str, Any]:
+    lim = config.limits
+    return {"fingerprint": config.fingerprint(), "embedding": config.embedding_key(),
+            "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency}, "keys": ["key0"],
+            "price_per_million_tokens": config.jina.price_per_million_tokens, "workers": config.ray.workers,
+            "plan": {"files": len(plan.files), "shards_total": len(plan.shards), "rows_total": plan.rows,
+                     "shards_todo": len(todo), **({"estimate": estimate} if estimate else {})}}
 
 
 def _new_report(config: Config, plan: Plan, out: Storage) -> EmbedReport:
@@ -99,45 +100,55 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
         plan = plan_corpus(config, out, ray_context=need_ray)
         _check_output(config, out)
         rep = _new_report(config, plan, out)
-        resume = find_finished(config, plan, out)
+        resume = find_finished(config, plan, out, known=RunLog.read_done(out))
         if resume.stale:
             log.info("removing %d stale file(s) of an earlier plan from %s", len(resume.stale), out.uri)
             out.delete_many(resume.stale)
         todo: list[Shard] = []
+        skipped: list[dict[str, Any]] = []
         for s in plan.shards:
             meta = resume.done.get(s.index)
             if meta:
-                rep.add_rows(s.rows, int(meta["rows"]), int(meta.get("rows_dead_letter", 0)), meta.get("reasons", {}),
-                             int(meta.get("rows_truncated", 0)))
+                embedded = int(meta.get("rows", meta.get("rows_embedded", 0)))
+                dead, truncated = int(meta.get("rows_dead_letter", 0)), int(meta.get("rows_truncated", 0))
+                rep.add_rows(s.rows, embedded, dead, meta.get("reasons", {}), truncated)
                 rep.shards_skipped += 1
+                skipped.append({"shard": s.index, "name": s.name, "rows_in": s.rows, "rows_embedded": embedded,
+                                "rows_dead_letter": dead, "rows_truncated": truncated,
+                                "reasons": meta.get("reasons", {}), "shard_key": s.key,
+                                "fingerprint": config.fingerprint()})
             else:
                 todo.append(s)
-        out.write_json(MANIFEST, _manifest(config, plan, rep, "running" if todo else "finished"))
+        estimate = estimate_run(config, plan, out, todo).to_dict() if todo else None
+        runlog = RunLog(out, _runlog_meta(config, plan, todo, estimate))
+        runlog.start(skipped)
         if not todo:  # everything is done already: no server, no Ray
             rep.duration_s = round(time.monotonic() - t_start, 3)
             rep.finished = True
             rep.write(out)
+            runlog.finish(rep.to_dict(), "finished")
             return rep
-        if out.abort_multipart_uploads():
-            log.info("aborted uploads an earlier run's killed workers left under %s", out.uri)
-        base_url, key = stack.enter_context(jina_endpoint(config.jina, config.limits))
-        need_ray()
-        t_first, t_end, fatal = _schedule(config, plan, out, todo, rep, base_url, key, progress)
+        with runlog.failing(rep.to_dict):  # a failure to start a service also ends the manifest as "failed"
+            if out.abort_multipart_uploads():
+                log.info("aborted uploads an earlier run's killed workers left under %s", out.uri)
+            base_url, key = stack.enter_context(jina_endpoint(config.jina, config.limits))
+            need_ray()
+            t_first, t_end, fatal = _schedule(config, plan, out, todo, rep, base_url, key, progress, runlog,
+                                              rows_before=sum(s["rows_in"] for s in skipped))
     rep.duration_s = round(time.monotonic() - t_start, 3)
     rep.finish_rates((t_end - t_first) if t_first else 0.0, tpm=config.limits.tpm, rpm=config.limits.rpm)
     rep.finished = rep.shards_failed == 0 and fatal is None
     rep.write(out)
-    out.write_json(MANIFEST, _manifest(config, plan, rep, "finished" if rep.finished else "failed"))
+    runlog.finish(rep.to_dict(), "finished" if rep.finished else "failed")
     if fatal is not None:
         raise fatal
     return rep
 
 
 def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: EmbedReport, base_url: str, key,
-              progress: bool) -> tuple[float | None, float, JinaBatchError | None]:
+              progress: bool | str, runlog: RunLog, rows_before: int) -> tuple[float | None, float, JinaBatchError | None]:
     """Run ``todo`` on Ray, ≤ ray.workers at a time; fold results into ``rep``. (first start, end, fatal error)"""
     import ray
-    from tqdm import tqdm
 
     lim = config.limits
     id_field = pa.field(config.corpus.id_column, plan.id_type)
@@ -149,9 +160,8 @@ def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: 
                  "retry_exceptions": False, "scheduling_strategy": "SPREAD"}  # use every node's network
     key_ref = ray.put(key.get())  # object store only: never in task specs or job metadata
     queue, running = list(reversed(todo)), {}
-    bar = tqdm(total=sum(s.rows for s in todo), unit="rows", disable=not progress, smoothing=0.1,
-               dynamic_ncols=True, desc="embed")
-    t_first, fatal, spent, t_manifest = None, None, None, time.monotonic()
+    bar = make_progress(progress, plan.rows, limits={"rpm": lim.rpm, "tpm": lim.tpm}, rows_before=rows_before)
+    t_first, fatal, spent = None, None, None
     try:
         while queue or running:
             while queue and len(running) < config.ray.workers and fatal is None:
@@ -159,6 +169,7 @@ def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: 
                 coordinator.set_remaining.remote(len(queue) + len(running) + 1)
                 running[task.options(name=f"embed {s.name}", **task_opts).remote(
                     config, s, out.uri, id_field, carried, base_url, key_ref, coordinator)] = s
+                runlog.shard_started(s.index, s.name)
                 t_first = t_first or time.monotonic()
             if not running:
                 break
@@ -171,19 +182,17 @@ def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: 
                     r = vars(ShardResult(s.index, s.name, s.rows, 0, 0, status="failed",
                                          error=f"{type(e).__name__}: {e}", error_type=type(e).__name__))
                 fatal = fatal or _collect(rep, s, r)
+                runlog.shard_finished({**r, "key": "key0", "shard_key": s.key, "fingerprint": config.fingerprint()})
                 coordinator.set_remaining.remote(len(queue) + len(running))
             if fatal is not None and running:
                 for ref in running:
                     ray.cancel(ref, force=True)
             t = ray.get(coordinator.totals.remote())
-            bar.n = t["rows"]
-            el = max(1e-9, time.monotonic() - (t_first or time.monotonic()))
-            bar.set_postfix(tok_s=f"{t['tokens'] / el:.0f}", req=t["requests"], r429=t["http_429"], refresh=False)
-            bar.refresh()
-            if time.monotonic() - t_manifest >= MANIFEST_SECONDS:
-                out.write_json(MANIFEST, _manifest(config, plan, rep, "running", len(running)))
-                t_manifest = time.monotonic()
+            runlog.tick(t, {"key0": t}, len(running))
+            bar.update(t, shards_done=rep.shards_done + rep.shards_skipped, shards_total=len(plan.shards),
+                       workers_active=len(running))
         spent = ray.get(coordinator.totals.remote())
+        runlog.tick(spent, {"key0": spent}, 0)
     finally:
         bar.close()
     t_end = time.monotonic()

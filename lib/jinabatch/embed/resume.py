@@ -30,7 +30,7 @@ class Resume:
 
 def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, dict[str, Any]] | None = None,
                   threads: int = 32) -> Resume:
-    """Which of ``plan``'s shards are finished in ``out``; ``known``: shard -> run-log record (has "key")."""
+    """Which of ``plan``'s shards are finished in ``out``; ``known``: shard -> run-log record (has "shard_key")."""
     known = known or {}
     by_name = {s.name: s for s in plan.shards}
     files = {f.path.rsplit("/", 1)[-1].removesuffix(".parquet"): f for f in out.list(SHARDS)
@@ -44,7 +44,7 @@ def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, dic
             res.stale.append(shard_path(name))
             continue
         rec = known.get(shard.index)
-        if rec and rec.get("key") == shard.key and rec.get("fingerprint", fingerprint) == fingerprint:
+        if rec and rec.get("shard_key") == shard.key and rec.get("fingerprint") == fingerprint:
             res.done[shard.index] = rec
         else:
             check.append(shard)
@@ -55,7 +55,7 @@ def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, dic
     workers = max(1, min(threads, len(check))) if out.kind != "local" else max(1, min(8, len(check)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for shard, meta in pool.map(footer, check):
-            if meta and meta.get("key") == shard.key and meta.get("fingerprint") == fingerprint:
+            if meta and meta.get("shard_key") == shard.key and meta.get("fingerprint") == fingerprint:
                 res.done[shard.index] = meta
             else:
                 res.stale.append(shard_path(shard.name))

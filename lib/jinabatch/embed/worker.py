@@ -73,8 +73,8 @@ class ShardResult:
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
     """What a finished shard's footer says about how it was made: settings and every piece (never the key)."""
     j = config.jina
-    return {**config.embedding_key(), "embedding_type": j.embedding_type, "shard": shard.index, "key": shard.key,
-            "start": shard.start, "stop": shard.stop, "pieces": [p.describe() for p in shard.pieces],
+    return {**config.embedding_key(), "embedding_type": j.embedding_type, "shard": shard.index,
+            "shard_key": shard.key, "start": shard.start, "stop": shard.stop, "pieces": [p.describe() for p in shard.pieces],
             "fingerprint": config.fingerprint(), "id_column": config.corpus.id_column,
             "columns": list(config.corpus.columns)}
 

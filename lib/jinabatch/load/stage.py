@@ -84,6 +84,8 @@ class LoadReport:
     verified_ids: int = 0
     server: str = ""  # e.g. "Milvus v2.3.5-lite (no nullable fields)"
     carried: dict[str, str] = field(default_factory=dict)  # column -> how it is held ("nullable field", ...)
+    phases: list[dict] = field(default_factory=list)  # {"phase", "seconds"} per step, in order (for _report.html)
+    imports: list[dict] = field(default_factory=list)  # {"t": s into the fill, "rows"} per finished import/batch
 
 
 def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
@@ -105,6 +107,7 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
     report.seconds = round(time.monotonic() - t0, 3)
     report.uri = target.uri
     _write_report(out, report)
+    _write_html(out)
     return report
 
 
@@ -157,8 +160,10 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
         name = physical_name(alias, inp.model, inp.dim)
     info, before = server_info(target), alias_target(client, alias) or ""
     fill_mode(ms, info, choose_layout({c.name: c.nulls for c in inp.columns}, info))  # refuse before creating
+    phases, imports, mark = _timing()
     try:
         layout = _create(client, name, inp, ms, alias, before, info)
+        mark("create")
         info = replace(info, nullable=layout.nullable)  # what the created collection has
         carried = {c.name: layout.describe(c.name) for c in inp.columns}
         mode, note = fill_mode(ms, info, layout)
@@ -167,21 +172,36 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
         log.info("loading %d rows from %d shard(s) into %s (%s); carried columns: %s", inp.rows, len(inp.shards),
                  name, mode, carried or "none")
         with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
+            t_fill = time.monotonic()
+
+            def filled(n: int) -> None:
+                bar.update(n)
+                t = round(time.monotonic() - t_fill, 3)
+                if imports and t - imports[-1]["t"] < 1.0 and mode not in (BULK, BULK_COPIES):  # one point a second
+                    imports[-1]["rows"] += n
+                else:
+                    imports.append({"t": t, "rows": n})
+
             if mode == BULK_COPIES:
                 with import_copies(inp.shards, inp.path, name, layout.dynamic) as copies:
-                    bulk_import(target, name, copies, _server_path(ms, inp.path), bar.update)
+                    bulk_import(target, name, copies, _server_path(ms, inp.path), filled)
             elif mode == BULK:
-                bulk_import(target, name, inp.shards, _server_path(ms, inp.path), bar.update)
+                bulk_import(target, name, inp.shards, _server_path(ms, inp.path), filled)
             else:
-                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, bar.update, layout.dynamic)
+                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, filled, layout.dynamic)
+        mark("fill")
         client.flush(name)
         index = client.prepare_index_params()
         index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric,
                         params=dict(ms.index.params))
         client.create_index(name, index)
+        mark("flush + index")
         client.load_collection(name)
+        mark("load")
         checked = verify(client, name, inp)
+        mark("verify")
         previous = point_alias(client, alias, name)
+        mark("alias switch")
     except BaseException as e:
         _drop_quietly(client, name)
         if isinstance(e, Exception) and not isinstance(e, (LoadError, ConfigError)):
@@ -192,9 +212,22 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
     if previous and previous != name:
         _release_quietly(client, previous)
     dropped = _tidy(client, alias, name, ms.keep_previous)
+    mark("tidy")
     return LoadReport(alias, name, inp.rows, BULK if mode == BULK_COPIES else mode, 0.0, previous, dropped,
-                      verified_ids=checked,
-                      server=info.describe(), carried=carried)
+                      verified_ids=checked, server=info.describe(), carried=carried, phases=phases, imports=imports)
+
+
+def _timing():
+    """(phases, imports, mark): ``mark(name)`` records the seconds since the previous mark under ``name``."""
+    phases: list[dict] = []
+    last = [time.monotonic()]
+
+    def mark(name: str) -> None:
+        now = time.monotonic()
+        phases.append({"phase": name, "seconds": round(now - last[0], 3)})
+        last[0] = now
+
+    return phases, [], mark
 
 
 def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE) -> int:
@@ -285,6 +318,17 @@ def _release_quietly(client, name: str) -> None:
         client.release_collection(name)
     except Exception as e:
         log.warning("could not release %s: %s", name, _reason(e))
+
+
+def _write_html(out: Path) -> None:
+    """Redraw ``_report.html`` with the load's part; a failure to draw never fails the load."""
+    try:
+        from ..embed.report_html import write_report_html
+        from ..storage import Storage
+
+        log.info("report: %s", write_report_html(Storage.open(out)))
+    except Exception as e:
+        log.warning("could not write _report.html: %s: %s", type(e).__name__, e)
 
 
 def _write_report(out: Path, report: LoadReport) -> None:
