@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", help="TOML settings (see configs/local.toml)")
     ap.add_argument("--query", action="append", help="search this after loading (repeatable)")
+    ap.add_argument("--output", help="override output.path")
+    ap.add_argument("--previous", metavar="DIR", help="output.previous: a finished output whose unchanged rows' "
+                    "vectors are carried over (incremental run)")
     ap.add_argument("-k", type=int, default=3, help="hits per query")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def go() -> int:
-        cfg = load_config(args.config)
+        output = {k: v for k, v in (("path", args.output), ("previous", args.previous)) if v}
+        cfg = load_config(args.config, {"output": output} if output else None)
         progress = not args.no_progress and sys.stderr.isatty()
         print(check_target(cfg), flush=True)  # before the embed stage sends anything
         rep = run_embed(cfg, progress=not args.no_progress)  # a bar on a terminal, log lines elsewhere

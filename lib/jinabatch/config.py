@@ -39,12 +39,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+RESERVED_COLUMNS = ("embedding", "text_hash")  # written by the embed stage into every shard
+
+
 class CorpusSettings(_Section):
-    path: str = "data/corpus"  # a Parquet file, a folder of them, or a glob
+    path: str = "data/corpus"  # a Parquet file, a folder of them, a glob, or an s3:// prefix
     id_column: str = "id"
     text_column: str = "text"
     columns: list[str] = Field(default_factory=list)  # carried into the output and into Milvus
     rows_per_shard: int = Field(5000, gt=0)
+    # late chunking: the column naming each row's document, and the column ordering a document's chunks
+    document_column: str | None = None
+    chunk_order_column: str | None = None
+
+    @model_validator(mode="after")
+    def _columns(self) -> "CorpusSettings":
+        seen = set()
+        for c in self.columns:
+            if c in seen:
+                raise ValueError(f"columns: {c!r} is listed twice; list each carried column once")
+            seen.add(c)
+            if c in RESERVED_COLUMNS or c == self.id_column:
+                raise ValueError(f"columns: {c!r} is written by the embed stage itself (or is the id); "
+                                 f"rename it in the corpus or leave it out (reserved: {list(RESERVED_COLUMNS)})")
+        return self
 
 
 class JinaSettings(_Section):
@@ -114,6 +132,9 @@ class RaySettings(_Section):
 
 class OutputSettings(_Section):
     path: str = "out/embeddings"
+    # a finished output of an earlier run (local or s3://): rows whose (id, text) are unchanged under the same
+    # embedding key carry their vectors over instead of being sent again
+    previous: str | None = None
 
 
 class IndexSettings(_Section):
@@ -177,17 +198,20 @@ class Config(_Section):
     source: str | None = Field(None, exclude=True)  # the file it came from, for messages
 
     def embedding_key(self) -> dict[str, Any]:
-        """What decides a vector's value: model, task, dimensions, late chunking, normalization."""
+        """What decides a vector's value: model, task, dimensions, late chunking, normalization, wire type,
+        truncation policy — and who computes it: the local stand-in's vectors are never the real model's."""
         j = self.jina
         return {"model": j.model, "task": j.task if j.spec.takes_task else None, "dimensions": self.jina.dim,
-                "late_chunking": j.late_chunking, "normalized": j.normalized}
+                "late_chunking": j.late_chunking, "normalized": j.normalized, "embedding_type": j.embedding_type,
+                "truncation": j.on_too_long,
+                "served_by": "local stand-in" if j.base_url.rstrip("/") == LOCAL_BASE_URL else "api"}
 
     def fingerprint(self) -> str:
         """Hash of everything that decides a shard's content (not paths of the output, not limits)."""
         c = self.corpus
         payload = {"embedding": self.embedding_key(), "id": c.id_column, "text": c.text_column,
                    "columns": list(c.columns), "rows_per_shard": c.rows_per_shard,
-                   "on_too_long": self.jina.on_too_long, "embedding_type": self.jina.embedding_type}
+                   "document": c.document_column, "chunk_order": c.chunk_order_column}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

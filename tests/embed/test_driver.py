@@ -138,11 +138,11 @@ def test_output_inside_the_corpus_folder_is_refused_or_resumable(ray_local, embe
     assert again.shards_skipped == again.shards_total == 1
 
 
-def test_late_chunking_is_refused_before_any_request(embed_config, jina_server, tmp_path):
-    """late_chunking joins a request's inputs into one sequence: the batch job refuses it up front."""
+def test_late_chunking_without_a_document_column_is_refused_before_any_request(embed_config, jina_server, tmp_path):
+    """late_chunking joins a request's inputs into one sequence: without corpus.document_column it is refused."""
     make_corpus(tmp_path / "c", files=1, rows_per_file=10, row_group_size=10)
     cfg = embed_config(tmp_path / "c", tmp_path / "out", jina_server.url, jina={"late_chunking": True})
     before = jina_server.stats()["requests"]
-    with pytest.raises(ConfigError, match="jina.late_chunking"):
+    with pytest.raises(ConfigError, match="corpus.document_column"):
         run_embed(cfg, progress=False)
     assert jina_server.stats()["requests"] == before and not (tmp_path / "out").exists()

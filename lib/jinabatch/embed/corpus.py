@@ -130,7 +130,9 @@ def _partitions(root: Storage, files: list[FileStat], wanted: list[str]) -> tupl
 def _check_schema(uri: str, schema: pa.Schema, cs: CorpusSettings, from_path: dict[str, Any]) -> None:
     names = schema.names
     for key, col in [("corpus.id_column", cs.id_column), ("corpus.text_column", cs.text_column),
-                     *[("corpus.columns", c) for c in cs.columns]]:
+                     *[("corpus.columns", c) for c in cs.columns],
+                     *[(k, c) for k, c in (("corpus.document_column", cs.document_column),
+                                           ("corpus.chunk_order_column", cs.chunk_order_column)) if c]]:
         if col not in names and not (key == "corpus.columns" and col in from_path):
             raise CorpusError(f"{uri}: column {col!r} ({key}) not found; the file has {names}")
     text_t = schema.field(cs.text_column).type

@@ -126,7 +126,8 @@ def _on_ray(files: list[CorpusFile], id_column: str, settings: StorageSettings, 
         counts = ids.groupby("id", num_partitions=partitions).aggregate(
             Count(alias_name="n"), Min("pos", alias_name="first"))
         refs = counts.filter(expr="n > 1").select_columns(["id", "first"]).to_arrow_refs()
-        dup = pa.concat_tables([t for t in ray.get(refs) if t.num_rows]) if refs else None
+        found = [t for t in ray.get(refs) if t.num_rows]
+        dup = pa.concat_tables(found) if found else None
         if dup is None or dup.num_rows == 0:
             return _none()
         later = ids.map_batches(_later_batch, batch_format="pyarrow", fn_kwargs={"dups": [ray.put(dup)]})

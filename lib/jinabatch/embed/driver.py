@@ -29,6 +29,7 @@ from ..config import Config
 from ..errors import AuthError, BadRowError, BillingError, ConfigError, JinaBatchError
 from ..runtime import jina_endpoint, ray_session
 from ..storage import Storage
+from .chunking import check_late_chunking
 from .coordinator import Coordinator
 from .estimate import estimate_run
 from .plan import Plan, Shard, plan_corpus
@@ -51,17 +52,23 @@ def _check_settings(config: Config) -> None:
                           f"({config.limits.concurrency}): every worker needs at least one request in flight; "
                           "lower ray.workers or raise limits.concurrency")
     if config.jina.late_chunking:
-        raise ConfigError("jina.late_chunking = true joins all inputs of a request into one sequence, so the batch "
-                          "job would mix unrelated rows; embed each document's chunks with the client "
-                          "(JinaClient.embed_batch(chunks, late_chunking=True)) instead, or set it to false")
+        check_late_chunking(config.corpus)
 
 
 def _check_output(config: Config, out: Storage) -> None:
     manifest = out.read_json(MANIFEST)
-    if manifest and manifest.get("fingerprint") != config.fingerprint():
-        raise ConfigError(f"{out.uri}: holds shards made with other settings (fingerprint {manifest.get('fingerprint')}, "
-                          f"this config {config.fingerprint()}); set output.path to a new folder (e.g. for a "
-                          "backfill) or delete the old one")
+    if not manifest or manifest.get("fingerprint") == config.fingerprint():
+        return
+    had, now = manifest.get("embedding") or {}, config.embedding_key()
+    diff = [f"{k} {had.get(k)!r} there, {now.get(k)!r} here" for k in now if k in had and had.get(k) != now.get(k)]
+    if had.get("served_by") == "local stand-in" and now.get("served_by") != "local stand-in":
+        why = ("its vectors come from the local stand-in (jina.base_url = \"local\"), not from the real model — they "
+               "must never be loaded as the model's")
+    else:
+        why = "; ".join(diff) or "other corpus or shard settings (columns, rows_per_shard, id/text column)"
+    raise ConfigError(f"{out.uri}: holds shards made with other settings ({why}; fingerprint "
+                      f"{manifest.get('fingerprint')}, this config {config.fingerprint()}); set output.path to a new "
+                      "folder (e.g. for a backfill, with output.previous pointing at this one) or delete the old one")
 
 
 def _runlog_meta(config: Config, plan: Plan, todo: list[Shard], estimate: dict[str, Any] | None) -> dict[str, Any]:
@@ -79,7 +86,7 @@ def _new_report(config: Config, plan: Plan, out: Storage) -> EmbedReport:
                        "concurrency": lim.concurrency}, workers=config.ray.workers, model=j.model,
                        task=config.embedding_key()["task"], dimensions=j.dim, embedding_type=j.embedding_type,
                        id_column=config.corpus.id_column, columns=list(config.corpus.columns),
-                       fingerprint=config.fingerprint(), output=out.uri)
+                       fingerprint=config.fingerprint(), output=out.uri, embedding=config.embedding_key())
 
 
 def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
@@ -100,6 +107,8 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
         plan = plan_corpus(config, out, ray_context=need_ray)
         _check_output(config, out)
         rep = _new_report(config, plan, out)
+        if plan.reuse is not None:
+            rep.incremental = plan.reuse.to_dict()
         resume = find_finished(config, plan, out, known=RunLog.read_done(out))
         if resume.stale:
             log.info("removing %d stale file(s) of an earlier plan from %s", len(resume.stale), out.uri)
@@ -112,10 +121,12 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
                 embedded = int(meta.get("rows", meta.get("rows_embedded", 0)))
                 dead, truncated = int(meta.get("rows_dead_letter", 0)), int(meta.get("rows_truncated", 0))
                 rep.add_rows(s.rows, embedded, dead, meta.get("reasons", {}), truncated)
+                rep.rows_reused += int(meta.get("rows_reused", 0))
                 rep.shards_skipped += 1
                 skipped.append({"shard": s.index, "name": s.name, "rows_in": s.rows, "rows_embedded": embedded,
                                 "rows_dead_letter": dead, "rows_truncated": truncated,
-                                "reasons": meta.get("reasons", {}), "shard_key": s.key,
+                                "reasons": meta.get("reasons", {}), "rows_reused": int(meta.get("rows_reused", 0)),
+                                "shard_key": s.key,
                                 "fingerprint": config.fingerprint()})
             else:
                 todo.append(s)
@@ -216,6 +227,7 @@ def _collect(rep: EmbedReport, s: Shard, r: dict[str, Any]) -> JinaBatchError | 
         if r.get("node"):
             rep.shards_by_node[r["node"]] = rep.shards_by_node.get(r["node"], 0) + 1
         rep.add_rows(r["rows_in"], r["rows_embedded"], r["rows_dead_letter"], r["reasons"], r["rows_truncated"])
+        rep.rows_reused += r.get("rows_reused", 0)
         return None
     rep.shards_failed += 1
     first = s.pieces[0]

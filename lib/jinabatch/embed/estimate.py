@@ -42,7 +42,7 @@ STARTUP_SECONDS = 8.0  # Ray start, the first shard's plan and ramp-up (measured
 
 @dataclass
 class Estimate:
-    rows: int  # rows left to embed (shards not finished yet)
+    rows: int  # rows left to send (in unfinished shards, less those carried over from output.previous)
     shards: int
     tokens: int
     requests: int
@@ -120,6 +120,9 @@ def estimate_run(config: Config, plan: Plan, out: Storage, todo: list[Shard]) ->
     ratio, source = _ratio(config, out, texts, raw_per_row * len(texts)) if texts else (TokenEstimator().ratio, "prior")
     tokens_per_row = raw_per_row * ratio
     rows = sum(s.rows for s in todo)
+    reuse = plan.reuse
+    if reuse and reuse.reused:  # carried-over rows cost nothing: only new and changed ones are sent
+        rows = int(round(rows * (reuse.changed + reuse.new) / max(1, reuse.reused + reuse.changed + reuse.new)))
     tokens = int(round(rows * tokens_per_row))
     spec = config.jina.spec
     max_inputs = min(config.jina.max_inputs_per_request or spec.max_inputs, spec.max_inputs)

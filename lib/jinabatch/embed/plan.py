@@ -14,6 +14,7 @@ every footer nor repeats the duplicate pass. Otherwise it opens every footer, ru
     _plan/plan.json            settings, corpus fingerprint, counts, output column types
     _plan/files.parquet        one row per file: uri, fingerprint, rows, offset, rows per row group, partition
     _plan/duplicates.parquet   later occurrences of an id, sorted by position (read by each shard's task)
+    _plan/reuse.parquet        with output.previous: rows whose vector is carried over (embed.incremental)
 
 The driver's memory follows the number of files and shards, never the number of rows.
 """
@@ -34,6 +35,7 @@ from ..config import Config
 from ..storage import FileStat, Storage
 from .corpus import CorpusFile, inspect_files, list_corpus
 from .dedup import LOCAL_MAX_ROWS, find_duplicates
+from .incremental import Reuse, plan_reuse
 
 __all__ = ["Piece", "Shard", "Plan", "plan_corpus", "cut_shards", "corpus_fingerprint", "PLAN_DIR"]
 
@@ -96,6 +98,7 @@ class Plan:
     duplicates: int
     fingerprint: str  # of the corpus listing
     reused: bool = False  # loaded from _plan/ instead of inspected again
+    reuse: Reuse | None = None  # the join against output.previous (incremental runs)
 
     @property
     def rows(self) -> int:
@@ -132,7 +135,13 @@ def corpus_fingerprint(root: Storage, stats: list[FileStat]) -> str:
 
 def _settings(config: Config) -> dict[str, Any]:
     c = config.corpus
-    return {"id": c.id_column, "text": c.text_column, "columns": list(c.columns), "rows_per_shard": c.rows_per_shard}
+    s = {"id": c.id_column, "text": c.text_column, "columns": list(c.columns), "rows_per_shard": c.rows_per_shard}
+    if config.output.previous:  # the join depends on what the previous output holds and how it was made
+        prev = Storage.open(config.output.previous, config.storage)
+        rep = prev.read_json("_report.json") or {}
+        s["previous"] = {"uri": prev.uri, "fingerprint": rep.get("fingerprint"), "rows": rep.get("rows_embedded"),
+                         "embedding": config.embedding_key()}
+    return s
 
 
 def _schema_b64(id_type: pa.DataType, column_types: dict[str, pa.DataType]) -> str:
@@ -155,7 +164,7 @@ def _save(out: Storage, plan: Plan, config: Config) -> None:
         "version": PLAN_VERSION, "corpus": plan.root, "corpus_fingerprint": plan.fingerprint,
         "settings": _settings(config), "files": len(files), "rows": plan.rows, "shards": len(plan.shards),
         "duplicates": plan.duplicates, "schema": _schema_b64(plan.id_type, plan.column_types),
-        "partition_columns": list(plan.partition_columns)})
+        "partition_columns": list(plan.partition_columns), "reuse": plan.reuse.to_dict() if plan.reuse else None})
 
 
 def _load(out: Storage, config: Config, root: Storage, fingerprint: str) -> Plan | None:
@@ -172,9 +181,10 @@ def _load(out: Storage, config: Config, root: Storage, fingerprint: str) -> Plan
              for u, fp, n, off, rgs, part in zip(*(table[c].to_pylist() for c in
                                                   ("uri", "fingerprint", "rows", "offset", "row_groups", "partition")))]
     column_types = {f.name: f.type for f in schema if f.name != "__id__"}
+    reuse = Reuse(**meta["reuse"]) if meta.get("reuse") else None
     return Plan(root.uri, files, cut_shards(files, config.corpus.rows_per_shard), schema.field("__id__").type,
                 column_types, tuple(meta.get("partition_columns", [])), int(meta["duplicates"]), fingerprint,
-                reused=True)
+                reused=True, reuse=reuse)
 
 
 def plan_corpus(config: Config, out: Storage, *, ray_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
@@ -192,8 +202,11 @@ def plan_corpus(config: Config, out: Storage, *, ray_context: Callable[[], Conte
     found = inspect_files(root, stats, cs)
     duplicates = find_duplicates(found.files, cs.id_column, out, settings=config.storage,
                                  local_max_rows=local_max_rows, ray_context=ray_context)
+    reuse = None
+    if config.output.previous:
+        reuse = plan_reuse(config, found.files, out, ray_context=ray_context, local_max_rows=local_max_rows)
     plan = Plan(root.uri, found.files, cut_shards(found.files, cs.rows_per_shard), found.id_type, found.column_types,
-                found.partition_columns, duplicates, fingerprint)
+                found.partition_columns, duplicates, fingerprint, reuse=reuse)
     _save(out, plan, config)
     log.info("planned %s: %d files, %d rows, %d shards, %d duplicate ids", root.uri, len(plan.files), plan.rows,
              len(plan.shards), duplicates)

@@ -34,6 +34,7 @@ class Preview:
     stale: int  # files of an earlier plan the run will delete
     plan_reused: bool
     estimate: Estimate
+    incremental: dict[str, Any] | None = None  # reused / changed / new / dropped against output.previous
     limits: dict[str, Any] = field(default_factory=dict)
     price_per_million_tokens: float | None = None
 
@@ -60,9 +61,9 @@ def preview(config: Config) -> tuple[Preview, Plan]:
     est = estimate_run(config, plan, out, todo)
     return Preview(corpus=plan.root, output=out.uri, files=len(plan.files), rows=plan.rows, shards=len(plan.shards),
                    rows_per_shard=config.corpus.rows_per_shard, duplicates=plan.duplicates,
-                   shards_done=len(resume.done), rows_done=plan.rows - est.rows,
+                   shards_done=len(resume.done), rows_done=sum(s.rows for s in plan.shards if s.index in resume.done),
                    stale=len([p for p in resume.stale if p.startswith("shards/")]), plan_reused=plan.reused,
-                   estimate=est, limits={"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency,
+                   estimate=est, incremental=plan.reuse.to_dict() if plan.reuse else None, limits={"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency,
                                          "target": lim.target},
                    price_per_million_tokens=config.jina.price_per_million_tokens), plan
 
@@ -89,6 +90,10 @@ def format_preview(p: Preview) -> str:
         f"time     ~{_duration(e.seconds)} under {p.limits['tpm']:,} TPM / {p.limits['rpm']:,} RPM "
         f"x {e.keys} key(s) at {p.limits['target']:.1%} ({e.binding_limit.upper()} binds)",
     ]
+    if p.incremental:
+        i = p.incremental
+        lines.insert(2, f"previous {i['previous']}: {i['reused']:,} rows reused, {i['changed']:,} changed, "
+                        f"{i['new']:,} new (sent), {i['dropped']:,} dropped" + (f" — {i['note']}" if i["note"] else ""))
     if e.cost is not None:
         lines.append(f"cost     ~${e.cost:,.2f} at ${p.price_per_million_tokens:g} per million tokens")
     else:

@@ -24,6 +24,8 @@ class EmbedReport:
     rows_embedded: int = 0
     rows_dead_letter: int = 0
     rows_truncated: int = 0
+    rows_reused: int = 0  # vectors carried over from output.previous instead of sent
+    incremental: dict[str, Any] | None = None  # with output.previous: previous, reused, changed, new, dropped, note
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     shards_total: int = 0
     shards_skipped: int = 0
@@ -49,6 +51,7 @@ class EmbedReport:
     task: str | None = None
     dimensions: int = 0
     embedding_type: str = ""
+    embedding: dict[str, Any] = field(default_factory=dict)  # the embedding key (config.embedding_key())
     id_column: str = "id"
     columns: list[str] = field(default_factory=list)
     fingerprint: str = ""
@@ -85,7 +88,12 @@ class EmbedReport:
         return out.uri_of("_report.json")
 
     def summary(self) -> str:
-        return (f"{self.rows_embedded}/{self.rows_in} rows embedded, {self.rows_dead_letter} dead-lettered, "
+        inc = self.incremental
+        reuse = ""
+        if inc:
+            reuse = (f" (incremental from {inc['previous']}: {inc['reused']} reused, {inc['changed']} changed, "
+                     f"{inc['new']} new, {inc['dropped']} dropped{'; ' + inc['note'] if inc.get('note') else ''})")
+        return (f"{self.rows_embedded}/{self.rows_in} rows embedded{reuse}, {self.rows_dead_letter} dead-lettered, "
                 f"{self.shards_done} shards done, {self.shards_skipped} skipped, {self.shards_failed} failed; "
                 f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
                 f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}; "

@@ -2,7 +2,7 @@
 
 Layout of ``output.path`` (a local folder or an object-store prefix, through ``jinabatch.storage``)::
 
-    shards/shard-00000.parquet        id column, embedding list<float32>, carried columns; footer metadata
+    shards/shard-00000.parquet        id column, embedding list<float32>, text_hash int64, carried columns; footer
     dead_letter/shard-00000.parquet   id, source_file, row, reason, text — rows that were not embedded
     _plan/                            the plan (embed.plan)
     _manifest.json, _report.json      the run's state and counts
@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from ..storage import Storage
 from .columns import shard_fields, to_shard
+from .incremental import HASH_COLUMN
 
 __all__ = ["ShardWriter", "write_dead_letter", "read_shard_meta", "shard_path", "dead_letter_path",
            "embedding_array", "DEAD_LETTER_SCHEMA_FIELDS", "SHARDS", "DEAD_LETTER"]
@@ -67,16 +68,20 @@ class ShardWriter:
         self.tmp = out.local_temp(self.sub)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         id_field, carried = shard_fields(id_field, carried)  # types Milvus import reads (embed.columns)
-        self.schema = pa.schema([id_field, pa.field("embedding", pa.list_(pa.float32())), *carried])
+        self.schema = pa.schema([id_field, pa.field("embedding", pa.list_(pa.float32())),
+                                 pa.field(HASH_COLUMN, pa.int64()), *carried])
         self.meta = dict(meta)
         self.rows = 0
         self._writer = pq.ParquetWriter(self.tmp, self.schema)
 
-    def write(self, ids: pa.Array, vectors: np.ndarray, carried: list[pa.Array]) -> None:
+    def write(self, ids: pa.Array, vectors: np.ndarray, carried: list[pa.Array],
+              hashes: pa.Array | None = None) -> None:
+        """One batch of rows; ``hashes``: each row's text hash (embed.incremental.text_hash)."""
         if len(ids) == 0:
             return
+        hashes = pa.nulls(len(ids), pa.int64()) if hashes is None else hashes
         carried = [to_shard(a) for a in carried]  # dates → ISO text, NaN → null, ... (embed.columns)
-        batch = pa.record_batch([ids.cast(self.schema.field(0).type), embedding_array(vectors), *carried],
+        batch = pa.record_batch([ids.cast(self.schema.field(0).type), embedding_array(vectors), hashes, *carried],
                                 schema=self.schema)
         self._writer.write_batch(batch)
         self.rows += len(ids)

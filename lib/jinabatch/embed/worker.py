@@ -34,7 +34,9 @@ from ..jina.client import JinaClient
 from ..jina.tokens import raw_estimate
 from ..storage import Storage
 from .dedup import read_duplicates
+from .incremental import PrevVectors, read_reuse, text_hashes
 from .plan import Shard
+from .chunking import document_windows
 from .reader import RowBatch, read_shard
 from .shards import ShardWriter, write_dead_letter
 
@@ -68,6 +70,7 @@ class ShardResult:
     seconds: float = 0.0
     node: str | None = None  # Ray node that ran it
     raw_tokens: float = 0.0  # uncalibrated estimate of what was sent: tokens / raw_tokens calibrates the next plan
+    rows_reused: int = 0  # vectors carried over from output.previous (no request)
 
 
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
@@ -103,13 +106,31 @@ async def _embed_rows(client: JinaClient, texts: list[str], truncate: bool) -> t
 
 
 class _Batch:
-    """Rows of one record batch waiting for their requests: written in order once all are back."""
+    """Rows waiting for their requests (one record batch, or a whole shard under late chunking): written in order
+    once all are back. Knows each row's file, row in that file and corpus position."""
 
-    def __init__(self, rows: RowBatch):
-        self.table, self.file, self.row0, self.pos0 = rows.table, rows.file, rows.row0, rows.pos0
+    def __init__(self, parts: list[RowBatch]):
+        self.table = parts[0].table if len(parts) == 1 else pa.concat_tables([p.table for p in parts])
+        self._parts = parts
+        self._starts = np.cumsum([0] + [p.table.num_rows for p in parts[:-1]])
         self.vectors: dict[int, np.ndarray] = {}
         self.dead: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
+
+    def _part(self, i: int) -> tuple[RowBatch, int]:
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self._parts[k], i - int(self._starts[k])
+
+    def file(self, i: int) -> str:
+        return self._part(i)[0].file
+
+    def row(self, i: int) -> int:
+        part, off = self._part(i)
+        return part.row0 + off
+
+    def pos(self, i: int) -> int:
+        part, off = self._part(i)
+        return part.pos0 + off
 
 
 async def process_shard(config: Config, shard: Shard, client: JinaClient, out: Storage, *,
@@ -137,7 +158,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
         ids = b.table.column(cs.id_column)
         texts = b.table.column(cs.text_column)
         for i, why in sorted(b.dead.items()):
-            dead_rows.append({"id": ids[i].as_py(), "source_file": b.file, "row": b.row0 + i,
+            dead_rows.append({"id": ids[i].as_py(), "source_file": b.file(i), "row": b.row(i),
                               "reason": why, "text": texts[i].as_py()})
             res.reasons[_reason_key(why)] = res.reasons.get(_reason_key(why), 0) + 1
         good = np.array(sorted(b.vectors), dtype=np.int64)
@@ -145,7 +166,8 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
             sub = b.table.take(pa.array(good))
             vecs = np.stack([b.vectors[int(i)] for i in good])
             writer.write(sub.column(cs.id_column).combine_chunks(), vecs,
-                         [sub.column(c).combine_chunks() for c in cs.columns])
+                         [sub.column(c).combine_chunks() for c in cs.columns],
+                         text_hashes(sub.column(cs.text_column).to_pylist()))
         res.rows_embedded += len(good)
         res.rows_dead_letter += len(b.dead)
         if on_rows:
@@ -159,28 +181,43 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
             why = f"{label}: {why}" if label else why
             if j.on_too_long == "fail":
                 i = rows[pos]
-                raise BadRowError(f"{b.file} row {b.row0 + i} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
+                raise BadRowError(f"{b.file(i)} row {b.row(i)} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
                                   f"{why}; set jina.on_too_long = \"truncate\" or \"skip\" to go on")
             dead(b, rows[pos], why)
 
     try:
         duplicates = read_duplicates(out, shard.start, shard.stop)
-        columns = list(dict.fromkeys([cs.id_column, cs.text_column, *cs.columns]))
-        for rows_in in read_shard(shard, columns, {f.name: f.type for f in carried}, config.storage,
-                                  batch_rows=READ_BATCH_ROWS):
-            b = _Batch(rows_in)
+        reuse = read_reuse(out, shard.start, shard.stop)
+        previous = PrevVectors(config.output.previous, config.storage) if reuse else None
+        late = j.late_chunking
+        extra = [c for c in (cs.document_column, cs.chunk_order_column) if late and c]
+        columns = list(dict.fromkeys([cs.id_column, cs.text_column, *cs.columns, *extra]))
+        batches = read_shard(shard, columns, {f.name: f.type for f in carried}, config.storage,
+                             batch_rows=READ_BATCH_ROWS)
+        if late:  # a document's chunks must meet in one request: the whole shard is one batch
+            parts = list(batches)
+            batches = [parts] if parts else []
+        for rows_in in batches:
+            b = _Batch(rows_in if late else [rows_in])
             ids, texts = b.table.column(cs.id_column).to_pylist(), b.table.column(cs.text_column).to_pylist()
+            docs = b.table.column(cs.document_column).to_pylist() if late else None
             keep: list[int] = []
             alone: list[tuple[int, str]] = []  # over the limit by estimate: one request each, the API decides
             for i, (id_, t) in enumerate(zip(ids, texts)):
+                pos = b.pos(i)
                 if id_ is None:
                     dead(b, i, "null id")
-                elif b.pos0 + i in duplicates:
-                    dead(b, i, duplicates[b.pos0 + i])
+                elif pos in duplicates:
+                    dead(b, i, duplicates[pos])
                 elif t is None:
                     dead(b, i, "null text")
                 elif not t.strip():
                     dead(b, i, "empty text")
+                elif late and docs[i] is None:  # no document to embed it in the context of
+                    dead(b, i, f"null document ({cs.document_column})")
+                elif pos in reuse:  # unchanged since output.previous: its vector is carried over
+                    b.vectors[i] = previous.get(reuse[pos])
+                    res.rows_reused += 1
                 else:
                     est = client.estimator.estimate_one(t)
                     res.raw_tokens += raw_estimate(t)
@@ -191,12 +228,15 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
                         keep.append(i)
                     elif raw_estimate(t) > limit * CLEARLY_OVER:
                         if j.on_too_long == "fail":
-                            raise BadRowError(f"{b.file} row {b.row0 + i} (id {id_!r}): about {est} tokens, over "
+                            raise BadRowError(f"{b.file(i)} row {b.row(i)} (id {id_!r}): about {est} tokens, over "
                                               f"the model's {limit}; set jina.on_too_long = \"truncate\" or \"skip\"")
                         dead(b, i, f"too long: about {est} tokens > {limit} (jina.on_too_long = skip)")
                     else:
                         alone.append((i, f"too long (about {est} tokens > {limit})"))
-            groups = [([keep[g] for g in group], None) for group in client.plan_batches([texts[i] for i in keep])]
+            if late:
+                groups = [(rows, None) for rows in document_windows(b.table, keep, cs, client)]
+            else:
+                groups = [([keep[g] for g in group], None) for group in client.plan_batches([texts[i] for i in keep])]
             groups += [([i], label) for i, label in alone]
             for rows, label in groups:
                 b.tasks.append(asyncio.ensure_future(run_group(b, rows, [texts[i] for i in rows], label)))
@@ -210,7 +250,8 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
         assert res.rows_embedded + res.rows_dead_letter == shard.rows, "row count does not reconcile"
         write_dead_letter(out, shard.name, dead_rows, id_field.type)
         # counts a resumed run reports for this shard without reading its dead letters
-        writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons, rows_truncated=res.rows_truncated)
+        writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons, rows_truncated=res.rows_truncated,
+                      rows_reused=res.rows_reused)
     except BaseException:
         for b in pending:
             for t in b.tasks:
