@@ -56,6 +56,7 @@ test-fast: install
 bench: install
 	$(PY) tests/bench/bench_embed.py
 	$(PY) tests/bench/bench_load.py
+	$(PY) tests/bench/bench_shapes.py
 
 # planning 1M-50M-row corpora (generated once under out/scale/) and the job's CPU per row; not part of make test
 bench-scale: install

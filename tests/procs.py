@@ -12,7 +12,7 @@ import psutil
 
 from fixtures_ray import KEY_ENV
 
-__all__ = ["toml_of", "job_env", "kill_when"]
+__all__ = ["toml_of", "job_env", "kill_when", "shard_workers"]
 
 
 def toml_of(data: dict) -> str:
@@ -60,3 +60,25 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], log_text: Calla
         except psutil.Error:
             pass
     assert not alive, f"processes of the killed run outlived it by 30 s: {[names[p.pid] for p in alive]}"
+
+
+def _my_ray_processes() -> list[psutil.Process]:
+    """Processes of this session's Ray (children of its raylet), never another test run's."""
+    import ray
+
+    node = ray._private.worker._global_node
+    raylet = node.all_processes["raylet"][0].process.pid
+    return psutil.Process(raylet).children(recursive=True)
+
+
+def shard_workers() -> list[psutil.Process]:
+    """The session's Ray worker processes currently running a shard task."""
+    found = []
+    for p in _my_ray_processes():
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if "embed shard" in cmd or "shard_task" in cmd:
+            found.append(p)
+    return found

@@ -20,7 +20,7 @@ import pytest
 
 from corpus_gen import assert_vectors_match, make_corpus, read_dead_letters, read_output, write_rows
 from fixtures_ray import KEY_ENV, base_config
-from procs import job_env, kill_when, toml_of
+from procs import job_env, kill_when, shard_workers as _shard_workers, toml_of
 from jinabatch.local_api import fakemodel
 from jinabatch.config import parse_config
 from jinabatch.embed.plan import plan_corpus
@@ -153,27 +153,6 @@ def test_fail_mode_exits_1_naming_id_and_file(tmp_path, jina_key):
 
 
 # -- killed processes ------------------------------------------------------------------------------
-
-def _my_ray_processes() -> list[psutil.Process]:
-    """Processes of this session's Ray (children of its raylet), never another test run's."""
-    import ray
-
-    node = ray._private.worker._global_node
-    raylet = node.all_processes["raylet"][0].process.pid
-    return psutil.Process(raylet).children(recursive=True)
-
-
-def _shard_workers() -> list[psutil.Process]:
-    found = []
-    for p in _my_ray_processes():
-        try:
-            cmd = " ".join(p.cmdline())
-        except psutil.Error:
-            continue
-        if "embed shard" in cmd or "_shard_task" in cmd:
-            found.append(p)
-    return found
-
 
 @pytest.fixture(scope="module")
 def killed_worker_run(ray_local, jina_key, tmp_path_factory):

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,10 +34,10 @@ from ..errors import BadRowError, ConfigError, InvalidRequest
 from ..jina.client import JinaClient
 from ..jina.tokens import raw_estimate
 from ..storage import Storage
+from .chunking import document_windows
 from .dedup import read_duplicates
 from .incremental import PrevVectors, read_reuse, text_hashes
 from .plan import Shard
-from .chunking import document_windows
 from .reader import RowBatch, read_shard
 from .shards import ShardWriter, write_dead_letter
 
@@ -133,6 +134,20 @@ class _Batch:
         return part.pos0 + off
 
 
+def _at_least(batches: Iterator[RowBatch], rows: int) -> Iterator[list[RowBatch]]:
+    """Consecutive record batches grouped until each group holds at least ``rows`` rows (the last may hold less)."""
+    group: list[RowBatch] = []
+    n = 0
+    for rb in batches:
+        group.append(rb)
+        n += rb.table.num_rows
+        if n >= rows:
+            yield group
+            group, n = [], 0
+    if group:
+        yield group
+
+
 async def process_shard(config: Config, shard: Shard, client: JinaClient, out: Storage, *,
                         id_field: pa.Field, carried: list[pa.Field],
                         on_rows: Callable[[int], None] | None = None, max_pending: int = 64) -> ShardResult:
@@ -196,9 +211,15 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
                              batch_rows=READ_BATCH_ROWS)
         if late:  # a document's chunks must meet in one request: the whole shard is one batch
             parts = list(batches)
-            batches = [parts] if parts else []
-        for rows_in in batches:
-            b = _Batch(rows_in if late else [rows_in])
+            groups_in = [parts] if parts else []
+        else:  # small pieces (tiny files, a range's edge) are packed together: requests don't follow file shapes
+            groups_in = _at_least(batches, READ_BATCH_ROWS)
+        groups_in = iter(groups_in)
+        while True:  # read in a thread: the next rows (a file open, an object-store round trip) overlap the requests
+            rows_in = await asyncio.to_thread(next, groups_in, None)
+            if rows_in is None:
+                break
+            b = _Batch(rows_in)
             ids, texts = b.table.column(cs.id_column).to_pylist(), b.table.column(cs.text_column).to_pylist()
             docs = b.table.column(cs.document_column).to_pylist() if late else None
             keep: list[int] = []
