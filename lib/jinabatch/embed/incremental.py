@@ -168,8 +168,8 @@ def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray,
     from ray.data.aggregate import Max, Min
 
     ctx = DataContext.get_current()
-    saved = (ctx.shuffle_strategy, ctx.enable_progress_bars)
-    ctx.shuffle_strategy, ctx.enable_progress_bars = "sort_shuffle_pull_based", False
+    saved = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False  # Ray's default shuffle (v2, hash-partitioned) is used: see the module docstring
     try:
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 4, 2000)))
         sides = ds.map_batches(_side_batch, batch_size=4, batch_format="pyarrow", fn_kwargs={
@@ -190,7 +190,7 @@ def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray,
                                                                  "loc": pa.array([], pa.int64())})
         return table, counts
     finally:
-        ctx.shuffle_strategy, ctx.enable_progress_bars = saved
+        ctx.enable_progress_bars = saved
 
 
 def plan_reuse(config: Config, files: list[CorpusFile], out: Storage, *,
