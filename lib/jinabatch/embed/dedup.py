@@ -35,12 +35,13 @@ from ..errors import CorpusError
 from ..storage import Storage
 from .corpus import CorpusFile
 
-__all__ = ["find_duplicates", "read_duplicates", "DUPLICATES", "LOCAL_MAX_ROWS"]
+__all__ = ["find_duplicates", "read_duplicates", "DUPLICATES", "LOCAL_MAX_ROWS", "SHUFFLE_BATCH_BYTES"]
 
 log = logging.getLogger("jinabatch.embed")
 
 DUPLICATES = "_plan/duplicates.parquet"
 LOCAL_MAX_ROWS = 1_000_000  # above this the pass runs on Ray Data
+SHUFFLE_BATCH_BYTES = 64 * 2**20  # input per shuffle map batch (Ray's default 1 GiB made one worker hold 12 GB)
 _SCHEMA = pa.schema([("pos", pa.int64()), ("first_file", pa.string()), ("first_row", pa.int64())])
 
 
@@ -115,8 +116,10 @@ def _on_ray(files: list[CorpusFile], id_column: str, settings: StorageSettings, 
     from ray.data.aggregate import Count, Min
 
     ctx = DataContext.get_current()
-    saved = ctx.enable_progress_bars
-    ctx.enable_progress_bars = False  # Ray's default shuffle (v2, hash-partitioned) is used: see the module docstring
+    saved = (ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes)
+    # Ray's default shuffle (v2, hash-partitioned); its map side buffers 1 GiB of input per batch by default, which
+    # grew one worker to 5-12 GB on 20-50M ids: 64 MiB batches keep every process well under 2 GB
+    ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = False, SHUFFLE_BATCH_BYTES
     try:
         groups = list(_row_groups(files))
         items = ray.data.from_items(groups, override_num_blocks=max(1, min(len(groups) // 8, 2000)))
@@ -134,7 +137,7 @@ def _on_ray(files: list[CorpusFile], id_column: str, settings: StorageSettings, 
         parts = [t for t in ray.get(later.to_arrow_refs()) if t.num_rows]
         return pa.concat_tables(parts) if parts else _none()
     finally:
-        ctx.enable_progress_bars = saved
+        ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = saved
 
 
 def find_duplicates(files: list[CorpusFile], id_column: str, out: Storage, *, settings: StorageSettings,

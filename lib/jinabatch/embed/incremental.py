@@ -36,7 +36,7 @@ from ..config import Config, StorageSettings
 from ..errors import ConfigError
 from ..storage import Storage
 from .corpus import CorpusFile
-from .dedup import DUPLICATES, LOCAL_MAX_ROWS
+from .dedup import DUPLICATES, LOCAL_MAX_ROWS, SHUFFLE_BATCH_BYTES
 
 __all__ = ["text_hash", "text_hashes", "Reuse", "plan_reuse", "read_reuse", "PrevVectors", "REUSE", "HASH_COLUMN"]
 
@@ -168,8 +168,10 @@ def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray,
     from ray.data.aggregate import Max, Min
 
     ctx = DataContext.get_current()
-    saved = ctx.enable_progress_bars
-    ctx.enable_progress_bars = False  # Ray's default shuffle (v2, hash-partitioned) is used: see the module docstring
+    saved = (ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes)
+    # Ray's default shuffle (v2, hash-partitioned); its map side buffers 1 GiB of input per batch by default, which
+    # grew one worker to 5-12 GB on 20-50M ids: 64 MiB batches keep every process well under 2 GB
+    ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = False, SHUFFLE_BATCH_BYTES
     try:
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 4, 2000)))
         sides = ds.map_batches(_side_batch, batch_size=4, batch_format="pyarrow", fn_kwargs={
@@ -190,7 +192,7 @@ def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray,
                                                                  "loc": pa.array([], pa.int64())})
         return table, counts
     finally:
-        ctx.enable_progress_bars = saved
+        ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = saved
 
 
 def plan_reuse(config: Config, files: list[CorpusFile], out: Storage, *,
