@@ -41,8 +41,8 @@ def _serve(cfg) -> int:
         raise ConfigError(f"--serve runs the embedded server; milvus.uri is {ms.uri!r}, not \"embedded\"")
     if milvus_answers(ms.port):
         raise ConfigError(f"a Milvus server already answers on 127.0.0.1:{ms.port}; nothing to start")
-    with EmbeddedServer(ms.data_dir, ms.port) as server:
-        print(f"Milvus serving {server.uri} (data in {server.data_dir}); Ctrl+C to stop", flush=True)
+    with EmbeddedServer.from_settings(ms, cfg.storage) as server:
+        print(f"Milvus serving {server.uri} (data in {server.storage}); Ctrl+C to stop", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             signal.pause()
