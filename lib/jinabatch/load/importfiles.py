@@ -30,10 +30,13 @@ IN_BUCKET and LOCAL_PATHS — inside the Milvus bucket in the first case — or 
 ``ImportFiles`` is one load's set: ``prepare()`` makes the copies (if any), ``files`` is what to import,
 ``cleanup()`` removes every copy it made — after a verified load, and after a failed one — and never raises
 (a copy it cannot remove is logged with its URI and reported). ``describe()`` is what the load report says.
+Copies are in a folder per collection (``{alias}__{model}_{dims}d_{stamp}/``), so those a killed load left
+behind are found and removed by the next load of the alias (``remove_stale``).
 """
 from __future__ import annotations
 
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 IN_BUCKET, COPY, LOCAL_PATHS, DOWNLOAD = "in bucket", "copy", "local paths", "download"
 DEFAULT_IMPORT_ROOT = "jinabatch-import"
 COPY_THREADS = 4
+_STAMP = re.compile(r"_\d+d_\d{8}T\d{9}$")  # the end of a physical collection's name (load.milvus.physical_name)
 
 
 def _s3_bucket(uri: str) -> str | None:
@@ -132,6 +136,31 @@ class ImportFiles:
         if self.dest is None:
             return [ImportFile(s.uri, _server_path(s.storage, s.sub), s.rows) for s in self.shards]
         return [ImportFile(s.uri, _server_path(self.dest, s.name), s.rows) for s in self.shards]
+
+    def remove_stale(self, alias: str) -> list[str]:
+        """Remove copies a killed load of ``alias`` left beside this load's folder (``{alias}__*/``: a finished or
+        failed load removes its own); returns the folders cleared. Never raises."""
+        if self.dest is None:
+            return []
+        parent_uri, _, mine = self.dest.uri.rstrip("/").rpartition("/")
+        try:
+            parent = Storage.open(parent_uri, self.dest.settings)
+            stale: dict[str, list[str]] = {}
+            for f in parent.list(pattern=f"{alias}__*/*"):
+                folder = f.path.split("/", 1)[0]
+                rest = folder[len(alias) + 2:]  # "{model}_{dims}d_{stamp}": not another alias's "{alias}__x__..."
+                if folder != mine and "__" not in rest and _STAMP.search(rest):
+                    stale.setdefault(folder, []).append(f.path)
+            for folder, subs in stale.items():
+                parent.delete_many(subs)
+                if parent.kind == "local":
+                    Path(parent.path(folder)).rmdir()
+                log.info("removed %d import cop%s a killed load left in %s", len(subs),
+                         "y" if len(subs) == 1 else "ies", parent.uri_of(folder))
+            return sorted(stale)
+        except Exception as e:
+            log.warning("could not look for import copies left by killed loads beside %s: %s", self.dest.uri, e)
+            return []
 
     def prepare(self) -> None:
         """Make the copies (nothing for IN_BUCKET / LOCAL_PATHS without ``$meta``)."""

@@ -171,6 +171,7 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
         if mode in (BULK, BULK_COPIES):
             files = ImportFiles(inp, ms, name, layout.dynamic if mode == BULK_COPIES else ())
             if files.copying:
+                files.remove_stale(alias)
                 files.prepare()
                 mark("copy files")
         with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
