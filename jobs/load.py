@@ -8,9 +8,10 @@ Lite), verifies it (row count, sampled vectors), then points the alias `milvus.c
     python jobs/load.py CONFIG.toml --serve     keep the embedded Milvus server (uri = "embedded")
                                                 running until Ctrl+C, so search and other clients can use it
 
-Prints the load report as JSON: with `server` (what the server is, e.g. whether it has nullable fields) and
+Prints the load report as JSON: with `server` (what the server is, e.g. whether it has nullable fields),
 `carried` (how each carried column is held: field, nullable field, or key of the dynamic field — see README,
-"Carried columns: nulls and dates").
+"Carried columns: nulls and dates") and `import_files` (where the server read the shards, and the copies made
+for it in its bucket or on its disk and removed — see README, "Object storage"). output.path may be s3://.
 Exit code 0 on success, 1 with a one-line reason (Milvus's own reason for a failed import).
 """
 from __future__ import annotations

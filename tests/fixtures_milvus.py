@@ -41,8 +41,8 @@ from jinabatch.config import parse_config
 from jinabatch.embed.columns import shard_fields, shard_type, to_shard
 from jinabatch.local_api.fakemodel import embed
 
-__all__ = ["milvus_server", "milvus_s3_server", "milvus_s3_module", "milvus_slot", "milvus_config", "make_output", "sample_texts",
-           "carried_sample", "MilvusSlot", "MODEL", "DIMS", "S3_MILVUS_PORT"]
+__all__ = ["milvus_server", "milvus_s3_server", "milvus_s3_module", "milvus_slot", "milvus_config", "make_output",
+           "sample_texts", "carried_sample", "MilvusSlot", "MODEL", "DIMS", "S3_MILVUS_PORT"]
 
 MODEL, DIMS = "jina-embeddings-v3", 64
 LOCAL_MILVUS_PORT, S3_MILVUS_PORT = 19530, 19541  # different client ports: a stale client fails, never mixes them up

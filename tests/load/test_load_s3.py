@@ -269,3 +269,23 @@ def test_run_job_with_the_embedded_milvus_on_s3_embeds_loads_by_key_searches_and
         _check_vectors(server.uri, "s3job", dict(zip(ids, expected_vectors([texts[i] for i in ids]))))
     finally:
         milvus_slot.release("job")
+
+
+def test_plan_time_check_reaches_milvus_bucket_and_refuses_a_missing_one_before_any_request(
+        tmp_path, milvus_s3_server):
+    """jobs/run.py checks the load target before embedding: a milvus.bucket that does not exist on the store is
+    one line naming it; the right one passes and the summary says the shards will be copied there."""
+    from jinabatch.config import MilvusSettings
+    from jinabatch.errors import StorageError
+    from jinabatch.load.precheck import check_load_target
+
+    corpus = make_corpus(tmp_path / "c", files=1, rows_per_file=10, row_group_size=10)
+    types = {"title": pa.string()}
+    with pytest.raises(StorageError, match=r"^milvus\.bucket = s3://jb-no-such-bucket: bucket 'jb-no-such-bucket' "
+                                           r"does not exist; create the bucket or fix the URI$"):
+        check_load_target(types, MilvusSettings(uri=milvus_s3_server.uri, bucket="jb-no-such-bucket"),
+                          files=corpus.files, output=str(tmp_path / "out"))
+    bucket = milvus_s3_server.bucket.bucket
+    ok = check_load_target(types, MilvusSettings(uri=milvus_s3_server.uri, bucket=bucket), files=corpus.files,
+                           output=str(tmp_path / "out"))
+    assert ok.fill == "bulk" and ok.notes[0].startswith(f"the shards are copied to s3://{bucket}/jinabatch-import/")

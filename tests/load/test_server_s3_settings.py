@@ -78,3 +78,22 @@ def test_unusable_bucket_storage_is_refused_at_once_naming_the_bucket_before_any
     assert msg.startswith(f"milvus.bucket = '{server.bucket.bucket}' (the embedded Milvus's storage): s3://")
     assert ("AWS_SECRET_ACCESS_KEY" if case == "bad_secret" else "AWS_ENDPOINT_URL") in msg
     assert S3_SECRET not in msg and "wrong-secret" not in msg
+
+
+@pytest.mark.slow
+def test_plan_time_check_of_an_embedded_server_on_a_bucket_refuses_bad_credentials_without_starting_it(
+        s3_server, monkeypatch, tmp_path):
+    """check_load_target (what jobs/run.py calls before any request) reaches milvus.bucket with the job's
+    credentials; the embedded server is neither started nor needed for that, and a missing bucket is fine."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jinabatch.load.precheck import check_load_target
+
+    pq.write_table(pa.table({"id": ["a"], "text": ["t"], "title": ["x"]}), tmp_path / "a.parquet")
+    ms = MilvusSettings(uri="embedded", port=19598, bucket="jb-not-created-yet", data_dir=str(tmp_path / "never"))
+    check_load_target({"title": pa.string()}, ms, files=[str(tmp_path / "a.parquet")], output=str(tmp_path / "o"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-for-this-test-5678")
+    with pytest.raises(StorageError, match=r"^milvus\.bucket = 'jb-not-created-yet' \(the embedded Milvus's storage\)"):
+        check_load_target({"title": pa.string()}, ms, files=[str(tmp_path / "a.parquet")], output=str(tmp_path / "o"))
+    assert not (tmp_path / "never").exists()

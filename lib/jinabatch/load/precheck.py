@@ -11,7 +11,8 @@ and saying what to do, for anything the load would otherwise refuse after the to
 * with ``files``: a text value over 65,535 bytes (Milvus's VARCHAR cap), or ±infinity in a float column
   (Milvus stores no non-finite scalar; a NaN is written as null, which loads);
 * a remote server that does not answer, or ``mode = "bulk"`` where it cannot work (Milvus Lite; an output on
-  object storage that a server on local storage cannot import from).
+  object storage that a server on local storage cannot import from);
+* ``milvus.bucket`` unreachable with the job's endpoint and credentials (or missing, for a remote server).
 
 Nulls are not refused: the returned ``TargetCheck`` says where each column will go on this server
 (``jinabatch.load.target``) and ``summary()`` prints it. The server's capabilities are found without
@@ -140,7 +141,7 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
     ``column_types``: carried column → corpus Arrow type, in ``corpus.columns`` order (``Plan.column_types``).
     ``files``: the planned corpus files (paths, URIs or ``CorpusFile``s); given, their carried columns are read
     once (nulls, text lengths, ±inf), through ``storage`` for object-store URIs.
-    ``server``: skip probing (tests, or a caller that knows).
+    ``server``: skip probing the server and its bucket (tests, or a caller that knows).
     ``output``: ``output.path``, to check that bulk import can reach the files from there.
     """
     names = list(column_types)
@@ -154,6 +155,7 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
         facts[n] = ColumnFacts(n, str(t), str(shard_type(t)))
     if files:
         _scan(files, facts, storage)
+    probing = server is None
     server = server or probe_server(settings)
     layout = choose_layout({n: f.nulls for n, f in facts.items()}, server) if files else None
     n_fields = 2 + (len(layout.typed) + bool(layout.dynamic) if layout else len(names))
@@ -161,10 +163,23 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
         raise ConfigError(f"corpus.columns: {len(names)} carried columns make {n_fields} Milvus fields (with the id "
                           f"and the vector); a collection holds at most {MAX_FIELDS} — carry fewer columns")
     fill, note = fill_mode(settings, server, layout, output)
+    if probing and settings.bucket and (settings.uri == "embedded" or fill != INSERT):
+        _reach_bucket(settings, storage)
     notes = [note] if note else []
     if output is not None and fill != INSERT:
         notes += [n for n in [_files_note(settings, output)] if n]
     return TargetCheck(server, settings.uri, facts, layout, fill, notes)
+
+
+def _reach_bucket(ms: MilvusSettings, storage: StorageSettings | None) -> None:
+    """milvus.bucket answers with these credentials (StorageError naming it otherwise). The embedded server
+    creates a missing bucket itself; a remote server's must exist."""
+    if ms.uri == "embedded":
+        from .server import BucketStorage
+
+        BucketStorage(ms.bucket, ms.root_path, storage or StorageSettings()).check()
+    else:
+        Storage.open(f"s3://{ms.bucket}", storage).check("milvus.bucket")
 
 
 def _files_note(ms: MilvusSettings, output: str) -> str | None:

@@ -210,12 +210,12 @@ def _scan_columns(shards: list[Shard], schema: pa.Schema, id_name: str) -> tuple
     if len(pc.unique(all_ids)) != len(all_ids):
         counts = pc.value_counts(all_ids)
         dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
-        raise LoadError(f"{shards[0].storage.uri_of('shards')}: id {dup!r} appears more than once; Milvus import never "
-                        "dedups — make corpus.id_column unique and rerun the embed stage")
+        raise LoadError(f"{shards[0].storage.uri_of('shards')}: id {dup!r} appears more than once; Milvus import "
+                        "never dedups — make corpus.id_column unique and rerun the embed stage")
     for name, n in longest.items():
         if n > MAX_VARCHAR:
-            raise LoadError(f"{shards[0].storage.uri_of('shards')}: column {name!r} holds a value of {n} bytes; Milvus VARCHAR "
-                            f"holds at most {MAX_VARCHAR} — shorten it or drop it from corpus.columns")
+            raise LoadError(f"{shards[0].storage.uri_of('shards')}: column {name!r} holds a value of {n} bytes; "
+                            f"Milvus VARCHAR holds at most {MAX_VARCHAR} — shorten it or drop it from corpus.columns")
 
     def col(name: str) -> Column:
         src = (schema.field(name).metadata or {}).get(_SOURCE_TYPE)

@@ -64,7 +64,6 @@ from .target import (
     fill_mode,
     server_info,
 )
-
 from .verify import verify
 
 __all__ = ["LoadReport", "run_load"]
@@ -155,7 +154,7 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
         time.sleep(0.002)
         name = physical_name(alias, inp.model, inp.dim)
     info, before = server_info(target), alias_target(client, alias) or ""
-    fill_mode(ms, info, choose_layout({c.name: c.nulls for c in inp.columns}, info), inp.uri)  # refuse before creating
+    fill_mode(ms, info, choose_layout({c.name: c.nulls for c in inp.columns}, info), inp.uri)  # refuse now
     phases, imports, mark = _timing()
     files: ImportFiles | None = None
     try:
