@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         if "milvus" in cfg.model_fields_set:  # what the load would refuse, refused now
             target = check_load_target(plan.column_types, cfg.milvus, files=plan.files,
                                        id_column=cfg.corpus.id_column, id_type=plan.id_type,
-                                       storage=cfg.storage).summary()
+                                       storage=cfg.storage, output=cfg.output.path).summary()
         if args.json:
             print(json.dumps({**p.to_dict(), "load_target": target}, indent=2))
         else:

@@ -33,7 +33,7 @@ def check_target(cfg) -> str:
     The plan made here is kept in output.path/_plan/, so the embed stage reuses it instead of planning again."""
     plan = plan_corpus(cfg, Storage.open(cfg.output.path, cfg.storage))
     return check_load_target(plan.column_types, cfg.milvus, files=plan.files, id_column=cfg.corpus.id_column,
-                             id_type=plan.id_type, storage=cfg.storage).summary()
+                             id_type=plan.id_type, storage=cfg.storage, output=cfg.output.path).summary()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         print(check_target(cfg), flush=True)  # before the embed stage sends anything
         rep = run_embed(cfg, progress=not args.no_progress)  # a bar on a terminal, log lines elsewhere
         print(f"embed: {rep.summary()}", flush=True)
-        report_html = Storage.open(cfg.output.path).uri_of("_report.html")
+        report_html = Storage.open(cfg.output.path, cfg.storage).uri_of("_report.html")
         if not rep.finished:
             print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps(rep.failures)[:500]}; "
                   "rerun to retry them (finished shards are kept)", file=sys.stderr)
             return 1
         queries = args.query or (SAMPLE_QUERIES if "sample" in cfg.corpus.path else [])
-        with connect(cfg.milvus) as target:  # one embedded server for load and search
+        with connect(cfg.milvus, cfg.storage) as target:  # one embedded server for load and search
             load = run_load(cfg, progress=progress, target=target)
             print(f"load: {load.rows} rows into {load.physical} ({load.mode}, {load.seconds:.1f}s), alias "
                   f"{load.collection!r} now points at it (was {load.previous}); dropped {load.dropped or 'none'}",

@@ -1,9 +1,18 @@
 """Fixtures: a real Milvus standalone server for the session, Milvus Lite files, embed output folders.
 
-* ``milvus_server`` — one ``jinabatch.load.server.EmbeddedServer`` for the whole session (the job's own
+* ``milvus_server`` — the session's ``jinabatch.load.server.EmbeddedServer`` on local storage (the job's own
   embedded-server helper, so starting/stopping it is exercised by every Milvus test), with its data dir
-  under the session's tmp dir; stopped at the end. Only one can run per machine, so nothing else starts
-  one: tests of ``uri = "embedded"`` point ``milvus.port`` at this server and the job reuses it.
+  under the session's tmp dir; stopped at the end. Tests of ``uri = "embedded"`` point ``milvus.port`` at
+  this server and the job reuses it.
+* ``milvus_s3_server`` — an ``EmbeddedServer`` keeping its data in a bucket of the session's SeaweedFS
+  (``milvus.bucket``; ``.bucket.bucket`` is its name), for the tests of a Milvus on object storage.
+* ``milvus_slot`` — the one embedded Milvus the session runs at a time. Two embedded servers on one machine
+  collide on fixed internal ports (the second never becomes ready), so the two servers above take turns:
+  asking for one stops the other first (collections released, SIGINT, exit awaited) and restarts it when it
+  is asked for again — its data dir (and for the S3 one, its bucket) is kept, so collections survive. A test
+  that lets a job start a server of its own calls ``milvus_slot.vacate()`` first. Across pytest processes the
+  rule is the caller's: every run that starts Milvus holds ``flock /tmp/jinabatch-milvus.lock``. The S3-backed
+  server is stopped at the end of the module that used it, before the S3 server it stores into goes away.
 * ``milvus_config(uri, out, **milvus)`` — a ``Config`` for a load of ``out`` into ``uri``, each test
   under its own alias so tests sharing the server never see each other's collections.
 * ``make_output(path, texts, ...)`` — writes an embed output folder following the embed stage's contract
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -31,9 +41,11 @@ from jinabatch.config import parse_config
 from jinabatch.embed.columns import shard_fields, shard_type, to_shard
 from jinabatch.local_api.fakemodel import embed
 
-__all__ = ["milvus_server", "milvus_config", "make_output", "sample_texts", "carried_sample", "MODEL", "DIMS"]
+__all__ = ["milvus_server", "milvus_s3_server", "milvus_s3_module", "milvus_slot", "milvus_config", "make_output",
+           "sample_texts", "carried_sample", "MilvusSlot", "MODEL", "DIMS", "S3_MILVUS_PORT"]
 
 MODEL, DIMS = "jina-embeddings-v3", 64
+LOCAL_MILVUS_PORT, S3_MILVUS_PORT = 19530, 19541  # different client ports: a stale client fails, never mixes them up
 _aliases = itertools.count()
 _TOPICS = ["ocean tides and the moon", "baking sourdough bread at home", "training a neural network",
            "the history of the roman empire", "growing tomatoes in a greenhouse", "jazz piano chord voicings",
@@ -46,13 +58,67 @@ def sample_texts(n: int) -> list[str]:
     return [f"{_TOPICS[i % len(_TOPICS)]} note{i}x" for i in range(n)]
 
 
+class MilvusSlot:
+    """At most one embedded Milvus running in this session: ``use(name, make)`` stops any other first."""
+
+    def __init__(self):
+        self.servers: dict = {}
+
+    def use(self, name: str, make):
+        for other, srv in self.servers.items():
+            if other != name and srv.running:
+                srv.stop()
+        server = self.servers.get(name)
+        if server is None:
+            server = self.servers[name] = make()
+        if not server.running:
+            server.start()
+        return server
+
+    def vacate(self) -> None:
+        """Stop whichever server runs (a test's job is about to start its own)."""
+        for srv in self.servers.values():
+            if srv.running:
+                srv.stop()
+
+    def release(self, name: str) -> None:
+        srv = self.servers.pop(name, None)
+        if srv is not None and srv.running:
+            srv.stop()
+
+
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
+def milvus_slot():
+    slot = MilvusSlot()
+    yield slot
+    slot.vacate()
+
+
+@pytest.fixture
+def milvus_server(milvus_slot, tmp_path_factory):
+    """The session's embedded Milvus on local storage, running (restarted if an S3-backed one had the slot)."""
     from jinabatch.load.server import EmbeddedServer
 
-    server = EmbeddedServer(tmp_path_factory.mktemp("milvus-server"), port=19530).start()
-    yield server
-    server.stop()
+    return milvus_slot.use("local", lambda: EmbeddedServer(tmp_path_factory.mktemp("milvus-server"),
+                                                           port=LOCAL_MILVUS_PORT))
+
+
+@pytest.fixture(scope="module")
+def milvus_s3_module(milvus_slot, s3_server, tmp_path_factory):
+    from jinabatch.config import StorageSettings
+    from jinabatch.load.server import BucketStorage, EmbeddedServer
+
+    bucket = f"jb-milvus-{os.getpid()}-{next(_aliases)}"  # the server creates it
+    make = lambda: EmbeddedServer(tmp_path_factory.mktemp("milvus-s3"), port=S3_MILVUS_PORT,  # noqa: E731
+                                  bucket=BucketStorage(bucket, "files", StorageSettings()))
+    yield make
+    milvus_slot.release("s3")  # before the session's S3 server stops
+
+
+@pytest.fixture
+def milvus_s3_server(milvus_slot, milvus_s3_module):
+    """An embedded Milvus whose data is in a bucket of the session's SeaweedFS, running (one per module)."""
+    return milvus_slot.use("s3", milvus_s3_module)
 
 
 @pytest.fixture

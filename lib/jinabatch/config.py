@@ -153,9 +153,14 @@ class MilvusSettings(_Section):
     data_dir: str = "out/milvus"  # base dir of the embedded server (reused across runs)
     port: int = Field(19530, gt=0, lt=65536)  # client port of the embedded server
     insert_batch_mb: float = Field(32.0, gt=0, le=60)
-    # how a Milvus server sees the shard files for import: None = their absolute local paths (a server with
-    # local storage on this machine); "prefix" = object keys "{prefix}/shards/shard-*.parquet" in Milvus's
-    # MinIO/S3 bucket, after output.path has been copied there
+    # Where the Milvus server keeps its data, which decides how it reads the files it imports:
+    # bucket None = local storage: absolute paths on its host (the embedded default);
+    # bucket "name" = MinIO/S3: object keys inside that bucket, reached with the [storage] endpoint and the AWS_*
+    # variables. With uri = "embedded" it also runs the embedded server on that bucket (under root_path).
+    bucket: str | None = None
+    root_path: str = "files"  # minio.rootPath of the embedded server on a bucket (its data under bucket/root_path)
+    # key prefix in `bucket` under which the load copies shards that are not already in it (removed after the load);
+    # default "jinabatch-import" when a copy is needed
     import_root: str | None = None
 
     @field_validator("collection")
@@ -164,6 +169,37 @@ class MilvusSettings(_Section):
         if not v or not (v[0].isalpha() or v[0] == "_") or not all(c.isalnum() or c == "_" for c in v):
             raise ValueError("a Milvus name starts with a letter or _ and holds only letters, digits and _")
         return v
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "://" in v or "/" in v.strip("/"):
+            raise ValueError(f"a bucket name, not a URI or path (the bucket of the Milvus server's storage, e.g. "
+                             f"\"milvus-data\"); got {v!r}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v.strip("/")):
+            raise ValueError(f"{v!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
+        return v.strip("/")
+
+    @field_validator("import_root", "root_path")
+    @classmethod
+    def _key_prefix(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "://" in v:
+            raise ValueError(f"an object-key prefix inside milvus.bucket, without bucket or scheme (e.g. "
+                             f"\"jinabatch-import\"); got {v!r}")
+        if not v.strip("/"):
+            raise ValueError("an empty prefix; leave the key out for the default")
+        return v.strip("/")
+
+    @model_validator(mode="after")
+    def _import_root_needs_bucket(self) -> "MilvusSettings":
+        if self.import_root is not None and self.bucket is None:
+            raise ValueError("import_root: the prefix for copies in the Milvus server's bucket needs milvus.bucket "
+                             "(that bucket's name); for a server on local storage remove milvus.import_root")
+        return self
 
 
 class StorageSettings(_Section):

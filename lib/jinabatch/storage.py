@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 from .config import StorageSettings
 from .errors import StorageError
 
-__all__ = ["Storage", "FileStat", "is_remote", "join_uri"]
+__all__ = ["Storage", "FileStat", "is_remote", "join_uri", "s3_endpoint", "s3_region"]
 
 _SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
@@ -52,6 +52,16 @@ def join_uri(uri: str, *parts: str) -> str:
     base = uri.rstrip("/")
     rest = "/".join(p.strip("/") for p in parts if p)
     return f"{base}/{rest}" if rest else base
+
+
+def s3_endpoint(settings: StorageSettings) -> str | None:
+    """The S3 endpoint every client here uses: ``storage.endpoint``, else ``$AWS_ENDPOINT_URL_S3`` /
+    ``$AWS_ENDPOINT_URL``, else None (AWS itself)."""
+    return settings.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_region(settings: StorageSettings) -> str:
+    return settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 def _scrub(text: str) -> str:
@@ -111,10 +121,8 @@ class Storage:
 
     @staticmethod
     def _s3(settings: StorageSettings) -> pafs.S3FileSystem:
-        endpoint = settings.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         return pafs.S3FileSystem(
-            region=region, endpoint_override=endpoint or None,
+            region=s3_region(settings), endpoint_override=s3_endpoint(settings),
             connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout,
             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=settings.max_attempts))
 
@@ -255,8 +263,7 @@ class Storage:
             from botocore.config import Config as BotoConfig
 
             endpoint = self.settings.endpoint or None  # boto3 reads AWS_ENDPOINT_URL itself
-            region = self.settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
-                or "us-east-1"
+            region = s3_region(self.settings)
             self._boto = boto3.client("s3", endpoint_url=endpoint, region_name=region, config=BotoConfig(
                 connect_timeout=self.settings.connect_timeout, read_timeout=self.settings.request_timeout,
                 retries={"max_attempts": self.settings.max_attempts, "mode": "standard"}))

@@ -7,7 +7,7 @@ import pytest
 from pymilvus import MilvusClient
 
 from fixtures_milvus import carried_sample, make_output, sample_texts
-from jinabatch.errors import ConfigError, LoadError
+from jinabatch.errors import LoadError
 from jinabatch.load import milvus, stage
 from jinabatch.load.search import format_hits, search
 from jinabatch.load.stage import run_load
@@ -98,25 +98,6 @@ def test_server_that_drops_nullable_gets_the_dynamic_layout_not_zeros(tmp_path, 
     cfg = milvus_config(milvus_server.uri, tmp_path / "out")
     rep = run_load(cfg, progress=False)
     assert rep.carried["title"] == DYNAMIC and rep.carried["text"] == "field"
-    client = MilvusClient(milvus_server.uri)
-    _check_load(client, cfg.milvus.collection, want)
-    client.close()
-
-
-@pytest.mark.slow
-@pytest.mark.milvus
-def test_server_reading_its_own_bucket_gets_nulls_by_insert_in_auto_mode_and_a_refusal_in_bulk_mode(
-        tmp_path, milvus_server, milvus_config):
-    """milvus.import_root: the server could not read import copies written here — auto inserts, bulk refuses."""
-    cols, want = carried_sample(N)
-    make_output(tmp_path / "out", sample_texts(N), rows_per_shard=30, extra=cols)
-    bulk = milvus_config(milvus_server.uri, tmp_path / "out", import_root="bucket/out", mode="bulk")
-    with pytest.raises(ConfigError, match=r"milvus\.mode = \"bulk\" with milvus\.import_root: columns \['title'"):
-        run_load(bulk, progress=False)
-    cfg = milvus_config(milvus_server.uri, tmp_path / "out", import_root="bucket/out",
-                        collection=bulk.milvus.collection)
-    rep = run_load(cfg, progress=False)
-    assert rep.mode == "insert" and rep.carried["score"] == DYNAMIC and rep.previous is None
     client = MilvusClient(milvus_server.uri)
     _check_load(client, cfg.milvus.collection, want)
     client.close()

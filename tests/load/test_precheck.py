@@ -105,17 +105,44 @@ def test_summary_says_where_each_column_goes_on_a_server_without_nullable_fields
     assert new.fill == "bulk" and new.layout.nullable and "title: string, 1 null(s) → nullable field" in new.summary()
 
 
-def test_import_root_with_null_holding_columns_inserts_in_auto_mode_and_is_refused_in_bulk_mode(tmp_path):
-    """A server reading its own bucket cannot see import copies: auto inserts (and says so), bulk is refused."""
+def test_server_on_local_storage_cannot_import_an_s3_output_so_auto_inserts_and_bulk_is_refused(tmp_path):
+    """No milvus.bucket (the server reads its own disk) and output.path on s3://: a remote server could never read
+    the shards — auto inserts and says why, bulk is refused naming milvus.bucket; the embedded one (this machine)
+    gets the shards copied to its disk."""
     files, types = _corpus(tmp_path, title=["a", None, "b"])
-    auto = check_load_target(types, MilvusSettings(uri="http://m:19530", import_root="jb/out"), files=files, server=OLD)
-    assert auto.fill == "insert" and "the load inserts instead of bulk import" in auto.summary()
-    with pytest.raises(ConfigError, match=r"milvus\.mode = \"bulk\" with milvus\.import_root: columns \['title'\] "
-                                          r"hold nulls .*use mode = \"auto\""):
-        check_load_target(types, MilvusSettings(uri="http://m:19530", import_root="jb/out", mode="bulk"),
-                          files=files, server=OLD)
-    assert check_load_target(types, MilvusSettings(uri="http://m:19530", import_root="jb/out", mode="bulk"),
-                             files=files, server=NEW).fill == "bulk"
+    remote = MilvusSettings(uri="http://m:19530")
+    auto = check_load_target(types, remote, files=files, server=OLD, output="s3://b/out")
+    assert auto.fill == "insert" and "s3://b/out is on object storage and the Milvus server at http://m:19530 " \
+        "imports files from its own local disk (milvus.bucket is not set): the load inserts" in auto.summary()
+    with pytest.raises(ConfigError, match=r"milvus\.mode = \"bulk\": output\.path s3://b/out is on object storage.*"
+                                          r"set milvus\.bucket to the bucket of the server's MinIO/S3 storage"):
+        check_load_target(types, remote.model_copy(update={"mode": "bulk"}), files=files, server=NEW,
+                          output="s3://b/out")
+    local = check_load_target(types, remote, files=files, server=OLD, output=str(tmp_path / "out"))
+    assert local.fill == "bulk (import copies)" and local.notes == []
+    emb = check_load_target(types, MilvusSettings(uri="embedded", data_dir="/d/milvus"), files=files, server=OLD,
+                            output="s3://b/out")
+    assert emb.fill == "bulk (import copies)" and emb.notes == [
+        "the shards are copied from s3://b/out to /d/milvus/_import/<collection>/ for the embedded server (on local "
+        "storage), and removed after the import"]
+
+
+def test_server_on_a_bucket_bulk_imports_nulls_too_and_the_summary_says_where_it_reads_the_shards(tmp_path):
+    """milvus.bucket: import copies with $meta go into that bucket, so null-holding columns are bulk-imported
+    (no insert fallback); the output in the bucket is read in place, elsewhere it is copied under import_root."""
+    files, types = _corpus(tmp_path, title=["a", None, "b"])
+    ms = MilvusSettings(uri="http://m:19530", bucket="milvus-data", mode="bulk")
+    inside = check_load_target(types, ms, files=files, server=OLD, output="s3://milvus-data/runs/a")
+    assert inside.fill == "bulk (import copies)" and inside.notes == [
+        "the server imports the shards by key where they are: s3://milvus-data/runs/a/shards (in milvus.bucket; no "
+        "copy)"]
+    other = check_load_target(types, ms, files=files, server=NEW, output="s3://elsewhere/runs/a")
+    assert other.fill == "bulk" and other.notes == [
+        "the shards are copied to s3://milvus-data/jinabatch-import/<collection>/ (milvus.bucket, which "
+        "s3://elsewhere/runs/a is not in) for the import, and removed after it"]
+    ms = ms.model_copy(update={"import_root": "staging/jb"})
+    disk = check_load_target(types, ms, files=files, server=NEW, output=str(tmp_path / "out"))
+    assert "copied to s3://milvus-data/staging/jb/<collection>/" in disk.notes[0]
 
 
 def test_bulk_mode_on_lite_and_too_many_fields_are_config_errors():

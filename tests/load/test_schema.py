@@ -27,7 +27,7 @@ def test_read_output_maps_types_sizes_varchars_and_ignores_temp_files(tmp_path):
         "f64": [i / 7 for i in range(30)], "f32": pa.array([i / 7 for i in range(30)], pa.float32()),
         "flag": [i % 2 == 0 for i in range(30)]})
     inp = read_output(tmp_path)
-    assert [s.path.name for s in inp.shards] == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert [s.name for s in inp.shards] == ["shard-00000.parquet", "shard-00001.parquet"]
     assert (inp.rows, inp.dim, inp.model) == (30, DIMS, "jina-embeddings-v3")
     assert inp.id_field.dtype == DataType.VARCHAR and inp.id_field.max_length >= len("doc-000000")
     types = {c.name: c.dtype for c in inp.columns}

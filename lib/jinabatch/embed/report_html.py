@@ -188,6 +188,12 @@ def _load_part(load: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
             ("was", load.get("previous") or "-"), ("mode", load.get("mode")), ("rows", _n(load.get("rows", 0))),
             ("ids verified vector by vector", _n(load.get("verified_ids", 0))),
             ("took", format_duration(load.get("seconds"))), ("dropped", ", ".join(load.get("dropped") or []) or "-")]
+    files = load.get("import_files") or {}
+    if files.get("read_from"):
+        copies = files.get("copies")
+        rows.append(("server read the files from", files["read_from"] + (
+            f" ({copies['files']} copies: {copies['how']}, {'removed' if copies.get('removed') else 'NOT removed'} "
+            "after the load)" if copies else " (in place, no copy)")))
     specs: dict[str, dict[str, Any]] = {}
     phases = load.get("phases") or []
     if phases:

@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from pymilvus import MilvusClient
 
-from ..config import MilvusSettings
+from ..config import MilvusSettings, StorageSettings
 from ..errors import ConfigError, LoadError
+from .importfiles import ImportFile
 from .schema import VECTOR_FIELD, Shard
-from .server import embedded_uri
+from .server import EmbeddedServer, embedded_uri
 from .staging import dynamic_values
 
 __all__ = [
@@ -72,12 +72,13 @@ class Target:
 
 
 @contextlib.contextmanager
-def connect(settings: MilvusSettings) -> Iterator[Target]:
-    """Connect as ``milvus.uri`` says; for "embedded" the server is started (or reused) for the block."""
+def connect(settings: MilvusSettings, storage: StorageSettings | None = None) -> Iterator[Target]:
+    """Connect as ``milvus.uri`` says; for "embedded" the server is started (or reused) for the block — on
+    ``milvus.bucket`` through ``storage``'s endpoint when a bucket is set."""
     token = os.environ.get(settings.token_env) or None
     uri = settings.uri
     if uri == "embedded":
-        with embedded_uri(settings.data_dir, settings.port) as u:
+        with embedded_uri(EmbeddedServer.from_settings(settings, storage)) as u:
             yield _open(u, "server", token)
         return
     if uri.startswith(("http://", "https://", "tcp://", "grpc://")):
@@ -203,33 +204,39 @@ def _state(target: Target, task: int) -> Any:
         return utility.get_bulk_insert_state(task, using=f"jinabatch-import-{id(target.client)}")
 
 
-def bulk_import(target: Target, collection: str, shards: Sequence[Shard], server_path: Callable[[Path], str],
+def bulk_import(target: Target, collection: str, files: Sequence[ImportFile],
                 progress: Callable[[int], None] | None = None, timeout: float = 3600.0) -> int:
-    """Import every shard file; returns the rows Milvus reports imported. LoadError on any failed task."""
+    """Import every file (``ImportFile.path``: what the server reads); returns the rows Milvus reports imported.
+    LoadError on any failed task, naming the shard it came from and what the server was asked to read."""
     from pymilvus import BulkInsertState as S
 
-    pending = list(shards)
-    running: dict[int, Shard] = {}
+    pending = list(files)
+    running: dict[int, ImportFile] = {}
     rows = 0
     deadline = time.monotonic() + timeout
     while pending or running:
         while pending and len(running) < MAX_IMPORT_TASKS:
-            shard = pending.pop(0)
+            f = pending.pop(0)
             try:
-                running[_submit(target, collection, server_path(shard.path))] = shard
+                running[_submit(target, collection, f.path)] = f
             except Exception as e:
-                raise LoadError(f"{shard.path}: Milvus refused the import: {_reason(e)}") from None
+                raise LoadError(f"{f.source}: Milvus refused the import of {f.path}: {_reason(e)}") from None
         time.sleep(POLL_SECONDS)
-        for task, shard in list(running.items()):
+        for task, f in list(running.items()):
             st = _state(target, task)
             if st.state in (S.ImportFailed, S.ImportFailedAndCleaned):
-                raise LoadError(f"{shard.path}: Milvus import task {task} failed: {st.failed_reason or st.state_name}"
-                                " — check that the shard matches the collection (columns, types, dimension)")
+                reason = st.failed_reason or st.state_name
+                hint = ("check that the shard matches the collection (columns, types, dimension)"
+                        if "key does not exist" not in reason and "no such file" not in reason.lower() else
+                        f"the server cannot read {f.path!r}: a server on MinIO/S3 reads keys in its own bucket "
+                        "(set milvus.bucket to it), one on local storage reads paths on its host (leave milvus.bucket "
+                        "unset)")
+                raise LoadError(f"{f.source}: Milvus import task {task} failed: {reason} — {hint}")
             if st.state == S.ImportCompleted:
                 del running[task]
                 rows += st.row_count
-                done = len(shards) - len(pending) - len(running)
-                log.info("imported %s: %d rows (%d/%d files)", shard.path.name, st.row_count, done, len(shards))
+                done = len(files) - len(pending) - len(running)
+                log.info("imported %s: %d rows (%d/%d files)", f.path, st.row_count, done, len(files))
                 if progress:
                     progress(st.row_count)
         if time.monotonic() > deadline:
@@ -247,7 +254,7 @@ def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim:
     rows = 0
     limit = min(batch_mb, MAX_RPC_MB) * 1024 * 1024
     for shard in shards:
-        pf = pq.ParquetFile(shard.path)
+        pf = shard.open()
         for rb in pf.iter_batches(batch_size=8192):
             per_row = max(1, rb.nbytes // max(1, rb.num_rows))
             step = max(1, int(limit // per_row))
@@ -256,7 +263,7 @@ def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim:
                 try:
                     target.client.upsert(collection, _rows(part, dim, dynamic))
                 except Exception as e:
-                    raise LoadError(f"{shard.path}: Milvus rejected rows {start}..{start + part.num_rows} of a "
+                    raise LoadError(f"{shard.uri}: Milvus rejected rows {start}..{start + part.num_rows} of a "
                                     f"batch: {_reason(e)}") from None
                 rows += part.num_rows
                 if progress:

@@ -10,7 +10,9 @@ and saying what to do, for anything the load would otherwise refuse after the to
 * more fields than a collection holds (64);
 * with ``files``: a text value over 65,535 bytes (Milvus's VARCHAR cap), or ±infinity in a float column
   (Milvus stores no non-finite scalar; a NaN is written as null, which loads);
-* a remote server that does not answer, or ``mode = "bulk"`` where it cannot work.
+* a remote server that does not answer, or ``mode = "bulk"`` where it cannot work (Milvus Lite; an output on
+  object storage that a server on local storage cannot import from);
+* ``milvus.bucket`` unreachable with the job's endpoint and credentials (or missing, for a remote server).
 
 Nulls are not refused: the returned ``TargetCheck`` says where each column will go on this server
 (``jinabatch.load.target``) and ``summary()`` prints it. The server's capabilities are found without
@@ -31,9 +33,11 @@ from ..config import MilvusSettings, StorageSettings
 from ..embed.columns import check_carried_type, check_id_type, shard_type, to_shard
 from ..errors import ConfigError, CorpusError
 from ..storage import Storage
+from .importfiles import COPY, DEFAULT_IMPORT_ROOT, DOWNLOAD, IN_BUCKET, placement
 from .schema import MAX_VARCHAR, VECTOR_FIELD
 from .staging import DYNAMIC_FIELD
 from .target import (
+    INSERT,
     MAX_FIELDS,
     Layout,
     ServerInfo,
@@ -130,13 +134,15 @@ def _scan(files: Sequence[str | Path], facts: dict[str, ColumnFacts], storage: S
 
 def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusSettings, *,
                       files: Sequence[str | Path] = (), id_column: str = "id", id_type: pa.DataType | None = None,
-                      server: ServerInfo | None = None, storage: StorageSettings | None = None) -> TargetCheck:
+                      server: ServerInfo | None = None, storage: StorageSettings | None = None,
+                      output: str | None = None) -> TargetCheck:
     """Refuse (ConfigError / CorpusError) what the Milvus of ``settings`` could not hold; say how the rest goes.
 
     ``column_types``: carried column → corpus Arrow type, in ``corpus.columns`` order (``Plan.column_types``).
     ``files``: the planned corpus files (paths, URIs or ``CorpusFile``s); given, their carried columns are read
     once (nulls, text lengths, ±inf), through ``storage`` for object-store URIs.
-    ``server``: skip probing (tests, or a caller that knows).
+    ``server``: skip probing the server and its bucket (tests, or a caller that knows).
+    ``output``: ``output.path``, to check that bulk import can reach the files from there.
     """
     names = list(column_types)
     _check_names(names, id_column)
@@ -149,11 +155,42 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
         facts[n] = ColumnFacts(n, str(t), str(shard_type(t)))
     if files:
         _scan(files, facts, storage)
+    probing = server is None
     server = server or probe_server(settings)
     layout = choose_layout({n: f.nulls for n, f in facts.items()}, server) if files else None
     n_fields = 2 + (len(layout.typed) + bool(layout.dynamic) if layout else len(names))
     if n_fields > MAX_FIELDS:
         raise ConfigError(f"corpus.columns: {len(names)} carried columns make {n_fields} Milvus fields (with the id "
                           f"and the vector); a collection holds at most {MAX_FIELDS} — carry fewer columns")
-    fill, note = fill_mode(settings, server, layout)
-    return TargetCheck(server, settings.uri, facts, layout, fill, [note] if note else [])
+    fill, note = fill_mode(settings, server, layout, output)
+    if probing and settings.bucket and (settings.uri == "embedded" or fill != INSERT):
+        _reach_bucket(settings, storage)
+    notes = [note] if note else []
+    if output is not None and fill != INSERT:
+        notes += [n for n in [_files_note(settings, output)] if n]
+    return TargetCheck(server, settings.uri, facts, layout, fill, notes)
+
+
+def _reach_bucket(ms: MilvusSettings, storage: StorageSettings | None) -> None:
+    """milvus.bucket answers with these credentials (StorageError naming it otherwise). The embedded server
+    creates a missing bucket itself; a remote server's must exist."""
+    if ms.uri == "embedded":
+        from .server import BucketStorage
+
+        BucketStorage(ms.bucket, ms.root_path, storage or StorageSettings()).check()
+    else:
+        Storage.open(f"s3://{ms.bucket}", storage).check("milvus.bucket")
+
+
+def _files_note(ms: MilvusSettings, output: str) -> str | None:
+    """Where the server will read the shards from, when that is not simply where they are on this disk."""
+    where = placement(ms, output)
+    if where == IN_BUCKET:
+        return f"the server imports the shards by key where they are: {output}/shards (in milvus.bucket; no copy)"
+    if where == COPY:
+        return (f"the shards are copied to s3://{ms.bucket}/{ms.import_root or DEFAULT_IMPORT_ROOT}/<collection>/ "
+                f"(milvus.bucket, which {output} is not in) for the import, and removed after it")
+    if where == DOWNLOAD:
+        return (f"the shards are copied from {output} to {ms.data_dir}/_import/<collection>/ for the embedded server "
+                "(on local storage), and removed after the import")
+    return None

@@ -69,7 +69,7 @@ def search(config: Config, text: str, k: int = 5) -> list[Hit]:
     """Top-k hits for ``text`` from the alias ``config.milvus.collection`` (server started if embedded)."""
     if k < 1:
         raise ConfigError(f"-k must be at least 1; got {k}")
-    with connect(config.milvus) as target:
+    with connect(config.milvus, config.storage) as target:
         return search_target(target, config, text, k)
 
 

@@ -5,28 +5,25 @@ dynamic field is fed by one ``$meta`` column of JSON-object strings. On a server
 (Milvus 2.3 / 2.4) the carried columns that hold nulls are keys of the dynamic field, so their shard columns
 cannot be imported directly — Milvus 2.3.5 would even import a Parquet null into a plain field as 0 or "".
 
-``write_import_copies`` streams each shard into ``{output}/_import/{collection}/shard-NNNNN.parquet``: the id,
-the vector and the typed columns unchanged, and ``$meta`` holding, per row, the dynamic columns' non-null
-values (``{}`` when all are null: Milvus refuses a null ``$meta``). The copies are removed when the load ends,
-whatever the outcome. They need the server to read this machine's files (local storage); with
-``milvus.import_root`` (a server reading its own bucket) the stage inserts instead.
+``write_meta_copy`` streams a shard into an import copy: the id, the vector and the typed columns unchanged,
+and ``$meta`` holding, per row, the dynamic columns' non-null values (``{}`` when all are null: Milvus refuses
+a null ``$meta``). Where the copies go — beside the output, or into the Milvus server's bucket — and their
+removal after the load are ``jinabatch.load.importfiles``'s business.
 """
 from __future__ import annotations
 
 import json
 import math
-import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import LoadError
+from ..storage import Storage
 from .schema import Shard
 
-__all__ = ["DYNAMIC_FIELD", "import_copies", "meta_json", "dynamic_values"]
+__all__ = ["DYNAMIC_FIELD", "write_meta_copy", "meta_json", "dynamic_values"]
 
 DYNAMIC_FIELD = "$meta"
 READ_ROWS = 8192
@@ -46,30 +43,20 @@ def meta_json(values: dict, where: str) -> str:
     return json.dumps(values, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def _copy(shard: Shard, dest: Path, dynamic: Sequence[str]) -> Path:
-    pf = pq.ParquetFile(shard.path)
+def write_meta_copy(shard: Shard, dest: Storage, sub: str, dynamic: Sequence[str]) -> None:
+    """Write ``shard`` to ``dest``/``sub`` as an import copy: the ``dynamic`` columns folded into ``$meta``.
+    Built in a local file first and moved/uploaded once, so the copy appears complete or not at all."""
+    pf = shard.open()
     keep = [n for n in pf.schema_arrow.names if n not in dynamic]
     schema = pa.schema([*(pf.schema_arrow.field(n) for n in keep), pa.field(DYNAMIC_FIELD, pa.string())])
-    out = dest / shard.path.name
-    with pq.ParquetWriter(out, schema) as w:
-        for rb in pf.iter_batches(batch_size=READ_ROWS):
-            meta = [meta_json(v, str(shard.path)) for v in dynamic_values(rb, dynamic)]
-            w.write_batch(pa.record_batch([*(rb.column(n) for n in keep), pa.array(meta, pa.string())],
-                                          schema=schema))
-    return out
-
-
-@contextmanager
-def import_copies(shards: Sequence[Shard], root: Path, collection: str,
-                  dynamic: Sequence[str]) -> Iterator[list[Shard]]:
-    """The shards as import copies under ``root/_import/collection`` for the block; removed after it."""
-    dest = root / "_import" / collection
-    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest.local_temp(sub)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
-        yield [Shard(_copy(s, dest, dynamic), s.rows, s.meta) for s in shards]
+        with pq.ParquetWriter(tmp, schema) as w:
+            for rb in pf.iter_batches(batch_size=READ_ROWS):
+                meta = [meta_json(v, shard.uri) for v in dynamic_values(rb, dynamic)]
+                w.write_batch(pa.record_batch([*(rb.column(n) for n in keep), pa.array(meta, pa.string())],
+                                              schema=schema))
+        dest.upload(tmp, sub)
     finally:
-        shutil.rmtree(dest, ignore_errors=True)
-        try:
-            dest.parent.rmdir()  # only if no other load is using it
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)

@@ -129,24 +129,27 @@ def choose_layout(nulls: dict[str, int], info: ServerInfo) -> Layout:
     return Layout(tuple(n for n in names if not nulls[n]), tuple(n for n in names if nulls[n]), False)
 
 
-def fill_mode(settings: MilvusSettings, info: ServerInfo, layout: Layout | None) -> tuple[str, str | None]:
+def fill_mode(settings: MilvusSettings, info: ServerInfo, layout: Layout | None,
+              output: str | None = None) -> tuple[str, str | None]:
     """How the load fills the collection — ``BULK``, ``BULK_COPIES`` (import copies with ``$meta``, for
     dynamic-field columns) or ``INSERT`` — and a note when it inserts where bulk import was the default.
-    ConfigError where ``milvus.mode`` asks for what cannot work. ``layout`` None: nulls not known yet."""
+    ConfigError where ``milvus.mode`` asks for what cannot work. ``layout`` None: nulls not known yet.
+    ``output``: ``output.path``, to check that the server can be given the files (``load.importfiles``)."""
+    from .importfiles import placement
+
     mode = settings.mode
     if mode == "bulk" and info.kind == "lite":
         raise ConfigError(f"milvus.mode = \"bulk\" needs a Milvus server; Milvus Lite ({settings.uri}) has no import "
                           "API — use mode = \"auto\" or \"insert\"")
     if mode == "insert" or info.kind == "lite":
         return INSERT, None
+    if output is not None and placement(settings, output) is None:
+        why = (f"output.path {output} is on object storage and the Milvus server at {settings.uri} imports files "
+               "from its own local disk (milvus.bucket is not set)")
+        if mode == "bulk":
+            raise ConfigError(f"milvus.mode = \"bulk\": {why}; set milvus.bucket to the bucket of the server's "
+                              "MinIO/S3 storage (the load then copies the shards there), or use mode = \"auto\"")
+        return INSERT, f"{why}: the load inserts instead of bulk import"
     if layout is None or not layout.dynamic:
         return BULK, None
-    if settings.import_root is None:
-        return BULK_COPIES, None
-    why = (f"columns {list(layout.dynamic)} hold nulls and {info.describe()} keeps them in the dynamic field, "
-           "which bulk import fills from import copies that a server reading its own bucket (milvus.import_root) "
-           "cannot see")
-    if mode == "bulk":
-        raise ConfigError(f"milvus.mode = \"bulk\" with milvus.import_root: {why}; use mode = \"auto\" (the load "
-                          "then inserts) or a Milvus ≥ 2.5, whose nullable fields import the shards as they are")
-    return INSERT, f"{why}: the load inserts instead of bulk import"
+    return BULK_COPIES, None
