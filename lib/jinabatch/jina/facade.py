@@ -73,7 +73,8 @@ class JinaEmbeddingFunction:
     def __init__(self, model_name: str = "jina-embeddings-v3", api_key: str | None = None,
                  task: str = "retrieval.passage", dimensions: int | None = None, late_chunking: bool = False,
                  *, base_url: str | None = None, **client_settings: Any):
-        client_kw = {k: client_settings.pop(k) for k in ("limiter", "transport", "estimator") if k in client_settings}
+        client_kw = {k: client_settings.pop(k) for k in ("limiter", "transport", "estimator", "rpm", "tpm")
+                     if k in client_settings}
         settings = client_settings.pop("settings", None) or JinaSettings(dimensions=None)
         values = {**settings.model_dump(), "model": model_name, "task": task, "dimensions": dimensions,
                   "late_chunking": late_chunking, **client_settings}
