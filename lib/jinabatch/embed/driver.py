@@ -70,10 +70,10 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
     from tqdm import tqdm
 
     t_start = time.monotonic()
-    if config.ray.workers > config.limits.concurrency:
+    if config.ray.workers > config.limits.concurrency * len(config.jina.api_key_envs):  # per key of the pool
         raise ConfigError(f"ray.workers ({config.ray.workers}) is more than limits.concurrency "
-                          f"({config.limits.concurrency}): every worker needs at least one request in flight; "
-                          "lower ray.workers or raise limits.concurrency")
+                          f"({config.limits.concurrency}) × keys ({len(config.jina.api_key_envs)}): every worker "
+                          "needs at least one request in flight; lower ray.workers or raise limits.concurrency")
     out = Path(config.output.path).resolve()
     if config.jina.late_chunking:
         raise ConfigError("jina.late_chunking = true joins all inputs of a request into one sequence, so the batch "
@@ -107,7 +107,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
     id_field = pa.field(config.corpus.id_column, plan.id_type)
     carried = [pa.field(c, t) for c, t in plan.column_types.items()]
 
-    with jina_endpoint(config.jina, config.limits) as (base_url, key), ray_session(config):
+    with jina_endpoint(config.jina, config.limits, probe=True) as (base_url, key), ray_session(config):
         coordinator = ray.remote(num_cpus=0)(Coordinator).remote(
             lim.rpm, lim.tpm, lim.concurrency, config.ray.workers, lim.target)
         task = ray.remote(shard_task)
@@ -154,9 +154,11 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
         if spent:  # what the key was billed, dead attempts included (results only hold finished ones)
             rep.tokens, rep.requests = max(rep.tokens, spent["tokens"]), max(rep.requests, spent["requests"])
             rep.retries, rep.http_429 = max(rep.retries, spent["retries"]), max(rep.http_429, spent["http_429"])
+            rep.add_keys(spent["keys"], probe=key.probe_spend)  # per key (key0...), plus the endpoint check
     rep.duration_s = round(time.monotonic() - t_start, 3)
     rep.finish_rates((t_end - t_first) if t_first else 0.0, tpm=lim.tpm, rpm=lim.rpm)
     rep.finished = rep.shards_failed == 0 and fatal is None
+    rep.rows_in = sum(s.rows for s in plan.shards)  # the corpus's rows, also when shards failed
     rep.write(out)
     if fatal is not None:
         raise fatal

@@ -58,6 +58,7 @@ class KeyPool(Sequence[Secret]):
         self._keys = list(keys)
         for i, k in enumerate(self._keys):
             k.label = k.label or f"key{i}"
+        self.probe_spend: list[dict[str, int]] = []  # what checking each key cost (jinabatch.jina.probe)
 
     def __getitem__(self, i):  # type: ignore[override]
         return self._keys[i]
