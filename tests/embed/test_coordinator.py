@@ -149,3 +149,24 @@ def test_request_size_follows_the_limits():
     assert request_token_budget(small) == 8000  # 4 × TPM/RPM: RPM never binds before TPM
     tight = parse_config({"limits": {"rpm": 6000, "tpm": 60_000, "concurrency": 5}, "ray": {"workers": 2}})
     assert request_token_budget(tight) == 512  # never below 512 tokens a request
+
+
+def test_a_task_with_nothing_waiting_holds_only_its_requests_in_flight():
+    """A task writing its shard (nothing waiting, nothing in flight) keeps no slot, poll after poll."""
+    c, _ = coordinator(concurrency=4, workers=2)
+    c.register(0)
+    c.register(1)
+    for _ in range(3):
+        assert c.poll(0, ZERO, in_flight=0, waiting=0)["concurrency"] == 0
+    assert c.poll(1, ZERO, in_flight=0, waiting=6)["concurrency"] == 4
+
+
+def test_a_task_that_went_silent_frees_its_slots():
+    """Its worker died and Ray gave up on the shard: after 30 s without a poll its slots go to the others."""
+    c, clock = coordinator(concurrency=4, workers=2)
+    c.register(0)
+    c.poll(0, ZERO, in_flight=4, waiting=3)
+    c.register(1)
+    assert c.poll(1, ZERO, in_flight=0, waiting=3)["concurrency"] == 0
+    clock.t += 31
+    assert c.poll(1, ZERO, in_flight=0, waiting=3)["concurrency"] == 4

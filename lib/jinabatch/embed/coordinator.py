@@ -31,6 +31,7 @@ __all__ = ["Coordinator", "KeyBudget", "BURST_SECONDS"]
 
 BURST_SECONDS = 2.0  # the buckets we assume the API keeps: the shortest a real server is likely to use
 COUNTERS = ("rows", "tokens", "requests", "http_429", "retries")
+STALE_S = 30.0  # a task that has not polled for this long is gone (tasks poll at least 4 times a second)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class _Task:
     cap: int = 0  # concurrency cap last given
     in_flight: int = 0
     waiting: int = 0
+    seen: float = 0.0  # last register or poll
 
 
 class KeyBudget:
@@ -142,8 +144,8 @@ class Coordinator:
         for t in self.running.values():
             load[t.key] += 1
         key = min(range(keys), key=lambda k: (load[k], k))
-        task = self.running[shard] = _Task(key)
-        task.cap = self._cap(shard)
+        task = self.running[shard] = _Task(key, seen=self._clock())
+        task.cap = self._cap(shard, starting=True)  # its first requests are coming: free slots are its to take
         return {"key": key, "concurrency": task.cap}
 
     def poll(self, shard: int, counters: dict[str, int], want_requests: float = 0.0, want_tokens: float = 0.0,
@@ -154,6 +156,7 @@ class Coordinator:
         if task is None:  # not registered (a stale attempt): nothing to give
             return {"requests": 0.0, "tokens": 0.0, "concurrency": 0, "pause": 0.0}
         task.counters, task.in_flight, task.waiting = dict(counters), in_flight, waiting
+        task.seen = self._clock()
         kb = self.keys[task.key]
         if new_429:
             kb.rate_limited(retry_after)
@@ -177,12 +180,16 @@ class Coordinator:
             if k != "rows" or rows:
                 kc[k] += v
 
-    def _cap(self, shard: int) -> int:
-        """Concurrency cap of ``shard``: its part among the key's tasks with requests waiting, within free slots."""
+    def _cap(self, shard: int, *, starting: bool = False) -> int:
+        """Concurrency cap of ``shard``: its part among the key's tasks with requests waiting, within free slots.
+
+        A task silent for ``STALE_S`` (its worker died and Ray gave up on the shard) holds no slots."""
         task = self.running[shard]
         limit = self.keys[task.key].concurrency
-        peers = sorted(s for s, t in self.running.items() if t.key == task.key)
-        asking = [s for s in peers if self.running[s].waiting > 0 or s == shard and task.cap == 0]
+        now = self._clock()
+        peers = sorted(s for s, t in self.running.items()
+                       if t.key == task.key and (s == shard or now - t.seen < STALE_S))
+        asking = [s for s in peers if self.running[s].waiting > 0 or (s == shard and starting)]
         if shard in asking:
             fair = share_of(0, 0, limit, active=len(asking), rank=asking.index(shard)).concurrency
         else:
