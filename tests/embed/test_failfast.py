@@ -14,7 +14,7 @@ from fixtures_ray import KEY_ENV, base_config
 from jinabatch.config import JinaSettings, parse_config
 from jinabatch.embed.driver import run_embed
 from jinabatch.embed.shards import read_json
-from jinabatch.errors import AuthError, BadRowError, InvalidRequest, TransportError
+from jinabatch.errors import AuthError, BadRowError, InvalidRequest
 from jinabatch.jina.keys import KeyPool, Secret
 from jinabatch.jina.probe import check_endpoint
 

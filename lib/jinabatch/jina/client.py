@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import httpx
 import numpy as np
@@ -38,7 +38,6 @@ import stamina
 
 from ..config import LOCAL_BASE_URL, JinaSettings
 from ..errors import (
-    AuthError,
     ConfigError,
     JinaError,
     RateLimited,
@@ -47,7 +46,7 @@ from ..errors import (
     TransportError,
 )
 from .keys import FALLBACK_KEY_ENV, KeyPool, Secret, resolve_api_key
-from .limits import UNLIMITED, Share, WorkerLimiter
+from .limits import Limiter, NoLimiter, explicit_limiter
 from .pacing import AdaptiveLimiter
 from .tokens import TokenEstimator, plan_batches, raw_estimate
 from .wire import DTYPES, build_body, decode_response, error_for_status, row_width
@@ -68,33 +67,6 @@ class _BearerAuth(httpx.Auth):
 
     def __repr__(self) -> str:
         return "_BearerAuth(***)"
-
-
-@runtime_checkable
-class Limiter(Protocol):
-    """Admission control for each HTTP attempt (the real one is ``jinabatch.jina.limits``)."""
-
-    async def acquire(self, tokens: int) -> None:
-        """Wait for 1 request + ``tokens`` of budget + a concurrency slot."""
-
-    def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
-        """Free the slot, settle tokens (debit the difference), hear about a 429 (its Retry-After and
-        the limit its message named: "rpm", "tpm", "concurrency" or None)."""
-
-
-class NoLimiter:
-    """Admits everything at once (pass it to opt out of pacing)."""
-
-    async def acquire(self, tokens: int) -> None:
-        return None
-
-    def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
-        return None
-
-    def __repr__(self) -> str:
-        return "NoLimiter()"
 
 
 @dataclass(frozen=True)
@@ -123,17 +95,6 @@ class ClientStats:
 
 class _Split(Exception):
     """Internal: a request a 429 refused is bigger than the budget learnt since; JinaClient.embed halves it."""
-
-
-def explicit_limiter(rpm: float | None, tpm: float | None, concurrency: int, max_tokens: int) -> WorkerLimiter:
-    """The job's limiter at given rates, starting with empty buckets: requests big enough that RPM does not
-    bind before TPM (4 × TPM/RPM) and at most two seconds of TPM, never below 512 tokens or above ``max_tokens``."""
-    size = max_tokens
-    if tpm:
-        size = min(size, max(512, min(4 * tpm / rpm if rpm else tpm, tpm / 60 * 2)))
-    # starting empty, like the job: the server's full bucket stays ours as slack, so its exact rates are safe
-    return WorkerLimiter(Share(rpm or UNLIMITED, tpm or UNLIMITED, concurrency), burst_seconds=2.0,
-                         max_request_tokens=int(size), start_levels=(0.0, 0.0))
 
 
 class JinaClient:

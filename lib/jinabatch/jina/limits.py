@@ -30,10 +30,39 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-__all__ = ["Share", "share_of", "TokenBucket", "WorkerLimiter", "UNLIMITED"]
+__all__ = ["Limiter", "NoLimiter", "Share", "share_of", "TokenBucket", "WorkerLimiter", "explicit_limiter",
+           "UNLIMITED"]
 
 UNLIMITED = 1e12  # a rate or capacity no real limit reaches (finite, so arithmetic stays finite)
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """Admission control for each HTTP attempt (``WorkerLimiter``, ``AdaptiveLimiter``)."""
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait for 1 request + ``tokens`` of budget + a concurrency slot."""
+
+    def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
+                retry_after: float | None = None, limit: str | None = None) -> None:
+        """Free the slot, settle tokens (debit the difference), hear about a 429 (its Retry-After and
+        the limit its message named: "rpm", "tpm", "concurrency" or None)."""
+
+
+class NoLimiter:
+    """Admits everything at once (pass it to opt out of pacing)."""
+
+    async def acquire(self, tokens: int) -> None:
+        return None
+
+    def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
+                retry_after: float | None = None, limit: str | None = None) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NoLimiter()"
 
 
 @dataclass(frozen=True)
@@ -273,3 +302,14 @@ class WorkerLimiter:
         mode = "fed" if self.fed else f"rpm={s.rpm:.1f}, tpm={s.tpm:.0f}"
         return (f"WorkerLimiter({mode}, concurrency={s.concurrency}, factor={self.factor:.2f}, "
                 f"in_flight={self.in_flight}, waiting={len(self._queue)})")
+
+
+def explicit_limiter(rpm: float | None, tpm: float | None, concurrency: int, max_tokens: int) -> WorkerLimiter:
+    """The job's limiter at given rates, starting with empty buckets: requests big enough that RPM does not
+    bind before TPM (4 × TPM/RPM) and at most two seconds of TPM, never below 512 tokens or above ``max_tokens``."""
+    size = max_tokens
+    if tpm:
+        size = min(size, max(512, min(4 * tpm / rpm if rpm else tpm, tpm / 60 * 2)))
+    # starting empty, like the job: the server's full bucket stays ours as slack, so its exact rates are safe
+    return WorkerLimiter(Share(rpm or UNLIMITED, tpm or UNLIMITED, concurrency), burst_seconds=2.0,
+                         max_request_tokens=int(size), start_levels=(0.0, 0.0))
