@@ -24,12 +24,14 @@ def coordinator(**kw) -> tuple[Coordinator, Clock]:
     return Coordinator(**args, clock=clock), clock
 
 
-def test_the_budget_starts_empty_when_first_asked_and_accrues_at_the_keys_rate():
-    """No burst at the start: nothing before the first request asks, then 10,000 tokens a second (600k TPM)."""
+def test_the_budget_starts_with_the_first_request_only_and_accrues_at_the_keys_rate():
+    """No burst at the start: nothing piles up before the first request asks; it gets one request's worth
+    (here 4 requests of 2,500 tokens wait: one of them), then 10,000 tokens a second (600k TPM)."""
     c, clock = coordinator()
     c.register(0)
     clock.t += 30  # tasks starting up: no budget piles up meanwhile
-    assert c.poll(0, ZERO, 100, 50_000, waiting=1)["tokens"] == 0
+    first = c.poll(0, ZERO, 4, 10_000, waiting=4)
+    assert (first["requests"], first["tokens"]) == (1, 2_500)
     clock.t += 0.5
     g = c.poll(0, ZERO, 100, 50_000, waiting=1)
     assert g["tokens"] == pytest.approx(5_000) and g["requests"] == pytest.approx(5)
@@ -40,11 +42,11 @@ def test_grants_never_exceed_the_keys_rate_however_many_tasks_ask():
     for s in range(4):
         c.register(s)
     granted = 0.0
-    for _ in range(100):  # 10 s of four tasks asking for far more than there is
+    for _ in range(100):  # 10 s of four tasks asking for more than there is (5 requests of 3,000 tokens each)
         clock.t += 0.1
         for s in range(4):
-            granted += c.poll(s, ZERO, 100, 1e9, waiting=5)["tokens"]
-    assert granted <= 10_000 * 10.0 + 1e-6
+            granted += c.poll(s, ZERO, 5, 15_000, waiting=5)["tokens"]
+    assert granted <= 10_000 * 10.0 + 3_000 + 1e-6  # the rate, plus the first request
     assert granted >= 10_000 * 9.9  # and what there is goes out
 
 

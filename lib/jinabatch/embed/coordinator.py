@@ -76,10 +76,12 @@ class KeyBudget:
 
     def grant(self, want_requests: float, want_tokens: float) -> tuple[float, float]:
         """Take up to what is asked from the buckets (never below empty); nothing while paused."""
-        if not self.started:  # the budget accrues from the first request on, so nothing is sent in a burst
+        if not self.started:  # the budget accrues from the first request on: one request's worth, then the rate
             self.started = True
-            self.requests = TokenBucket(self.requests.rate, self.requests.capacity, level=0, clock=self._clock)
-            self.tokens = TokenBucket(self.tokens.rate, self.tokens.capacity, level=0, clock=self._clock)
+            one = want_tokens / max(1.0, want_requests)
+            self.requests = TokenBucket(self.requests.rate, self.requests.capacity, level=1, clock=self._clock)
+            self.tokens = TokenBucket(self.tokens.rate, self.tokens.capacity, level=min(one, self.tokens.capacity),
+                                      clock=self._clock)
         self._recover()
         if self._clock() < self.paused_until:
             return 0.0, 0.0
