@@ -27,6 +27,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,33 @@ E2E = dict(rpm=600, tpm=600_000, concurrency=8, burst_seconds=5.0, latency_ms=25
 TPM_CELL = dict(rpm=2400, tpm=2_000_000, concurrency=8)
 RPM_CELL = dict(rpm=600, tpm=10_000_000, concurrency=8)
 DIMS = 256
+
+
+class PeakRSS:
+    """Samples the resident memory of Ray's shard-task processes (``ray::embed shard-…``) while a run lasts."""
+
+    def __init__(self, every: float = 1.0):
+        import psutil
+
+        self._psutil, self.every, self.peak = psutil, every, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for p in self._psutil.process_iter(["cmdline", "memory_info"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("ray::embed") and p.info["memory_info"]:
+                    self.peak = max(self.peak, p.info["memory_info"].rss)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakRSS":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
 
 
 def write_tiny_corpus(out: Path, n: int, *, files: int = 4, seed: int = 3) -> None:
@@ -106,17 +134,32 @@ def run_cell(server: LocalServer, cfg, limits: dict, rows: int, label: str) -> d
                                                "latency_per_token_ms")})
     server.reset_stats()  # configure() gave every key fresh, full buckets: an idle key, as in life
     t0, w0 = time.monotonic(), time.time()
-    rep = run_embed(cfg, progress=False)
+    with PeakRSS() as mem:
+        rep = run_embed(cfg, progress=False)
     wall, w1 = time.monotonic() - t0, time.time()
     assert rep.rows_embedded == rows and rep.finished, rep.summary()
     trace = server.trace()
     m = measure(trace, limits["tpm"], limits["rpm"])
     admitted = [e[0] for e in without_probes(trace) if e[3]]
     m.update(label=label, wall_s=round(wall, 1), report_utilization=rep.utilization,
+             peak_worker_rss_mb=round(mem.peak / 2**20),
              until_first_request_s=round(admitted[0] - w0, 2), after_last_request_s=round(w1 - admitted[-1], 2),
              keys={f"key{i}": measure(trace, limits["tpm"], limits["rpm"], key=i)
                    for i in sorted({e[1] for e in trace})})
     return m
+
+
+def print_table(cells: list[dict]) -> None:
+    """The matrix as a Markdown table: a row per binding × bucket × shard size, a column per latency × workers."""
+    rows: dict[str, dict[str, dict]] = {}
+    for m in cells:
+        binding, _, bucket, _, shard, _, lat, workers = m["label"].split()
+        rows.setdefault(f"{binding}, bucket {bucket}, shard {shard}", {})[f"{lat}, {workers}"] = m
+    cols = sorted({c for r in rows.values() for c in r}, key=lambda c: (int(c.split("ms")[0]), c))
+    print("| cell | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{r[c]['utilization']:.1%} ({r[c]['http_429']} 429s)" if c in r else ""
+                                         for c in cols) + " |")
 
 
 def fmt(m: dict) -> str:
@@ -151,7 +194,8 @@ def main() -> int:
             print(fmt(m), f"\n# end-to-end ratio tokens/TPM ÷ wall = {m['e2e_ratio']:.3f} (aim ≥ 0.93): wall "
                   f"{m['wall_s']:.1f}s = {m['until_first_request_s']:.1f}s to the first request (Ray start, plan, "
                   f"check, tasks) + {m['window_s']:.1f}s embedding + {m['after_last_request_s']:.1f}s after the "
-                  "last request (answer, shard write, Ray shutdown)", flush=True)
+                  "last request (answer, shard write, Ray shutdown); peak shard-task RSS "
+                  f"{m['peak_worker_rss_mb']} MB", flush=True)
         import ray
 
         if not ray.is_initialized():
@@ -177,6 +221,7 @@ def main() -> int:
                 results["matrix"].append(m)
                 print(fmt(m), flush=True)
             if results["matrix"]:
+                print_table(results["matrix"])
                 worst = min(results["matrix"], key=lambda m: m["utilization"])
                 most429 = max(results["matrix"], key=lambda m: m["share_429"])
                 ok = worst["utilization"] >= 0.98 and most429["share_429"] <= 0.001
