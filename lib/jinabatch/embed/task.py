@@ -50,15 +50,17 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
                      base_url: str, keys: list[str], coordinator) -> ShardResult:
     import ray
 
-    from ..jina.client import JinaClient, Secret
+    from ..jina.client import JinaClient
+    from ..jina.keys import Secret
 
     seat = await coordinator.register.remote(shard.index, len(keys))
     budget = request_token_budget(config, len(keys))
     need = asyncio.Event()
     limiter = WorkerLimiter(Share(config.limits.rpm, config.limits.tpm, seat["concurrency"]), fed=True,
                             max_request_tokens=budget, on_need=need.set)
-    client = JinaClient(config.jina, api_key=Secret(keys[seat["key"]]), base_url=base_url, limiter=limiter,
-                        max_tokens_per_request=budget)
+    i, envs = seat["key"], config.jina.api_key_envs
+    key = Secret(keys[i], name=envs[i] if len(envs) == len(keys) else None, label=f"key{i}")  # names its variable
+    client = JinaClient(config.jina, api_key=key, base_url=base_url, limiter=limiter, max_tokens_per_request=budget)
     rows = 0
 
     def on_rows(n: int) -> None:
@@ -87,13 +89,20 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
 
     t0 = time.monotonic()
     pumping = asyncio.ensure_future(pump())
+    working = asyncio.ensure_future(process_shard(config, shard, client, out, id_field=id_field, carried=carried,
+                                                  on_rows=on_rows))
     try:
-        res = await process_shard(config, shard, client, out, id_field=id_field, carried=carried, on_rows=on_rows)
+        await asyncio.wait({pumping, working}, return_when=asyncio.FIRST_COMPLETED)
+        if not working.done():  # the pump died (the coordinator is gone): nothing would be granted any more
+            working.cancel()
+            pumping.result()
+        res = working.result()
         res.seconds = time.monotonic() - t0
         res.node = ray.get_runtime_context().get_node_id()
         return res
     finally:
-        pumping.cancel()
+        for t in (pumping, working):
+            t.cancel()
         await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.take_levels())
         await client.aclose()
 
