@@ -79,3 +79,13 @@ def test_no_key_value_in_reports_shards_or_ray_logs(pool_run, ray_local):
         assert _files_containing(out, key.encode()) == [], "a key was written to the output"
         assert _files_containing(logs, key.encode()) == [], "a key is in Ray's logs"
     assert all(key not in repr(pool_run["report"]) for key in KEYS)
+
+
+def test_base_url_local_with_a_pool_uses_every_key(ray_local, embed_config, tmp_path):
+    """base_url = "local" with two variables: the bundled server gets a key for each, and both are used."""
+    make_corpus(tmp_path / "corpus", files=2, rows_per_file=200, row_group_size=100)
+    cfg = embed_config(tmp_path / "corpus", tmp_path / "out", "local", limits=LIMITS, ray={"workers": 2},
+                       corpus={"rows_per_shard": 100}, jina={"api_key_env": ENVS})
+    rep = run_embed(cfg, progress=False)
+    assert rep.finished and set(rep.keys) == {"key0", "key1"}
+    assert all(c["requests"] >= 2 and c["http_429"] == 0 for c in rep.keys.values()), rep.keys
