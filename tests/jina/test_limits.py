@@ -178,3 +178,19 @@ def test_a_fed_limiter_hands_back_what_it_did_not_spend_and_settles_debt():
     asyncio.run(lim.acquire(400))
     lim.release(400, 500)  # the server counted 100 more than estimated
     assert lim.take_levels() == (2, 500) and lim.levels() == (0, 0)
+
+
+def test_a_request_cancelled_while_waiting_leaves_the_line_and_the_next_one_goes():
+    """A waiting request whose task is cancelled (a failed shard, a TaskGroup) must not block those behind it."""
+    lim = WorkerLimiter(Share(rpm=0, tpm=0, concurrency=1), fed=True)
+
+    async def run():
+        first = asyncio.ensure_future(lim.acquire(100))
+        second = asyncio.ensure_future(lim.acquire(100))
+        await asyncio.sleep(0.02)
+        first.cancel()
+        lim.grant(1, 100)
+        await asyncio.wait_for(second, 2)
+        return lim.waiting, lim.in_flight
+
+    assert asyncio.run(run()) == (0, 1)

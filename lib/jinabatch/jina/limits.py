@@ -238,16 +238,15 @@ class WorkerLimiter:
         """Wait (in arrival order) until one request of ``tokens`` fits the budget and a slot is free."""
         if self._cond is None:
             self._cond = asyncio.Condition()
-        ticket = next(self._tickets)
-        entry = (ticket, tokens)
+        entry = (next(self._tickets), tokens)
         self._queue.append(entry)
-        async with self._cond:
-            try:
+        try:
+            async with self._cond:
                 while True:
                     if not self.fed:
                         self._recover()
                     wait = 1.0
-                    head = self._queue[0][0] == ticket
+                    head = self._queue[0] is entry
                     if head and self.in_flight < self.share.concurrency:
                         wait = max(self._paused_until - self._clock(), self._requests.wait_time(1),
                                    self._tokens.wait_time(tokens))
@@ -255,6 +254,8 @@ class WorkerLimiter:
                             self._requests.take(1)
                             self._tokens.take(tokens)
                             self.in_flight += 1
+                            self._queue.popleft()
+                            self._cond.notify_all()  # the next in line may go now
                             return
                     if head and self.on_need is not None and self._paused_until <= self._clock():
                         self.on_need()  # short of budget or of a slot: ask the coordinator now
@@ -262,9 +263,10 @@ class WorkerLimiter:
                         await asyncio.wait_for(self._cond.wait(), timeout=min(wait, 1.0))
                     except asyncio.TimeoutError:
                         pass
-            finally:
+        finally:
+            if entry in self._queue:  # cancelled (or failed) while waiting: leave the line, wake the next
                 self._queue.remove(entry)
-                self._cond.notify_all()  # the next in line may go now
+                self._notify()
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
                 retry_after: float | None = None, limit: str | None = None) -> None:
