@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED = 0
 export PYTHONUNBUFFERED = 1
 
-.PHONY: install run embed load search test test-fast bench serve clean
+.PHONY: install browser run plan embed load search test test-fast bench bench-scale serve clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Headless Chromium for the test that opens _report.html (Debian's package; needs root and apt-get). Where it
+# cannot be installed the test is skipped with the reason, and everything else still runs.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    echo "installing chromium (apt-get) for the report's browser test" && \
+	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed: the report's browser test will be skipped"
+
 run: install
 	$(PY) jobs/sample_corpus.py --out out/sample/corpus
 	$(PY) jobs/run.py $(CONFIG)
+
+plan: install
+	$(PY) jobs/plan.py $(CONFIG)
 
 embed: install
 	$(PY) jobs/embed.py $(CONFIG)
@@ -35,7 +47,7 @@ load: install
 search: install
 	$(PY) jobs/search.py $(CONFIG) "$(Q)"
 
-test: install
+test: install browser
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 test-fast: install
@@ -44,6 +56,11 @@ test-fast: install
 bench: install
 	$(PY) tests/bench/bench_embed.py
 	$(PY) tests/bench/bench_load.py
+	$(PY) tests/bench/bench_shapes.py
+
+# planning 1M-50M-row corpora (generated once under out/scale/) and the job's CPU per row; not part of make test
+bench-scale: install
+	$(PY) tests/bench/bench_scale.py $(BENCH_ARGS)
 
 serve: install
 	$(PY) jobs/serve.py

@@ -14,21 +14,26 @@ from _cli import run_main, setup_logging
 
 from jinabatch.config import load_config
 from jinabatch.embed.driver import run_embed
+from jinabatch.storage import Storage
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", help="TOML settings (see configs/local.toml)")
     ap.add_argument("--output", help="override output.path")
+    ap.add_argument("--previous", metavar="DIR", help="output.previous: a finished output whose unchanged rows' "
+                    "vectors are carried over (incremental run)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
 
     def go() -> int:
-        cfg = load_config(args.config, {"output": {"path": args.output}} if args.output else None)
-        rep = run_embed(cfg, progress=not args.no_progress and sys.stderr.isatty())
+        output = {k: v for k, v in (("path", args.output), ("previous", args.previous)) if v}
+        cfg = load_config(args.config, {"output": output} if output else None)
+        rep = run_embed(cfg, progress=not args.no_progress)  # a bar on a terminal, log lines elsewhere
         print(rep.summary())
+        print(f"report: {Storage.open(cfg.output.path).uri_of('_report.html')}")
         if not rep.finished:
             print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps(rep.failures)[:500]}; "
                   "rerun the same command to retry them", file=sys.stderr)

@@ -8,6 +8,10 @@ Lite), verifies it (row count, sampled vectors), then points the alias `milvus.c
     python jobs/load.py CONFIG.toml --serve     keep the embedded Milvus server (uri = "embedded")
                                                 running until Ctrl+C, so search and other clients can use it
 
+Prints the load report as JSON: with `server` (what the server is, e.g. whether it has nullable fields),
+`carried` (how each carried column is held: field, nullable field, or key of the dynamic field — see README,
+"Carried columns: nulls and dates") and `import_files` (where the server read the shards, and the copies made
+for it in its bucket or on its disk and removed — see README, "Object storage"). output.path may be s3://.
 Exit code 0 on success, 1 with a one-line reason (Milvus's own reason for a failed import).
 """
 from __future__ import annotations
@@ -38,8 +42,8 @@ def _serve(cfg) -> int:
         raise ConfigError(f"--serve runs the embedded server; milvus.uri is {ms.uri!r}, not \"embedded\"")
     if milvus_answers(ms.port):
         raise ConfigError(f"a Milvus server already answers on 127.0.0.1:{ms.port}; nothing to start")
-    with EmbeddedServer(ms.data_dir, ms.port) as server:
-        print(f"Milvus serving {server.uri} (data in {server.data_dir}); Ctrl+C to stop", flush=True)
+    with EmbeddedServer.from_settings(ms, cfg.storage) as server:
+        print(f"Milvus serving {server.uri} (data in {server.storage}); Ctrl+C to stop", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             signal.pause()

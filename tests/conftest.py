@@ -4,3 +4,4 @@ standalone server and Milvus Lite)."""
 from fixtures_jina import *  # noqa: F401,F403
 from fixtures_ray import *  # noqa: F401,F403
 from fixtures_milvus import *  # noqa: F401,F403
+from fixtures_s3 import *  # noqa: F401,F403

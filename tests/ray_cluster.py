@@ -33,7 +33,7 @@ def submit(dash: str, cmd: str) -> None:
     from ray.util.state import list_actors, list_tasks
 
     client = JobSubmissionClient(dash)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # slow to come up on a busy 2-core machine
     while True:  # the head's job agent comes up a few seconds after the dashboard
         try:
             job = client.submit_job(entrypoint=cmd, metadata={"purpose": "jinabatch cluster test"})

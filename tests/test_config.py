@@ -39,6 +39,10 @@ def test_issue_keys_exist_with_their_names():
     ({"corpus": {"text_colum": "body"}}, "corpus.text_colum"),
     ({"milvus": {"collection": "my-docs"}}, "milvus.collection"),
     ({"milvus": {"mode": "fast"}}, "milvus.mode"),
+    ({"milvus": {"bucket": "s3://milvus-data"}}, "milvus.bucket"),  # a name, not a URI
+    ({"milvus": {"bucket": "Milvus_Data"}}, "milvus.bucket"),
+    ({"milvus": {"import_root": "jb"}}, "milvus.import_root"),  # copies into which bucket?
+    ({"milvus": {"bucket": "milvus-data", "import_root": "s3://milvus-data/jb"}}, "milvus.import_root"),
 ])
 def test_bad_setting_is_refused_naming_file_and_key(data, key):
     with pytest.raises(ConfigError) as e:
@@ -76,3 +80,29 @@ def test_overrides_merge_into_sections(tmp_path):
     p.write_text('[output]\npath = "a"\n[ray]\nworkers = 2\n')
     cfg = load_config(p, {"output": {"path": "b"}})
     assert cfg.output.path == "b" and cfg.ray.workers == 2 and cfg.source == str(p)
+
+
+def test_milvus_bucket_settings_are_a_bare_bucket_name_and_key_prefixes():
+    ms = parse_config({"milvus": {"bucket": "milvus-data", "import_root": "/staging/jb/", "root_path": "m1"}}).milvus
+    assert (ms.bucket, ms.import_root, ms.root_path) == ("milvus-data", "staging/jb", "m1")
+    assert parse_config({}).milvus.bucket is None  # a server on local storage, as before
+
+
+def test_rayjob_gives_every_node_the_s3_credentials_from_a_secret_and_the_jina_key_to_the_head_only():
+    """configs/rayjob.yaml: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the optional AWS_ENDPOINT_URL) come from a
+    Kubernetes Secret into the head and every worker container; no literal secret value and none in runtimeEnv."""
+    import yaml
+
+    job = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "rayjob.yaml").read_text())
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
+    for name, group in pods:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+            assert "value" not in env[var] and env[var]["valueFrom"]["secretKeyRef"]["key"] == var, (name, var)
+        assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"].get("optional") is True
+        assert ("JINAAI_API_KEY" in env) == (name == "head"), name
+    assert "AWS_" not in job["spec"]["runtimeEnvYAML"] and "JINAAI" not in job["spec"]["runtimeEnvYAML"]
+    assert job["spec"]["entrypoint"].split()[2] == "configs/cluster.toml"
+    assert load_config(Path(__file__).resolve().parents[1] / "configs" / "cluster.toml").output.path.startswith("s3://")

@@ -28,7 +28,7 @@ from .jina.models import get_model
 
 __all__ = [
     "Config", "CorpusSettings", "JinaSettings", "LimitsSettings", "RaySettings", "OutputSettings",
-    "MilvusSettings", "IndexSettings", "load_config", "parse_config", "DEFAULT_BASE_URL", "LOCAL_BASE_URL",
+    "MilvusSettings", "IndexSettings", "StorageSettings", "load_config", "parse_config", "DEFAULT_BASE_URL", "LOCAL_BASE_URL",
 ]
 
 DEFAULT_BASE_URL = "https://api.jina.ai/v1"
@@ -39,12 +39,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+RESERVED_COLUMNS = ("embedding", "text_hash")  # written by the embed stage into every shard
+
+
 class CorpusSettings(_Section):
-    path: str = "data/corpus"  # a Parquet file, a folder of them, or a glob
+    path: str = "data/corpus"  # a Parquet file, a folder of them, a glob, or an s3:// prefix
     id_column: str = "id"
     text_column: str = "text"
     columns: list[str] = Field(default_factory=list)  # carried into the output and into Milvus
     rows_per_shard: int = Field(5000, gt=0)
+    # late chunking: the column naming each row's document, and the column ordering a document's chunks
+    document_column: str | None = None
+    chunk_order_column: str | None = None
+
+    @model_validator(mode="after")
+    def _columns(self) -> "CorpusSettings":
+        seen = set()
+        for c in self.columns:
+            if c in seen:
+                raise ValueError(f"columns: {c!r} is listed twice; list each carried column once")
+            seen.add(c)
+            if c in RESERVED_COLUMNS or c == self.id_column:
+                raise ValueError(f"columns: {c!r} is written by the embed stage itself (or is the id); "
+                                 f"rename it in the corpus or leave it out (reserved: {list(RESERVED_COLUMNS)})")
+        return self
 
 
 class JinaSettings(_Section):
@@ -69,6 +87,7 @@ class JinaSettings(_Section):
     retry_wait_jitter: float = Field(1.0, ge=0)  # up to this many random seconds added to a backoff
     retry_after_max: float = Field(120.0, ge=0)  # cap on a server's Retry-After (s)
     concurrency: int = Field(4, gt=0)  # requests in flight per client in JinaClient.embed
+    price_per_million_tokens: float | None = Field(None, ge=0)  # for cost estimates and spend in reports (USD)
 
     @field_validator("api_key_env")
     @classmethod
@@ -131,6 +150,9 @@ class RaySettings(_Section):
 
 class OutputSettings(_Section):
     path: str = "out/embeddings"
+    # a finished output of an earlier run (local or s3://): rows whose (id, text) are unchanged under the same
+    # embedding key carry their vectors over instead of being sent again
+    previous: str | None = None
 
 
 class IndexSettings(_Section):
@@ -149,9 +171,14 @@ class MilvusSettings(_Section):
     data_dir: str = "out/milvus"  # base dir of the embedded server (reused across runs)
     port: int = Field(19530, gt=0, lt=65536)  # client port of the embedded server
     insert_batch_mb: float = Field(32.0, gt=0, le=60)
-    # how a Milvus server sees the shard files for import: None = their absolute local paths (a server with
-    # local storage on this machine); "prefix" = object keys "{prefix}/shards/shard-*.parquet" in Milvus's
-    # MinIO/S3 bucket, after output.path has been copied there
+    # Where the Milvus server keeps its data, which decides how it reads the files it imports:
+    # bucket None = local storage: absolute paths on its host (the embedded default);
+    # bucket "name" = MinIO/S3: object keys inside that bucket, reached with the [storage] endpoint and the AWS_*
+    # variables. With uri = "embedded" it also runs the embedded server on that bucket (under root_path).
+    bucket: str | None = None
+    root_path: str = "files"  # minio.rootPath of the embedded server on a bucket (its data under bucket/root_path)
+    # key prefix in `bucket` under which the load copies shards that are not already in it (removed after the load);
+    # default "jinabatch-import" when a copy is needed
     import_root: str | None = None
 
     @field_validator("collection")
@@ -161,6 +188,58 @@ class MilvusSettings(_Section):
             raise ValueError("a Milvus name starts with a letter or _ and holds only letters, digits and _")
         return v
 
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "://" in v or "/" in v.strip("/"):
+            raise ValueError(f"a bucket name, not a URI or path (the bucket of the Milvus server's storage, e.g. "
+                             f"\"milvus-data\"); got {v!r}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v.strip("/")):
+            raise ValueError(f"{v!r} is not an S3 bucket name (3-63 lowercase letters, digits, '.' and '-')")
+        return v.strip("/")
+
+    @field_validator("import_root", "root_path")
+    @classmethod
+    def _key_prefix(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "://" in v:
+            raise ValueError(f"an object-key prefix inside milvus.bucket, without bucket or scheme (e.g. "
+                             f"\"jinabatch-import\"); got {v!r}")
+        if not v.strip("/"):
+            raise ValueError("an empty prefix; leave the key out for the default")
+        return v.strip("/")
+
+    @model_validator(mode="after")
+    def _import_root_needs_bucket(self) -> "MilvusSettings":
+        if self.import_root is not None and self.bucket is None:
+            raise ValueError("import_root: the prefix for copies in the Milvus server's bucket needs milvus.bucket "
+                             "(that bucket's name); for a server on local storage remove milvus.import_root")
+        return self
+
+
+class StorageSettings(_Section):
+    """How s3:// URIs are reached. Credentials never go here: they come from AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN (or an instance role) on every node."""
+
+    endpoint: str | None = None  # an S3-compatible store, e.g. "http://minio:9000" (default: $AWS_ENDPOINT_URL, else AWS)
+    region: str | None = None  # default: $AWS_REGION, else us-east-1
+    connect_timeout: float = Field(5.0, gt=0)
+    request_timeout: float = Field(60.0, gt=0)
+    max_attempts: int = Field(4, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for k in data:
+                if any(s in k.lower() for s in ("secret", "access_key", "password", "token", "credential")):
+                    raise ValueError(f"{k}: credentials are never read from the config file; set AWS_ACCESS_KEY_ID "
+                                     "and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the environment of every node")
+        return data
+
 
 class Config(_Section):
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
@@ -169,20 +248,24 @@ class Config(_Section):
     ray: RaySettings = Field(default_factory=RaySettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     source: str | None = Field(None, exclude=True)  # the file it came from, for messages
 
     def embedding_key(self) -> dict[str, Any]:
-        """What decides a vector's value: model, task, dimensions, late chunking, normalization."""
+        """What decides a vector's value: model, task, dimensions, late chunking, normalization, wire type,
+        truncation policy — and who computes it: the local stand-in's vectors are never the real model's."""
         j = self.jina
         return {"model": j.model, "task": j.task if j.spec.takes_task else None, "dimensions": self.jina.dim,
-                "late_chunking": j.late_chunking, "normalized": j.normalized}
+                "late_chunking": j.late_chunking, "normalized": j.normalized, "embedding_type": j.embedding_type,
+                "truncation": j.on_too_long,
+                "served_by": "local stand-in" if j.base_url.rstrip("/") == LOCAL_BASE_URL else "api"}
 
     def fingerprint(self) -> str:
         """Hash of everything that decides a shard's content (not paths of the output, not limits)."""
         c = self.corpus
         payload = {"embedding": self.embedding_key(), "id": c.id_column, "text": c.text_column,
                    "columns": list(c.columns), "rows_per_shard": c.rows_per_shard,
-                   "on_too_long": self.jina.on_too_long, "embedding_type": self.jina.embedding_type}
+                   "document": c.document_column, "chunk_order": c.chunk_order_column}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

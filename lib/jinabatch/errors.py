@@ -3,6 +3,8 @@
     JinaBatchError
     ├── ConfigError              a setting is missing or wrong (names the key)
     ├── CorpusError              input files: missing column, unreadable, not Parquet (names the file)
+    ├── StorageError             a folder or object-store prefix can't be reached: no bucket, bad credentials,
+    │                            endpoint down (names the URI, never a credential)
     ├── BadRowError              on_too_long = "fail" met a row (names id and file)
     ├── JinaError                the embeddings API (never carries the API key)
     │   ├── AuthError            401: missing or invalid key              — not retried
@@ -21,7 +23,7 @@ The Jina part of the tree is filled in by ``jinabatch.jina.client``; this module
 from __future__ import annotations
 
 __all__ = [
-    "JinaBatchError", "ConfigError", "CorpusError", "BadRowError", "LoadError",
+    "JinaBatchError", "ConfigError", "CorpusError", "StorageError", "BadRowError", "LoadError",
     "JinaError", "AuthError", "BillingError", "InvalidRequest", "ResponseError",
     "TransientError", "RateLimited", "ServerError", "TransportError", "RetriesExhausted",
 ]
@@ -36,6 +38,10 @@ class ConfigError(JinaBatchError):
 
 
 class CorpusError(JinaBatchError):
+    pass
+
+
+class StorageError(JinaBatchError):
     pass
 
 

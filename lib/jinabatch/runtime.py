@@ -20,7 +20,7 @@ from typing import Iterator
 from .config import LOCAL_BASE_URL, JinaSettings, LimitsSettings
 from .jina.keys import KeyPool, Secret, resolve_keys
 
-__all__ = ["jina_endpoint", "ray_session"]
+__all__ = ["jina_endpoint", "ray_session", "local_token_count"]
 
 log = logging.getLogger("jinabatch")
 
@@ -55,6 +55,13 @@ def _probe(j: JinaSettings, url: str, keys: KeyPool) -> None:
 
     keys.probe_spend = check_endpoint(j, url, keys)
     log.info("%s answers for %d key(s)", url, len(keys))
+
+
+def local_token_count(texts: list[str]) -> int:
+    """Tokens the local stand-in bills for ``texts``: its tokenizer is known, so a plan can count exactly."""
+    from .local_api.fakemodel import count_tokens
+
+    return sum(count_tokens(t) for t in texts)
 
 
 @contextlib.contextmanager

@@ -110,3 +110,42 @@ def test_submitted_job_keeps_the_key_out_of_job_metadata_logs_and_state(cluster,
     assert "embed shard-00000" in seen[2]  # the state API did answer with our tasks
     for text in seen:
         assert KEY not in text
+
+
+def test_cluster_run_with_corpus_and_output_on_s3_uses_no_shared_path(cluster, jina_server, s3_bucket, tmp_path):
+    """Corpus and output under s3:// (SeaweedFS): shards on both nodes, exact vectors, no local path in the config,
+    and the S3 secret (each node's own environment) written nowhere in the output."""
+    import io
+
+    import boto3
+    import pyarrow as pa
+
+    from fixtures_s3 import S3_SECRET
+
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, files=2, rows_per_file=400, row_group_size=100)
+    bucket = s3_bucket()
+    client = boto3.client("s3")
+    for f in sorted(corpus.glob("*.parquet")):
+        client.upload_file(str(f), bucket, f"corpus/{f.name}")
+    cfg = _config(tmp_path, f"s3://{bucket}/corpus", Path("s3-out"), jina_server.url, cluster["address"])
+    text = cfg.read_text().replace('path = "s3-out"', f'path = "s3://{bucket}/out"')
+    assert str(tmp_path) not in text
+    cfg.write_text(text)
+    env = dict(cluster["env"], JINAAI_API_KEY=jina_server.key)
+    r = subprocess.run([sys.executable, str(ROOT / "jobs/embed.py"), str(cfg), "--no-progress"], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    bodies = {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    got = pa.concat_tables([pq.read_table(io.BytesIO(v)) for k, v in sorted(bodies.items())
+                            if k.startswith("out/shards/")])
+    src = pq.read_table(corpus)
+    text_of = dict(zip(src.column("id").to_pylist(), src.column("text").to_pylist()))
+    ids = got.column("id").to_pylist()
+    assert sorted(ids) == sorted(text_of)
+    want = fakemodel.embed("jina-embeddings-v3", "retrieval.passage", 64, [text_of[i] for i in ids])
+    assert np.array_equal(np.asarray(got.column("embedding").to_pylist(), np.float32), want)
+    rep = json.loads(bodies["out/_report.json"])
+    assert rep["rows_embedded"] == 800 and len(rep["shards_by_node"]) == 2, rep["shards_by_node"]
+    assert not [k for k, v in bodies.items() if S3_SECRET.encode() in v or jina_server.key.encode() in v]

@@ -18,7 +18,9 @@ import pytest
 from corpus_gen import CARRIED, DIMS, MODEL, TASK, assert_vectors_match, make_corpus, read_output
 from jinabatch.embed.driver import run_embed
 from jinabatch.errors import ConfigError
-from jinabatch.embed.shards import read_json, read_shard_meta
+from jinabatch.embed.runlog import RunLog
+from jinabatch.embed.shards import read_shard_meta
+from jinabatch.storage import Storage
 
 pytestmark = pytest.mark.slow
 
@@ -58,21 +60,28 @@ def test_end_to_end_int_ids_every_row_gets_its_own_texts_vector(ray_local, embed
     assert table.schema.field("id").type == pa.int64()
     assert table.schema.field("n").type == pa.int32() and table.schema.field("flag").type == pa.bool_()
 
-    # 300-row files in 100-row groups, rows_per_shard 200: shards of 2 + 1 row groups per file
+    # 900 rows in 300-row files, rows_per_shard 200: shards cut the corpus every 200 rows, across files
     shards = sorted((out / "shards").glob("shard-*.parquet"))
-    assert [pq.read_metadata(s).num_rows for s in shards] == [200, 100] * 3
-    assert rep.shards_total == rep.shards_done == 6
+    assert [pq.read_metadata(s).num_rows for s in shards] == [200, 200, 200, 200, 100]
+    assert rep.shards_total == rep.shards_done == 5
+    pieces = []
     for s in shards:
-        meta = read_shard_meta(s)
+        meta = read_shard_meta(Storage.open(out), f"shards/{s.name}")
         assert meta["model"] == MODEL and meta["task"] == TASK and meta["dimensions"] == DIMS
         assert meta["fingerprint"] == cfg.fingerprint() and meta["rows"] == pq.read_metadata(s).num_rows
-        assert Path(meta["source_file"]).name.startswith("part-") and meta["rows_dead_letter"] == 0
+        assert meta["rows_dead_letter"] == 0 and meta["stop"] - meta["start"] == meta["rows"]
+        assert all(Path(p["file"]).name.startswith("part-") for p in meta["pieces"])
+        pieces += [(Path(p["file"]).name, p["row_start"], p["row_stop"]) for p in meta["pieces"]]
+    # every piece is named: shard 1 takes the end of part-0 and the start of part-1
+    assert pieces[:3] == [("part-000.parquet", 0, 200), ("part-000.parquet", 200, 300), ("part-001.parquet", 0, 100)]
     # what the server counted is what the report says was sent
     assert rep.tokens == after["tokens"] - before["tokens"] > 0
     assert rep.requests == after["requests"] - before["requests"]
-    report = read_json(out / "_report.json")
+    report = json.loads((out / "_report.json").read_text())
     assert report["rows_embedded"] == 900 and report["finished"] is True
-    assert [s["status"] for s in read_json(out / "_manifest.json")["shards"]] == ["done"] * 6
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["state"] == "finished" and manifest["shards"]["done"] == 5 and manifest["shards"]["pending"] == 0
+    assert sorted(RunLog.read_done(Storage.open(out))) == list(range(5))
     assert _files_containing(out, jina_key.encode()) == [], "the API key was written to the output"
 
 
@@ -84,7 +93,7 @@ def test_end_to_end_string_ids_with_bundled_server_and_four_workers(ray_local, e
     rep = run_embed(cfg, progress=False)
     table = _check_output(out, corpus, rep)
     assert table.schema.field("id").type == pa.string()
-    assert rep.shards_done == 6  # 250 rows in 50-row groups, 100 per shard: 100, 100, 50 per file
+    assert rep.shards_done == 5  # 500 rows, 100 per shard, cut across the two files
 
 
 def test_rerun_skips_finished_shards_and_sends_nothing(ray_local, embed_config, jina_server, tmp_path):
@@ -129,11 +138,11 @@ def test_output_inside_the_corpus_folder_is_refused_or_resumable(ray_local, embe
     assert again.shards_skipped == again.shards_total == 1
 
 
-def test_late_chunking_is_refused_before_any_request(embed_config, jina_server, tmp_path):
-    """late_chunking joins a request's inputs into one sequence: the batch job refuses it up front."""
+def test_late_chunking_without_a_document_column_is_refused_before_any_request(embed_config, jina_server, tmp_path):
+    """late_chunking joins a request's inputs into one sequence: without corpus.document_column it is refused."""
     make_corpus(tmp_path / "c", files=1, rows_per_file=10, row_group_size=10)
     cfg = embed_config(tmp_path / "c", tmp_path / "out", jina_server.url, jina={"late_chunking": True})
     before = jina_server.stats()["requests"]
-    with pytest.raises(ConfigError, match="jina.late_chunking"):
+    with pytest.raises(ConfigError, match="corpus.document_column"):
         run_embed(cfg, progress=False)
     assert jina_server.stats()["requests"] == before and not (tmp_path / "out").exists()

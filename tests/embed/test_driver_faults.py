@@ -6,7 +6,8 @@ and nothing half-written survives.
 """
 from __future__ import annotations
 
-import os
+import json
+
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from corpus_gen import assert_vectors_match, make_corpus, read_dead_letters, read_output, write_rows
 from fixtures_ray import KEY_ENV, base_config
+from procs import job_env, kill_when, shard_workers as _shard_workers, toml_of
 from jinabatch.local_api import fakemodel
 from jinabatch.config import parse_config
 from jinabatch.embed.plan import plan_corpus
@@ -26,7 +28,7 @@ from jinabatch.embed.driver import run_embed
 from jinabatch.errors import AuthError
 from jinabatch.jina.probe import PROBE_TEXT
 from jinabatch.local_api.server import LocalServer, ServerSettings
-from jinabatch.embed.shards import read_json
+from jinabatch.storage import Storage
 
 pytestmark = pytest.mark.slow
 
@@ -42,23 +44,7 @@ def _assert_complete(out: Path, corpus) -> None:
     assert not list(out.rglob("*.tmp-*")), "a temp file survived"
 
 
-def _toml(data: dict) -> str:
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-    return "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in vals.items()) + "\n"
-                     for s, vals in data.items())
-
-
-def _job_env(key: str) -> dict:
-    env = dict(os.environ, **{KEY_ENV: key, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
-    env.pop("RAY_ADDRESS", None)  # the job must start its own Ray, not join the test session's
-    return env
+_toml, _job_env = toml_of, job_env
 
 
 # -- faults on the wire --------------------------------------------------------------------------
@@ -169,27 +155,6 @@ def test_fail_mode_exits_1_naming_id_and_file(tmp_path, jina_key):
 
 # -- killed processes ------------------------------------------------------------------------------
 
-def _my_ray_processes() -> list[psutil.Process]:
-    """Processes of this session's Ray (children of its raylet), never another test run's."""
-    import ray
-
-    node = ray._private.worker._global_node
-    raylet = node.all_processes["raylet"][0].process.pid
-    return psutil.Process(raylet).children(recursive=True)
-
-
-def _shard_workers() -> list[psutil.Process]:
-    found = []
-    for p in _my_ray_processes():
-        try:
-            cmd = " ".join(p.cmdline())
-        except psutil.Error:
-            continue
-        if "embed shard" in cmd or "_shard_task" in cmd:
-            found.append(p)
-    return found
-
-
 @pytest.fixture(scope="module")
 def killed_worker_run(ray_local, jina_key, tmp_path_factory):
     """One embed run during which a shard's worker process is SIGKILLed once it is sending requests."""
@@ -258,43 +223,20 @@ def test_driver_killed_then_rerun_sends_only_unfinished_shards(make_jina_server,
     proc = subprocess.Popen(cmd, env=_job_env(jina_key), stdout=log, stderr=subprocess.STDOUT)
     shards_dir = out / "shards"
     try:
-        deadline = time.monotonic() + 120
-        while len(list(shards_dir.glob("shard-*.parquet"))) < 2:
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "no shard finished in time"
-            time.sleep(0.05)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        names = {}
-        for p in tree:
-            try:
-                names[p.pid] = p.name()
-            except psutil.Error:
-                names[p.pid] = "?"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+        kill_when(proc, lambda: len(list(shards_dir.glob("shard-*.parquet"))) >= 2,
+                  lambda: (tmp_path / "first.log").read_text())
     finally:
         if proc.poll() is None:
             proc.kill()
         log.close()
-    # The driver's Ray goes down with it: gcs, raylet and the shard workers die within seconds, so nothing
-    # sends any more. Ray's DashboardAgent / RuntimeEnvAgent were seen to outlive it (>30 s): they hold no
-    # shard and send nothing, and we end them ourselves (they belong to the run this test started).
-    agents = [p for p in tree if "Agent" in names[p.pid]]
-    _, alive = psutil.wait_procs([p for p in tree if p not in agents], timeout=30)
-    for p in alive + agents:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    assert not alive, f"processes of the killed run outlived it by 30 s: {[names[p.pid] for p in alive]}"
 
     done = sorted(p.name for p in shards_dir.glob("shard-*.parquet"))
-    plan = plan_corpus(parse_config(data).corpus)
+    plan = plan_corpus(parse_config(data), Storage.open(out))  # the run's own plan, kept in out/_plan
     unfinished = [s for s in plan.shards if f"{s.name}.parquet" not in done]
     assert 2 <= len(done) < len(plan.shards), f"kill came too late: {done}"
     text_of = {(r["_file"], r["_row"]): r["text"] for r in corpus.rows}
-    want_tokens = sum(fakemodel.count_tokens(text_of[(Path(s.file).name, r)])
-                      for s in unfinished for r in range(s.row_start, s.row_stop))
+    want_tokens = sum(fakemodel.count_tokens(text_of[(Path(p.file).name, r)])
+                      for s in unfinished for p in s.pieces for r in range(p.row_start, p.row_stop))
     want_tokens += fakemodel.count_tokens(PROBE_TEXT)  # the endpoint check before anything is scheduled
 
     srv.reset_stats()
@@ -303,7 +245,7 @@ def test_driver_killed_then_rerun_sends_only_unfinished_shards(make_jina_server,
     st = srv.stats()
     assert st["tokens"] == want_tokens, f"rerun sent {st['tokens']} tokens; the unfinished shards hold {want_tokens}"
     _assert_complete(out, corpus)
-    rep = read_json(out / "_report.json")
+    rep = json.loads((out / "_report.json").read_text())
     assert rep["shards_skipped"] == len(done) and rep["rows_embedded"] == len(corpus.rows) and rep["finished"]
 
 

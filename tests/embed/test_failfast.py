@@ -3,6 +3,7 @@ scheduled; a typo in base_url, a dead network or a refused key ends the run with
 the cause (never the key). A run that fails later still reports the corpus's rows."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,6 @@ from corpus_gen import make_corpus, write_rows
 from fixtures_ray import KEY_ENV, base_config
 from jinabatch.config import JinaSettings, parse_config
 from jinabatch.embed.driver import run_embed
-from jinabatch.embed.shards import read_json
 from jinabatch.errors import AuthError, BadRowError, InvalidRequest
 from jinabatch.jina.keys import KeyPool, Secret
 from jinabatch.jina.probe import check_endpoint
@@ -82,7 +82,7 @@ def test_a_run_that_fails_later_still_reports_the_corpus_rows(ray_local, embed_c
                        jina={"on_too_long": "fail"})
     with pytest.raises(BadRowError):
         run_embed(cfg, progress=False)
-    report = read_json(tmp_path / "out" / "_report.json")
+    report = json.loads((tmp_path / "out" / "_report.json").read_text())
     assert report["finished"] is False and report["rows_in"] == 120
     assert report["rows_embedded"] + report["rows_dead_letter"] < 120
 

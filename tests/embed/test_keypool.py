@@ -3,13 +3,13 @@
 and no key's value anywhere. Real local Ray, real HTTP to the local server (which limits per key)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from corpus_gen import assert_vectors_match, make_corpus, read_output
 from jinabatch.embed.driver import run_embed
-from jinabatch.embed.shards import read_json
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def test_per_key_counters_match_the_server_and_add_up_to_the_totals(pool_run):
         assert c["tokens"] == st["by_key"][k]["tokens"] and c["requests"] == st["by_key"][k]["requests"]
         assert 0 < c["utilization"] <= 1.0
     assert rep.tokens == st["tokens"]
-    on_disk = read_json(pool_run["out"] / "_report.json")
+    on_disk = json.loads((pool_run["out"] / "_report.json").read_text())
     assert on_disk["keys"]["key1"]["tokens"] == rep.keys["key1"]["tokens"]
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from jinabatch.embed.report import EmbedReport, utilization
+from jinabatch.storage import Storage
 
 
 @pytest.mark.parametrize("tokens, requests, seconds, expect", [
@@ -36,6 +38,6 @@ def test_finish_rates_and_written_report(tmp_path):
     r = EmbedReport(tokens=30_000, requests=60)
     r.finish_rates(30.0, tpm=100_000, rpm=500)
     assert (r.tokens_per_min, r.requests_per_min, r.utilization, r.binding_limit) == (60_000.0, 120.0, 0.6, "tpm")
-    data = json.loads(r.write(tmp_path).read_text())
+    data = json.loads(Path(r.write(Storage.open(tmp_path))).read_text())
     assert data["tokens_per_min"] == 60_000.0 and data["embed_window_s"] == 30.0
     assert "60000 tokens/min = 60.0% of TPM" in r.summary()

@@ -6,15 +6,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jinabatch.embed.shards import (ShardWriter, dead_letter_path, embedding_array, read_json, read_shard_meta,
-                              shard_path, write_dead_letter, write_json_atomic)
+from jinabatch.embed.shards import ShardWriter, embedding_array, read_shard_meta, write_dead_letter
+from jinabatch.storage import Storage
 
 ID = pa.field("id", pa.int64())
 CARRIED = [pa.field("title", pa.string())]
 
 
 def _writer(out, name="shard-00000", **meta):
-    return ShardWriter(out, name, ID, CARRIED, {"model": "m", **meta})
+    return ShardWriter(Storage.open(out), name, ID, CARRIED, {"model": "m", **meta})
 
 
 def test_commit_renames_the_temp_file_into_place_with_rows_and_metadata(tmp_path):
@@ -24,14 +24,16 @@ def test_commit_renames_the_temp_file_into_place_with_rows_and_metadata(tmp_path
     w.write(pa.array([1, 2], pa.int64()), v[:2], [pa.array(["a", "b"])])
     w.write(pa.array([], pa.int64()), v[:0], [pa.array([], pa.string())])
     w.write(pa.array([3, 4], pa.int32()), v[2:], [pa.array(["c", "d"])])  # ids are cast to the id field
-    assert not w.final.exists() and w.tmp.exists() and w.tmp.name.startswith("shard-00000.parquet.tmp-")
-    assert w.commit(rows_dead_letter=2) == shard_path(tmp_path, "shard-00000")
+    final = tmp_path / "shards" / "shard-00000.parquet"
+    assert not final.exists() and w.tmp.exists() and w.tmp.name.startswith("shard-00000.parquet.tmp-")
+    assert w.commit(rows_dead_letter=2) == str(final)
     assert not w.tmp.exists()
-    t = pq.read_table(w.final)
+    t = pq.read_table(final)
     assert t.column("id").to_pylist() == [1, 2, 3, 4] and t.column("title").to_pylist() == list("abcd")
     assert t.schema.field("embedding").type == pa.list_(pa.float32())
     assert np.array_equal(np.asarray(t.column("embedding").to_pylist(), np.float32), v)
-    assert read_shard_meta(w.final) == {"model": "m", "rows": 4, "rows_dead_letter": 2}
+    assert read_shard_meta(Storage.open(tmp_path), "shards/shard-00000.parquet") == {
+        "model": "m", "rows": 4, "rows_dead_letter": 2}
 
 
 def test_abort_leaves_nothing_behind(tmp_path):
@@ -65,11 +67,12 @@ def test_embedding_array_is_list_float32_row_by_row():
 def test_dead_letters_written_atomically_and_removed_when_none(tmp_path):
     """Dead letters carry id, file, row, reason, text; a rerun with none removes the old file."""
     rows = [{"id": "x", "source_file": "/a.parquet", "row": 3, "reason": "null text", "text": None}]
-    p = write_dead_letter(tmp_path, "shard-00002", rows, pa.string())
-    assert p == dead_letter_path(tmp_path, "shard-00002")
+    p = write_dead_letter(Storage.open(tmp_path), "shard-00002", rows, pa.string())
+    assert p == str(tmp_path / "dead_letter" / "shard-00002.parquet")
     assert pq.read_table(p).to_pylist() == rows
-    assert list(p.parent.glob("*.tmp-*")) == []
-    assert write_dead_letter(tmp_path, "shard-00002", [], pa.string()) is None and not p.exists()
+    assert list((tmp_path / "dead_letter").glob("*.tmp-*")) == []
+    assert write_dead_letter(Storage.open(tmp_path), "shard-00002", [], pa.string()) is None
+    assert not (tmp_path / "dead_letter" / "shard-00002.parquet").exists()
 
 
 @pytest.mark.parametrize("content", [None, b"not parquet", "no-meta"])
@@ -80,14 +83,14 @@ def test_read_shard_meta_is_none_for_missing_broken_or_foreign_files(tmp_path, c
         pq.write_table(pa.table({"a": [1]}), p)
     elif content is not None:
         p.write_bytes(content)
-    assert read_shard_meta(p) is None
+    assert read_shard_meta(Storage.open(tmp_path), "s.parquet") is None
 
 
 def test_json_round_trip_and_missing_is_none(tmp_path):
-    """write_json_atomic replaces the file whole (no temp left); read_json of a missing file is None."""
-    p = tmp_path / "d" / "_manifest.json"
-    write_json_atomic(p, {"a": 1})
-    write_json_atomic(p, {"a": 2, "b": [1, 2]})
-    assert read_json(p) == {"a": 2, "b": [1, 2]}
-    assert [f.name for f in p.parent.iterdir()] == ["_manifest.json"]
-    assert read_json(tmp_path / "none.json") is None
+    """write_json replaces the file whole (no temp left); read_json of a missing file is None."""
+    store = Storage.open(tmp_path / "d")
+    store.write_json("_manifest.json", {"a": 1})
+    store.write_json("_manifest.json", {"a": 2, "b": [1, 2]})
+    assert store.read_json("_manifest.json") == {"a": 2, "b": [1, 2]}
+    assert [f.name for f in (tmp_path / "d").iterdir()] == ["_manifest.json"]
+    assert store.read_json("none.json") is None

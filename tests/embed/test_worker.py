@@ -19,8 +19,9 @@ from jinabatch.config import parse_config
 from jinabatch.embed.plan import plan_corpus
 from jinabatch.errors import BadRowError, ConfigError
 from jinabatch.jina.client import JinaClient
-from jinabatch.embed.shards import read_shard_meta, shard_path
+from jinabatch.embed.shards import read_shard_meta
 from jinabatch.embed.worker import process_shard
+from jinabatch.storage import Storage
 
 LIMIT = 8192  # jina-embeddings-v3's tokens per input
 # Punctuation costs the fake model a token per byte while the estimate is ~bytes/4: 8402 real tokens, an
@@ -34,8 +35,12 @@ def _rows(n: int, start: int = 0) -> list[dict]:
     return [{"id": i, "text": f"row {i} about river stones and copper lanterns"} for i in range(start, start + n)]
 
 
-def _config(corpus: Path, out: Path, url: str, **jina) -> object:
-    return parse_config({"corpus": {"path": str(corpus), "rows_per_shard": 1000},
+def shard_path(out: Path, name: str) -> Path:
+    return out / "shards" / f"{name}.parquet"
+
+
+def _config(corpus: Path, out: Path, url: str, rows_per_shard: int = 1000, **jina) -> object:
+    return parse_config({"corpus": {"path": str(corpus), "rows_per_shard": rows_per_shard},
                          "jina": {"base_url": url, "model": MODEL, "task": TASK, "dimensions": DIMS,
                                   "retry_wait_initial": 0.01, "retry_wait_jitter": 0.01, **jina},
                          "output": {"path": str(out)}})
@@ -43,7 +48,8 @@ def _config(corpus: Path, out: Path, url: str, **jina) -> object:
 
 def _run(cfg, out: Path, key: str, url: str):
     """Process every shard of the plan; returns the results."""
-    plan = plan_corpus(cfg.corpus)
+    store = Storage.open(out)
+    plan = plan_corpus(cfg, store)
     id_field = pa.field(cfg.corpus.id_column, plan.id_type)
     carried = [pa.field(c, t) for c, t in plan.column_types.items()]
 
@@ -51,7 +57,7 @@ def _run(cfg, out: Path, key: str, url: str):
         results = []
         async with JinaClient(cfg.jina, api_key=key, base_url=url) as client:
             for s in plan.shards:
-                results.append(await process_shard(cfg, s, client, out, id_field=id_field, carried=carried))
+                results.append(await process_shard(cfg, s, client, store, id_field=id_field, carried=carried))
         return results
 
     return asyncio.run(go())
@@ -65,7 +71,7 @@ def test_every_kind_of_bad_row_goes_to_dead_letters_with_its_reason(jina_server,
     write_rows(tmp_path / "c" / "a.parquet", a, carried=False, row_group_size=8)
     write_rows(tmp_path / "c" / "b.parquet", b, carried=False)
     out = tmp_path / "out"
-    cfg = _config(tmp_path / "c", out, jina_server.url, on_too_long="skip")
+    cfg = _config(tmp_path / "c", out, jina_server.url, rows_per_shard=24, on_too_long="skip")  # a shard per file
     ra, rb = _run(cfg, out, jina_key, jina_server.url)
 
     assert (ra.rows_in, ra.rows_embedded, ra.rows_dead_letter) == (24, 20, 4)
@@ -82,7 +88,7 @@ def test_every_kind_of_bad_row_goes_to_dead_letters_with_its_reason(jina_server,
     # in input order, and each vector is its own text's
     assert out_table.column("id").to_pylist() == list(range(20)) + list(range(200, 210))
     assert_vectors_match(out_table, {r["id"]: r["text"] for r in a[:20] + b[:10]})
-    meta = read_shard_meta(shard_path(out, ra.name))  # what a resumed run reports without re-reading rows
+    meta = read_shard_meta(Storage.open(out), f"shards/{ra.name}.parquet")  # what a resumed run reports
     assert meta["rows_dead_letter"] == 4 and meta["reasons"] == ra.reasons and meta["rows"] == 20
 
 

@@ -165,3 +165,16 @@ def test_load_then_search_on_one_open_connection_and_its_repr_hides_the_token(tm
         hits = search_target(target, cfg, texts[9], k=2)
     assert hits[0].id == "doc-000009"
     assert format_hits(hits).splitlines()[0].endswith("id doc-000009")
+
+
+def test_load_records_its_phases_and_adds_its_part_to_the_report_page(tmp_path, lite, milvus_config):
+    """_load_report.json has each step's seconds in order and the rows loaded over time; _report.html shows them."""
+    make_output(tmp_path / "out", sample_texts(120), rows_per_shard=50)
+    rep = run_load(milvus_config(lite, tmp_path / "out"), progress=False)
+    written = json.loads((tmp_path / "out" / "_load_report.json").read_text())
+    assert [p["phase"] for p in written["phases"]] == ["create", "fill", "flush + index", "load", "verify",
+                                                       "alias switch", "tidy"]
+    assert sum(i["rows"] for i in written["imports"]) == 120
+    page = (tmp_path / "out" / "_report.html").read_text()
+    assert "<h2>Load into Milvus</h2>" in page and f"<td>{rep.physical}</td>" in page
+    assert 'id="chart-load_phases"' in page and 'id="chart-load_imports"' in page

@@ -5,6 +5,8 @@ server takes a few seconds per shard, so the folders here are small and have 2â€
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -114,3 +116,35 @@ def test_job_started_embedded_server_is_stopped_after_and_its_collection_persist
     assert again.previous == rep.physical and again.dropped == []
     back = run_load(cfg, rollback=True, progress=False)
     assert back.physical == rep.physical
+
+
+def test_s3_output_into_the_embedded_server_on_local_storage_is_downloaded_for_the_import_and_removed(
+        tmp_path, milvus_server, milvus_config, s3_bucket, monkeypatch):
+    """output.path on s3://, the embedded server on local storage (no milvus.bucket): it reads only paths on this
+    machine, so the shards are copied to <data_dir>/_import/<collection>/, imported by absolute path, removed."""
+    import boto3
+
+    from jinabatch.load import milvus as milvus_mod
+
+    bucket = s3_bucket()
+    vectors = make_output(tmp_path / "out", sample_texts(90), rows_per_shard=45)
+    for f in sorted((tmp_path / "out").rglob("*")):
+        if f.is_file():
+            boto3.client("s3").upload_file(str(f), bucket, f"run/{f.relative_to(tmp_path / 'out').as_posix()}")
+    seen, real = [], milvus_mod._submit
+    data_dir = tmp_path / "data"
+
+    def submit(target, collection, file):
+        seen.append((file, Path(file).is_file()))  # the copy is on this disk while Milvus reads it
+        return real(target, collection, file)
+
+    monkeypatch.setattr(milvus_mod, "_submit", submit)
+    cfg = milvus_config("embedded", f"s3://{bucket}/run", port=milvus_server.port, data_dir=str(data_dir))
+    rep = run_load(cfg, progress=False)
+    folder = data_dir.resolve() / "_import" / rep.physical
+    assert sorted(seen) == [(str(folder / f"shard-0000{i}.parquet"), True) for i in range(2)]
+    assert rep.import_files["placement"] == "download" and rep.import_files["copies"]["how"] == "download"
+    assert not (data_dir / "_import").exists(), "the downloaded copies were not removed"
+    rows = _rows(MilvusClient(milvus_server.uri), cfg.milvus.collection)
+    assert rows.keys() == vectors.keys()
+    assert all(np.array_equal(np.asarray(rows[i]["embedding"], np.float32), v) for i, v in vectors.items())

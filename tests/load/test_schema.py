@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +27,7 @@ def test_read_output_maps_types_sizes_varchars_and_ignores_temp_files(tmp_path):
         "f64": [i / 7 for i in range(30)], "f32": pa.array([i / 7 for i in range(30)], pa.float32()),
         "flag": [i % 2 == 0 for i in range(30)]})
     inp = read_output(tmp_path)
-    assert [s.path.name for s in inp.shards] == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert [s.name for s in inp.shards] == ["shard-00000.parquet", "shard-00001.parquet"]
     assert (inp.rows, inp.dim, inp.model) == (30, DIMS, "jina-embeddings-v3")
     assert inp.id_field.dtype == DataType.VARCHAR and inp.id_field.max_length >= len("doc-000000")
     types = {c.name: c.dtype for c in inp.columns}
@@ -49,10 +50,32 @@ def test_unsupported_column_type_is_rejected_naming_the_column(tmp_path):
         read_output(tmp_path)
 
 
-def test_null_in_a_carried_column_is_rejected(tmp_path):
-    make_output(tmp_path, sample_texts(5), extra={"n": pa.array([1, None, 3, 4, 5], pa.int64())})
-    with pytest.raises(LoadError, match=r"carried column 'n' has 1 null"):
+def test_nulls_in_carried_columns_are_counted_not_rejected(tmp_path):
+    """A null in a carried column is data (where it goes depends on the server); only a null id is refused."""
+    make_output(tmp_path, sample_texts(6), rows_per_shard=3, extra={
+        "n": pa.array([1, None, 3, 4, None, None], pa.int64()), "title": ["a", "b", None, "d", "e", "f"]})
+    inp = read_output(tmp_path)
+    assert {c.name: c.nulls for c in inp.columns} == {"text": 0, "n": 3, "title": 1}
+
+
+def test_null_id_in_a_shard_is_rejected(tmp_path):
+    make_output(tmp_path, sample_texts(5))
+    _rewrite(tmp_path / "shards" / "shard-00000.parquet",
+             lambda t: t.set_column(0, "id", pa.array(["a", None, "c", "d", "e"])))
+    with pytest.raises(LoadError, match=r"id column 'id' has 1 null value\(s\); a primary key cannot be null"):
         read_output(tmp_path)
+
+
+def test_int8_int16_columns_map_to_milvus_int8_int16_and_converted_types_are_named(tmp_path):
+    """Shard fields the embed stage converted (a timestamp as ISO text) keep their corpus type in metadata."""
+    at = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    make_output(tmp_path, sample_texts(3), extra={
+        "a": pa.array([1, 2, 3], pa.int8()), "b": pa.array([1, 2, 3], pa.int16()),
+        "ts": pa.array([at, None, at], pa.timestamp("us", "UTC"))})
+    cols = {c.name: c for c in read_output(tmp_path).columns}
+    assert (cols["a"].dtype, cols["b"].dtype) == (DataType.INT8, DataType.INT16)
+    assert (cols["ts"].dtype, cols["ts"].source_type, cols["ts"].nulls, cols["a"].source_type) == (
+        DataType.VARCHAR, "timestamp[us, tz=UTC]", 1, None)
 
 
 def test_duplicate_ids_across_shards_are_rejected(tmp_path):

@@ -4,8 +4,11 @@ from .._lazy import lazy_exports
 
 _LAZY = {
     "run_embed": ".driver", "request_token_budget": ".task", "Coordinator": ".coordinator",
-    "Plan": ".plan", "Shard": ".plan", "plan_corpus": ".plan", "list_files": ".plan",
+    "Plan": ".plan", "Shard": ".plan", "Piece": ".plan", "plan_corpus": ".plan", "list_corpus": ".corpus",
+    "CorpusFile": ".corpus",
     "process_shard": ".worker", "ShardResult": ".worker", "EmbedReport": ".report", "ShardWriter": ".shards",
+    "RunLog": ".runlog", "make_progress": ".progress", "read_status": ".status", "format_status": ".status",
+    "write_report_html": ".report_html",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 __all__ = list(_LAZY)

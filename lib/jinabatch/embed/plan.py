@@ -1,190 +1,213 @@
-"""From ``corpus.path`` to a plan of shards, checked before any API call.
+"""From ``corpus.path`` to a plan of shards, checked before any API call, kept for the next run.
 
-``plan(config)`` lists the Parquet files (a file, a folder searched recursively, or a glob), opens each
-one's footer to check it is Parquet and has the id, text and carried columns with usable types, then
-cuts every file into shards of whole row groups holding about ``rows_per_shard`` rows. Duplicate ids are
-found across the whole corpus up front (one pass over the id column only): the first occurrence wins and
-every later one is marked for the dead-letter file with where the first one is.
+A shard is ``rows_per_shard`` consecutive rows of the corpus in corpus order (file order, then row), whatever
+the files look like: a row group bigger than a shard is split into row ranges, small files and row groups
+are grouped, so a shard is a list of *pieces* (file, row range) — and one shard is one output file. Cuts
+fall at exact multiples of ``rows_per_shard`` of the global row position, so the same corpus always gives
+the same shards and rows appended at the end of the corpus only touch the last shard.
 
-Anything wrong with the input raises ``CorpusError`` naming the file and what to do; no request has
-been sent at that point.
+``plan_corpus`` lists the corpus (``embed.corpus``), and if ``output/_plan/`` holds a plan of this very
+corpus (same files, sizes and modification times) and the same settings, reuses it: a rerun neither reopens
+every footer nor repeats the duplicate pass. Otherwise it opens every footer, runs the duplicate pass
+(``embed.dedup``: in process for a small corpus, Ray Data above) and writes ``_plan/``:
+
+    _plan/plan.json            settings, corpus fingerprint, counts, output column types
+    _plan/files.parquet        one row per file: uri, fingerprint, rows, offset, rows per row group, partition
+    _plan/duplicates.parquet   later occurrences of an id, sorted by position (read by each shard's task)
+    _plan/reuse.parquet        with output.previous: rows whose vector is carried over (embed.incremental)
+
+The driver's memory follows the number of files and shards, never the number of rows.
 """
 from __future__ import annotations
 
-import glob
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..config import CorpusSettings
-from ..errors import CorpusError
+from ..config import Config
+from ..storage import FileStat, Storage
+from .corpus import CorpusFile, inspect_files, list_corpus
+from .dedup import LOCAL_MAX_ROWS, find_duplicates
+from .incremental import Reuse, plan_reuse
 
-__all__ = ["Shard", "Plan", "list_files", "plan_corpus", "file_fingerprint"]
+__all__ = ["Piece", "Shard", "Plan", "plan_corpus", "cut_shards", "corpus_fingerprint", "PLAN_DIR"]
 
-CARRIED_TYPES = (pa.string(), pa.large_string(), pa.int64(), pa.int32(), pa.int16(), pa.int8(),
-                 pa.float64(), pa.float32(), pa.bool_())
+log = logging.getLogger("jinabatch.embed")
+PLAN_DIR = "_plan"
+PLAN_VERSION = 2
 
 
 @dataclass(frozen=True)
-class Shard:
-    """Rows ``[row_start, row_stop)`` of ``file``, made of row groups ``[rg_start, rg_stop)``."""
+class Piece:
+    """Rows ``[row_start, row_stop)`` of one corpus file."""
 
-    index: int
-    file: str
-    rg_start: int
-    rg_stop: int
+    file: str  # the file's uri (absolute local path or scheme://...)
+    fingerprint: str
     row_start: int
     row_stop: int
-    file_fingerprint: str
-    # row (index in file) -> why it is a duplicate, e.g. "duplicate id (first at a.parquet row 3)"
-    duplicates: dict[int, str] = field(default_factory=dict, compare=False, hash=False)
+    partition: tuple[tuple[str, Any], ...] = ()  # carried values from a Hive-style path
 
     @property
     def rows(self) -> int:
         return self.row_stop - self.row_start
 
+    def describe(self) -> dict[str, Any]:
+        return {"file": self.file, "fingerprint": self.fingerprint, "row_start": self.row_start,
+                "row_stop": self.row_stop}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Corpus positions ``[start, stop)``, made of pieces of one or more files, in corpus order."""
+
+    index: int
+    start: int
+    stop: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
     @property
     def name(self) -> str:
         return f"shard-{self.index:05d}"
 
+    @property
+    def key(self) -> str:
+        """What this shard's input is: its pieces with their files' fingerprints (a changed file, a new cut)."""
+        text = json.dumps([self.start, self.stop, [p.describe() for p in self.pieces]], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @dataclass
 class Plan:
-    files: list[str]
+    root: str  # the corpus root uri
+    files: list[CorpusFile]
     shards: list[Shard]
     id_type: pa.DataType
     column_types: dict[str, pa.DataType]
+    partition_columns: tuple[str, ...]
+    duplicates: int
+    fingerprint: str  # of the corpus listing
+    reused: bool = False  # loaded from _plan/ instead of inspected again
+    reuse: Reuse | None = None  # the join against output.previous (incremental runs)
 
     @property
     def rows(self) -> int:
-        return sum(s.rows for s in self.shards)
+        return sum(f.rows for f in self.files)
 
 
-def file_fingerprint(path: str) -> str:
-    st = os.stat(path)
-    return f"{st.st_size}-{st.st_mtime_ns}"
-
-
-def list_files(path: str, exclude: str | Path | None = None) -> list[str]:
-    """The corpus files for ``corpus.path``, sorted, as absolute paths (none under ``exclude``)."""
-    p = Path(path)
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        files = [f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_"))]
-    else:
-        files = [Path(f) for f in glob.glob(path, recursive=True) if Path(f).is_file()]
-    if exclude is not None:  # the job's own output folder may sit inside the corpus folder
-        ex = Path(exclude).resolve()
-        files = [f for f in files if not f.resolve().is_relative_to(ex)]
-    if not files:
-        raise CorpusError(f"corpus.path = {path!r}: no files found (give a Parquet file, a folder of them, or a glob)")
-    return sorted(str(f.resolve()) for f in files)
-
-
-def _open(path: str) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except PermissionError as e:
-        raise CorpusError(f"{path}: cannot read the file ({e.strerror}); fix its permissions") from None
-    except (pa.ArrowInvalid, OSError) as e:
-        raise CorpusError(f"{path}: not a readable Parquet file ({e}); remove it from corpus.path "
-                          "or convert it to Parquet") from None
-
-
-def _check_schema(path: str, schema: pa.Schema, cs: CorpusSettings) -> None:
-    names = schema.names
-    for key, col in [("corpus.id_column", cs.id_column), ("corpus.text_column", cs.text_column),
-                     *[("corpus.columns", c) for c in cs.columns]]:
-        if col not in names:
-            raise CorpusError(f"{path}: column {col!r} ({key}) not found; the file has {names}")
-    text_t = schema.field(cs.text_column).type
-    if not (pa.types.is_string(text_t) or pa.types.is_large_string(text_t)):
-        raise CorpusError(f"{path}: text column {cs.text_column!r} is {text_t}, expected a string column")
-    id_t = schema.field(cs.id_column).type
-    if not (pa.types.is_string(id_t) or pa.types.is_large_string(id_t) or pa.types.is_integer(id_t)):
-        raise CorpusError(f"{path}: id column {cs.id_column!r} is {id_t}, expected string or integer ids")
-    for c in cs.columns:
-        t = schema.field(c).type
-        if t not in CARRIED_TYPES:
-            raise CorpusError(f"{path}: carried column {c!r} is {t}; corpus.columns takes string, integer, "
-                              "float or bool columns")
-
-
-def _find_duplicates(files: list[str], id_column: str) -> dict[str, dict[int, str]]:
-    """file -> {row: reason} for every occurrence of an id after its first, across all files."""
-    parts, file_idx, rows = [], [], []
-    for i, f in enumerate(files):
-        col = pq.read_table(f, columns=[id_column]).column(id_column).combine_chunks()
-        parts.append(col)
-        file_idx.append(np.full(len(col), i, dtype=np.int32))
-        rows.append(np.arange(len(col), dtype=np.int64))
-    if not parts:
-        return {}
-    ids = pa.chunked_array(parts).combine_chunks() if len({p.type for p in parts}) == 1 else None
-    if ids is None:
-        raise CorpusError(f"the id column {id_column!r} has different types across files: "
-                          f"{sorted({str(p.type) for p in parts})}; make them the same")
-    pos = np.arange(len(ids), dtype=np.int64)
-    t = pa.table({"id": ids, "pos": pos})
-    counts = t.group_by("id").aggregate([("pos", "min"), ("pos", "count")])
-    dup = counts.filter(pc.greater(counts["pos_count"], 1))
-    if dup.num_rows == 0:
-        return {}
-    first = dict(zip(dup["id"].to_pylist(), dup["pos_min"].to_pylist()))
-    fidx, rws = np.concatenate(file_idx), np.concatenate(rows)
-    mask = pc.is_in(ids, value_set=dup["id"]).to_numpy(zero_copy_only=False)
-    out: dict[str, dict[int, str]] = {}
-    for p in np.flatnonzero(mask):
-        first_pos = first[ids[int(p)].as_py()]
-        if p == first_pos:
-            continue
-        where = f"{Path(files[fidx[first_pos]]).name} row {rws[first_pos]}"
-        out.setdefault(files[fidx[p]], {})[int(rws[p])] = f"duplicate id (first at {where})"
-    return out
-
-
-def plan_corpus(cs: CorpusSettings, *, exclude: str | Path | None = None) -> Plan:
-    """Check every file and cut the corpus into shards. Raises CorpusError before any API call.
-
-    ``exclude``: a folder whose files are never corpus (the output folder, when it sits inside the corpus).
-    """
-    files = list_files(cs.path, exclude)
-    metas = {}
-    id_type, column_types = None, {}
-    for f in files:
-        pf = _open(f)
-        schema = pf.schema_arrow
-        _check_schema(f, schema, cs)
-        t = schema.field(cs.id_column).type
-        if id_type is None:
-            id_type = t
-            column_types = {c: schema.field(c).type for c in cs.columns}
-        else:  # one output schema for all shards: a column typed differently in a later file fails here, not mid-run
-            for c, want in [(cs.id_column, id_type), *column_types.items()]:
-                got = schema.field(c).type
-                if got != want:
-                    raise CorpusError(f"{f}: column {c!r} is {got} but {want} in {files[0]}; "
-                                      "give it the same type in every file")
-        metas[f] = pf.metadata
-    dups = _find_duplicates(files, cs.id_column)
+def cut_shards(files: list[CorpusFile], rows_per_shard: int) -> list[Shard]:
+    """Cut the corpus's rows (file order, then row) into shards of ``rows_per_shard`` rows (the last may be
+    smaller); a shard's pieces are the file ranges it covers."""
     shards: list[Shard] = []
+    pieces: list[Piece] = []
+    start, n = 0, 0
     for f in files:
-        md, fp = metas[f], file_fingerprint(f)
-        rg, row = 0, 0
-        while rg < md.num_row_groups:
-            start_rg, start_row, n = rg, row, 0
-            while rg < md.num_row_groups and (n == 0 or n + md.row_group(rg).num_rows <= cs.rows_per_shard):
-                n += md.row_group(rg).num_rows
-                rg += 1
-            row += n
-            if n == 0:
-                continue
-            d = {r: why for r, why in dups.get(f, {}).items() if start_row <= r < row}
-            shards.append(Shard(len(shards), f, start_rg, rg, start_row, row, fp, d))
-    return Plan(files, shards, id_type or pa.string(), column_types)
+        row = 0
+        while row < f.rows:
+            take = min(rows_per_shard - n, f.rows - row)
+            pieces.append(Piece(f.uri, f.fingerprint, row, row + take, f.partition))
+            row += take
+            n += take
+            if n == rows_per_shard:
+                shards.append(Shard(len(shards), start, start + n, tuple(pieces)))
+                start, n, pieces = start + n, 0, []
+    if pieces:
+        shards.append(Shard(len(shards), start, start + n, tuple(pieces)))
+    return shards
+
+
+def corpus_fingerprint(root: Storage, stats: list[FileStat]) -> str:
+    h = hashlib.sha256(root.uri.encode())
+    for s in stats:
+        h.update(f"\n{s.path}\t{s.fingerprint}".encode())
+    return h.hexdigest()[:16]
+
+
+def _settings(config: Config) -> dict[str, Any]:
+    c = config.corpus
+    s = {"id": c.id_column, "text": c.text_column, "columns": list(c.columns), "rows_per_shard": c.rows_per_shard}
+    if config.output.previous:  # the join depends on what the previous output holds and how it was made
+        prev = Storage.open(config.output.previous, config.storage)
+        rep = prev.read_json("_report.json") or {}
+        s["previous"] = {"uri": prev.uri, "fingerprint": rep.get("fingerprint"), "rows": rep.get("rows_embedded"),
+                         "embedding": config.embedding_key()}
+    return s
+
+
+def _schema_b64(id_type: pa.DataType, column_types: dict[str, pa.DataType]) -> str:
+    schema = pa.schema([("__id__", id_type), *column_types.items()])
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def _save(out: Storage, plan: Plan, config: Config) -> None:
+    files = plan.files
+    table = pa.table({
+        "uri": [f.uri for f in files], "fingerprint": [f.fingerprint for f in files],
+        "rows": pa.array([f.rows for f in files], pa.int64()), "offset": pa.array([f.offset for f in files], pa.int64()),
+        "row_groups": pa.array([list(f.row_groups) for f in files], pa.list_(pa.int64())),
+        "partition": [json.dumps(list(f.partition)) for f in files]})
+    tmp = out.local_temp(f"{PLAN_DIR}/files.parquet")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, tmp)
+    out.upload(tmp, f"{PLAN_DIR}/files.parquet")
+    out.write_json(f"{PLAN_DIR}/plan.json", {
+        "version": PLAN_VERSION, "corpus": plan.root, "corpus_fingerprint": plan.fingerprint,
+        "settings": _settings(config), "files": len(files), "rows": plan.rows, "shards": len(plan.shards),
+        "duplicates": plan.duplicates, "schema": _schema_b64(plan.id_type, plan.column_types),
+        "partition_columns": list(plan.partition_columns), "reuse": plan.reuse.to_dict() if plan.reuse else None})
+
+
+def _load(out: Storage, config: Config, root: Storage, fingerprint: str) -> Plan | None:
+    meta = out.read_json(f"{PLAN_DIR}/plan.json")
+    if not meta or meta.get("version") != PLAN_VERSION or meta.get("corpus_fingerprint") != fingerprint \
+            or meta.get("settings") != _settings(config) or out.stat(f"{PLAN_DIR}/duplicates.parquet") is None:
+        return None
+    try:
+        table = pq.read_table(out.open_input_file(f"{PLAN_DIR}/files.parquet"))
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
+    except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+        return None
+    files = [CorpusFile(u, fp, n, tuple(rgs), tuple(tuple(x) for x in json.loads(part)), off)
+             for u, fp, n, off, rgs, part in zip(*(table[c].to_pylist() for c in
+                                                  ("uri", "fingerprint", "rows", "offset", "row_groups", "partition")))]
+    column_types = {f.name: f.type for f in schema if f.name != "__id__"}
+    reuse = Reuse(**meta["reuse"]) if meta.get("reuse") else None
+    return Plan(root.uri, files, cut_shards(files, config.corpus.rows_per_shard), schema.field("__id__").type,
+                column_types, tuple(meta.get("partition_columns", [])), int(meta["duplicates"]), fingerprint,
+                reused=True, reuse=reuse)
+
+
+def plan_corpus(config: Config, out: Storage, *, ray_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+                local_max_rows: int = LOCAL_MAX_ROWS) -> Plan:
+    """The plan for ``config.corpus`` with its bookkeeping in ``out/_plan/`` (reused when the corpus and
+    settings are unchanged). Raises CorpusError / StorageError before any API call."""
+    cs = config.corpus
+    root, stats = list_corpus(cs, config.storage, exclude=out)
+    fingerprint = corpus_fingerprint(root, stats)
+    plan = _load(out, config, root, fingerprint)
+    if plan is not None:
+        log.info("plan reused from %s: %d files, %d rows, %d shards", out.uri_of(PLAN_DIR), len(plan.files),
+                 plan.rows, len(plan.shards))
+        return plan
+    found = inspect_files(root, stats, cs)
+    duplicates = find_duplicates(found.files, cs.id_column, out, settings=config.storage,
+                                 local_max_rows=local_max_rows, ray_context=ray_context)
+    reuse = None
+    if config.output.previous:
+        reuse = plan_reuse(config, found.files, out, ray_context=ray_context, local_max_rows=local_max_rows)
+    plan = Plan(root.uri, found.files, cut_shards(found.files, cs.rows_per_shard), found.id_type, found.column_types,
+                found.partition_columns, duplicates, fingerprint, reuse=reuse)
+    _save(out, plan, config)
+    log.info("planned %s: %d files, %d rows, %d shards, %d duplicate ids", root.uri, len(plan.files), plan.rows,
+             len(plan.shards), duplicates)
+    return plan

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .shards import write_json_atomic
+from ..storage import Storage
 
 __all__ = ["EmbedReport", "utilization"]
 
@@ -25,6 +24,8 @@ class EmbedReport:
     rows_embedded: int = 0
     rows_dead_letter: int = 0
     rows_truncated: int = 0
+    rows_reused: int = 0  # vectors carried over from output.previous instead of sent
+    incremental: dict[str, Any] | None = None  # with output.previous: previous, reused, changed, new, dropped, note
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     shards_total: int = 0
     shards_skipped: int = 0
@@ -33,6 +34,8 @@ class EmbedReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     shards_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> shards it embedded
     tokens: int = 0
+    raw_tokens: float = 0.0  # the uncalibrated estimate (UTF-8 bytes / 4 + 2 per row) of the rows sent
+    token_ratio: float | None = None  # tokens / raw_tokens: what the next plan's estimate is calibrated with
     requests: int = 0
     retries: int = 0
     http_429: int = 0
@@ -49,6 +52,7 @@ class EmbedReport:
     task: str | None = None
     dimensions: int = 0
     embedding_type: str = ""
+    embedding: dict[str, Any] = field(default_factory=dict)  # the embedding key (config.embedding_key())
     id_column: str = "id"
     columns: list[str] = field(default_factory=list)
     fingerprint: str = ""
@@ -75,6 +79,8 @@ class EmbedReport:
             self.requests += p["requests"]
 
     def finish_rates(self, window_s: float, *, tpm: int, rpm: int) -> None:
+        if self.raw_tokens > 0 and self.tokens > 0:
+            self.token_ratio = round(self.tokens / self.raw_tokens, 4)
         self.embed_window_s = round(window_s, 3)
         if window_s > 0:
             self.tokens_per_min = round(self.tokens / window_s * 60, 1)
@@ -92,13 +98,17 @@ class EmbedReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def write(self, out: str | Path) -> Path:
-        p = Path(out) / "_report.json"
-        write_json_atomic(p, self.to_dict())
-        return p
+    def write(self, out: Storage) -> str:
+        out.write_json("_report.json", self.to_dict())
+        return out.uri_of("_report.json")
 
     def summary(self) -> str:
-        return (f"{self.rows_embedded}/{self.rows_in} rows embedded, {self.rows_dead_letter} dead-lettered, "
+        inc = self.incremental
+        reuse = ""
+        if inc:
+            reuse = (f" (incremental from {inc['previous']}: {inc['reused']} reused, {inc['changed']} changed, "
+                     f"{inc['new']} new, {inc['dropped']} dropped{'; ' + inc['note'] if inc.get('note') else ''})")
+        return (f"{self.rows_embedded}/{self.rows_in} rows embedded{reuse}, {self.rows_dead_letter} dead-lettered, "
                 f"{self.shards_done} shards done, {self.shards_skipped} skipped, {self.shards_failed} failed; "
                 f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
                 f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"

@@ -22,6 +22,7 @@ import pyarrow as pa
 from ..config import Config
 from ..errors import JinaBatchError
 from ..jina.limits import Share, WorkerLimiter
+from ..storage import Storage
 from .coordinator import BURST_SECONDS
 from .plan import Shard
 from .worker import ShardResult, process_shard
@@ -89,8 +90,8 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
 
     t0 = time.monotonic()
     pumping = asyncio.ensure_future(pump())
-    working = asyncio.ensure_future(process_shard(config, shard, client, out, id_field=id_field, carried=carried,
-                                                  on_rows=on_rows))
+    working = asyncio.ensure_future(process_shard(config, shard, client, Storage.open(out, config.storage),
+                                                  id_field=id_field, carried=carried, on_rows=on_rows))
     try:
         await asyncio.wait({pumping, working}, return_when=asyncio.FIRST_COMPLETED)
         if not working.done():  # the pump died (the coordinator is gone): nothing would be granted any more
@@ -99,6 +100,7 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
         res = working.result()
         res.seconds = time.monotonic() - t0
         res.node = ray.get_runtime_context().get_node_id()
+        res.key = f"key{i}"  # which key of the pool (the run log records it)
         return res
     finally:
         for t in (pumping, working):

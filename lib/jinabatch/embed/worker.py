@@ -22,19 +22,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..config import Config
 from ..errors import BadRowError, ConfigError, InvalidRequest
 from ..jina.client import JinaClient
 from ..jina.tokens import raw_estimate
+from ..storage import Storage
+from .chunking import document_windows
+from .dedup import read_duplicates
+from .incremental import PrevVectors, read_reuse, text_hashes
 from .plan import Shard
+from .reader import RowBatch, read_shard
 from .shards import ShardWriter, write_dead_letter
 
 __all__ = ["ShardResult", "process_shard", "shard_meta"]
@@ -66,14 +70,16 @@ class ShardResult:
     error_type: str | None = None
     seconds: float = 0.0
     node: str | None = None  # Ray node that ran it
+    raw_tokens: float = 0.0  # uncalibrated estimate of what was sent: tokens / raw_tokens calibrates the next plan
+    rows_reused: int = 0  # vectors carried over from output.previous (no request)
+    key: str | None = None  # the key of the pool it used (key0, key1...; never the value)
 
 
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
-    """What a finished shard's footer says about how it was made (never the key)."""
+    """What a finished shard's footer says about how it was made: settings and every piece (never the key)."""
     j = config.jina
-    return {**config.embedding_key(), "embedding_type": j.embedding_type, "source_file": shard.file,
-            "file_fingerprint": shard.file_fingerprint, "row_start": shard.row_start, "row_stop": shard.row_stop,
-            "rg_start": shard.rg_start, "rg_stop": shard.rg_stop, "shard": shard.index,
+    return {**config.embedding_key(), "embedding_type": j.embedding_type, "shard": shard.index,
+            "shard_key": shard.key, "start": shard.start, "stop": shard.stop, "pieces": [p.describe() for p in shard.pieces],
             "fingerprint": config.fingerprint(), "id_column": config.corpus.id_column,
             "columns": list(config.corpus.columns)}
 
@@ -102,16 +108,48 @@ async def _embed_rows(client: JinaClient, texts: list[str], truncate: bool) -> t
 
 
 class _Batch:
-    """Rows of one record batch waiting for their requests: written in order once all are back."""
+    """Rows waiting for their requests (one record batch, or a whole shard under late chunking): written in order
+    once all are back. Knows each row's file, row in that file and corpus position."""
 
-    def __init__(self, table: pa.Table, row0: int):
-        self.table, self.row0 = table, row0
+    def __init__(self, parts: list[RowBatch]):
+        self.table = parts[0].table if len(parts) == 1 else pa.concat_tables([p.table for p in parts])
+        self._parts = parts
+        self._starts = np.cumsum([0] + [p.table.num_rows for p in parts[:-1]])
         self.vectors: dict[int, np.ndarray] = {}
         self.dead: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
 
+    def _part(self, i: int) -> tuple[RowBatch, int]:
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self._parts[k], i - int(self._starts[k])
 
-async def process_shard(config: Config, shard: Shard, client: JinaClient, out: str | Path, *,
+    def file(self, i: int) -> str:
+        return self._part(i)[0].file
+
+    def row(self, i: int) -> int:
+        part, off = self._part(i)
+        return part.row0 + off
+
+    def pos(self, i: int) -> int:
+        part, off = self._part(i)
+        return part.pos0 + off
+
+
+def _at_least(batches: Iterator[RowBatch], rows: int) -> Iterator[list[RowBatch]]:
+    """Consecutive record batches grouped until each group holds at least ``rows`` rows (the last may hold less)."""
+    group: list[RowBatch] = []
+    n = 0
+    for rb in batches:
+        group.append(rb)
+        n += rb.table.num_rows
+        if n >= rows:
+            yield group
+            group, n = [], 0
+    if group:
+        yield group
+
+
+async def process_shard(config: Config, shard: Shard, client: JinaClient, out: Storage, *,
                         id_field: pa.Field, carried: list[pa.Field],
                         on_rows: Callable[[int], None] | None = None, max_pending: int = 64) -> ShardResult:
     cs, j = config.corpus, config.jina
@@ -136,7 +174,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
         ids = b.table.column(cs.id_column)
         texts = b.table.column(cs.text_column)
         for i, why in sorted(b.dead.items()):
-            dead_rows.append({"id": ids[i].as_py(), "source_file": shard.file, "row": b.row0 + i,
+            dead_rows.append({"id": ids[i].as_py(), "source_file": b.file(i), "row": b.row(i),
                               "reason": why, "text": texts[i].as_py()})
             res.reasons[_reason_key(why)] = res.reasons.get(_reason_key(why), 0) + 1
         good = np.array(sorted(b.vectors), dtype=np.int64)
@@ -144,7 +182,8 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
             sub = b.table.take(pa.array(good))
             vecs = np.stack([b.vectors[int(i)] for i in good])
             writer.write(sub.column(cs.id_column).combine_chunks(), vecs,
-                         [sub.column(c).combine_chunks() for c in cs.columns])
+                         [sub.column(c).combine_chunks() for c in cs.columns],
+                         text_hashes(sub.column(cs.text_column).to_pylist()))
         res.rows_embedded += len(good)
         res.rows_dead_letter += len(b.dead)
         if on_rows:
@@ -158,32 +197,52 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
             why = f"{label}: {why}" if label else why
             if j.on_too_long == "fail":
                 i = rows[pos]
-                raise BadRowError(f"{shard.file} row {b.row0 + i} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
+                raise BadRowError(f"{b.file(i)} row {b.row(i)} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
                                   f"{why}; set jina.on_too_long = \"truncate\" or \"skip\" to go on")
             dead(b, rows[pos], why)
 
     try:
-        pf = pq.ParquetFile(shard.file)
-        columns = list(dict.fromkeys([cs.id_column, cs.text_column, *cs.columns]))
-        row = shard.row_start
-        for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=range(shard.rg_start, shard.rg_stop),
-                                  columns=columns):
-            b = _Batch(pa.Table.from_batches([rb]), row)
-            row += rb.num_rows
+        duplicates = read_duplicates(out, shard.start, shard.stop)
+        reuse = read_reuse(out, shard.start, shard.stop)
+        previous = PrevVectors(config.output.previous, config.storage) if reuse else None
+        late = j.late_chunking
+        extra = [c for c in (cs.document_column, cs.chunk_order_column) if late and c]
+        columns = list(dict.fromkeys([cs.id_column, cs.text_column, *cs.columns, *extra]))
+        batches = read_shard(shard, columns, {f.name: f.type for f in carried}, config.storage,
+                             batch_rows=READ_BATCH_ROWS)
+        if late:  # a document's chunks must meet in one request: the whole shard is one batch
+            parts = list(batches)
+            groups_in = [parts] if parts else []
+        else:  # small pieces (tiny files, a range's edge) are packed together: requests don't follow file shapes
+            groups_in = _at_least(batches, READ_BATCH_ROWS)
+        groups_in = iter(groups_in)
+        while True:  # read in a thread: the next rows (a file open, an object-store round trip) overlap the requests
+            rows_in = await asyncio.to_thread(next, groups_in, None)
+            if rows_in is None:
+                break
+            b = _Batch(rows_in)
             ids, texts = b.table.column(cs.id_column).to_pylist(), b.table.column(cs.text_column).to_pylist()
+            docs = b.table.column(cs.document_column).to_pylist() if late else None
             keep: list[int] = []
             alone: list[tuple[int, str]] = []  # over the limit by estimate: one request each, the API decides
             for i, (id_, t) in enumerate(zip(ids, texts)):
+                pos = b.pos(i)
                 if id_ is None:
                     dead(b, i, "null id")
-                elif b.row0 + i in shard.duplicates:
-                    dead(b, i, shard.duplicates[b.row0 + i])
+                elif pos in duplicates:
+                    dead(b, i, duplicates[pos])
                 elif t is None:
                     dead(b, i, "null text")
                 elif not t.strip():
                     dead(b, i, "empty text")
+                elif late and docs[i] is None:  # no document to embed it in the context of
+                    dead(b, i, f"null document ({cs.document_column})")
+                elif pos in reuse:  # unchanged since output.previous: its vector is carried over
+                    b.vectors[i] = previous.get(reuse[pos])
+                    res.rows_reused += 1
                 else:
                     est = client.estimator.estimate_one(t)
+                    res.raw_tokens += raw_estimate(t)
                     if est <= limit:
                         keep.append(i)
                     elif truncate:
@@ -191,12 +250,15 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
                         keep.append(i)
                     elif raw_estimate(t) > limit * CLEARLY_OVER:
                         if j.on_too_long == "fail":
-                            raise BadRowError(f"{shard.file} row {b.row0 + i} (id {id_!r}): about {est} tokens, over "
+                            raise BadRowError(f"{b.file(i)} row {b.row(i)} (id {id_!r}): about {est} tokens, over "
                                               f"the model's {limit}; set jina.on_too_long = \"truncate\" or \"skip\"")
                         dead(b, i, f"too long: about {est} tokens > {limit} (jina.on_too_long = skip)")
                     else:
                         alone.append((i, f"too long (about {est} tokens > {limit})"))
-            groups = [([keep[g] for g in group], None) for group in client.plan_batches([texts[i] for i in keep])]
+            if late:
+                groups = [(rows, None) for rows in document_windows(b.table, keep, cs, client)]
+            else:
+                groups = [([keep[g] for g in group], None) for group in client.plan_batches([texts[i] for i in keep])]
             groups += [([i], label) for i, label in alone]
             for rows, label in groups:
                 b.tasks.append(asyncio.ensure_future(run_group(b, rows, [texts[i] for i in rows], label)))
@@ -210,7 +272,8 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: s
         assert res.rows_embedded + res.rows_dead_letter == shard.rows, "row count does not reconcile"
         write_dead_letter(out, shard.name, dead_rows, id_field.type)
         # counts a resumed run reports for this shard without reading its dead letters
-        writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons, rows_truncated=res.rows_truncated)
+        writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons, rows_truncated=res.rows_truncated,
+                      rows_reused=res.rows_reused)
     except BaseException:
         for b in pending:
             for t in b.tasks:

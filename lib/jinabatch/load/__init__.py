@@ -5,7 +5,8 @@ from .._lazy import lazy_exports
 _LAZY = {
     "run_load": ".stage", "LoadReport": ".stage", "read_output": ".schema", "build_schema": ".schema",
     "connect": ".milvus", "Target": ".milvus", "EmbeddedServer": ".server", "search": ".search",
-    "search_target": ".search", "format_hits": ".search",
+    "search_target": ".search", "format_hits": ".search", "check_load_target": ".precheck",
+    "probe_server": ".target",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 __all__ = list(_LAZY)

@@ -17,7 +17,8 @@ Data gets in by one of:
   can replace them in one place.
 - ``upsert_shards`` (Milvus Lite, which has no import API, or ``mode = "insert"``): streams the shards
   in batches of ``insert_batch_mb`` (never one RPC over 64 MB). Upsert, so a retried batch cannot
-  duplicate.
+  duplicate. A null in a nullable field is sent as None; a null in a dynamic-field column is left out of
+  the row (the key is absent).
 """
 from __future__ import annotations
 
@@ -34,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from pymilvus import MilvusClient
 
-from ..config import MilvusSettings
+from ..config import MilvusSettings, StorageSettings
 from ..errors import ConfigError, LoadError
+from .importfiles import ImportFile
 from .schema import VECTOR_FIELD, Shard
-from .server import embedded_uri
+from .server import EmbeddedServer, embedded_uri
+from .staging import dynamic_values
 
 __all__ = [
     "Target", "connect", "physical_name", "Physical", "physicals", "verified_chain", "alias_target", "point_alias",
@@ -70,12 +72,13 @@ class Target:
 
 
 @contextlib.contextmanager
-def connect(settings: MilvusSettings) -> Iterator[Target]:
-    """Connect as ``milvus.uri`` says; for "embedded" the server is started (or reused) for the block."""
+def connect(settings: MilvusSettings, storage: StorageSettings | None = None) -> Iterator[Target]:
+    """Connect as ``milvus.uri`` says; for "embedded" the server is started (or reused) for the block — on
+    ``milvus.bucket`` through ``storage``'s endpoint when a bucket is set."""
     token = os.environ.get(settings.token_env) or None
     uri = settings.uri
     if uri == "embedded":
-        with embedded_uri(settings.data_dir, settings.port) as u:
+        with embedded_uri(EmbeddedServer.from_settings(settings, storage)) as u:
             yield _open(u, "server", token)
         return
     if uri.startswith(("http://", "https://", "tcp://", "grpc://")):
@@ -201,33 +204,39 @@ def _state(target: Target, task: int) -> Any:
         return utility.get_bulk_insert_state(task, using=f"jinabatch-import-{id(target.client)}")
 
 
-def bulk_import(target: Target, collection: str, shards: Sequence[Shard], server_path: Callable[[Path], str],
+def bulk_import(target: Target, collection: str, files: Sequence[ImportFile],
                 progress: Callable[[int], None] | None = None, timeout: float = 3600.0) -> int:
-    """Import every shard file; returns the rows Milvus reports imported. LoadError on any failed task."""
+    """Import every file (``ImportFile.path``: what the server reads); returns the rows Milvus reports imported.
+    LoadError on any failed task, naming the shard it came from and what the server was asked to read."""
     from pymilvus import BulkInsertState as S
 
-    pending = list(shards)
-    running: dict[int, Shard] = {}
+    pending = list(files)
+    running: dict[int, ImportFile] = {}
     rows = 0
     deadline = time.monotonic() + timeout
     while pending or running:
         while pending and len(running) < MAX_IMPORT_TASKS:
-            shard = pending.pop(0)
+            f = pending.pop(0)
             try:
-                running[_submit(target, collection, server_path(shard.path))] = shard
+                running[_submit(target, collection, f.path)] = f
             except Exception as e:
-                raise LoadError(f"{shard.path}: Milvus refused the import: {_reason(e)}") from None
+                raise LoadError(f"{f.source}: Milvus refused the import of {f.path}: {_reason(e)}") from None
         time.sleep(POLL_SECONDS)
-        for task, shard in list(running.items()):
+        for task, f in list(running.items()):
             st = _state(target, task)
             if st.state in (S.ImportFailed, S.ImportFailedAndCleaned):
-                raise LoadError(f"{shard.path}: Milvus import task {task} failed: {st.failed_reason or st.state_name}"
-                                " — check that the shard matches the collection (columns, types, dimension)")
+                reason = st.failed_reason or st.state_name
+                hint = ("check that the shard matches the collection (columns, types, dimension)"
+                        if "key does not exist" not in reason and "no such file" not in reason.lower() else
+                        f"the server cannot read {f.path!r}: a server on MinIO/S3 reads keys in its own bucket "
+                        "(set milvus.bucket to it), one on local storage reads paths on its host (leave milvus.bucket "
+                        "unset)")
+                raise LoadError(f"{f.source}: Milvus import task {task} failed: {reason} — {hint}")
             if st.state == S.ImportCompleted:
                 del running[task]
                 rows += st.row_count
-                done = len(shards) - len(pending) - len(running)
-                log.info("imported %s: %d rows (%d/%d files)", shard.path.name, st.row_count, done, len(shards))
+                done = len(files) - len(pending) - len(running)
+                log.info("imported %s: %d rows (%d/%d files)", f.path, st.row_count, done, len(files))
                 if progress:
                     progress(st.row_count)
         if time.monotonic() > deadline:
@@ -239,21 +248,22 @@ def bulk_import(target: Target, collection: str, shards: Sequence[Shard], server
 # --- batched upsert (Milvus Lite, or mode = "insert") -------------------------------------------------
 
 def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim: int, batch_mb: float,
-                  progress: Callable[[int], None] | None = None) -> int:
-    """Stream shards in upsert batches of about ``batch_mb`` MB; returns rows sent."""
+                  progress: Callable[[int], None] | None = None, dynamic: Sequence[str] = ()) -> int:
+    """Stream shards in upsert batches of about ``batch_mb`` MB; returns rows sent. ``dynamic``: columns that
+    are keys of the dynamic field (left out of a row where null)."""
     rows = 0
     limit = min(batch_mb, MAX_RPC_MB) * 1024 * 1024
     for shard in shards:
-        pf = pq.ParquetFile(shard.path)
+        pf = shard.open()
         for rb in pf.iter_batches(batch_size=8192):
             per_row = max(1, rb.nbytes // max(1, rb.num_rows))
             step = max(1, int(limit // per_row))
             for start in range(0, rb.num_rows, step):
                 part = rb.slice(start, step)
                 try:
-                    target.client.upsert(collection, _rows(part, dim))
+                    target.client.upsert(collection, _rows(part, dim, dynamic))
                 except Exception as e:
-                    raise LoadError(f"{shard.path}: Milvus rejected rows {start}..{start + part.num_rows} of a "
+                    raise LoadError(f"{shard.uri}: Milvus rejected rows {start}..{start + part.num_rows} of a "
                                     f"batch: {_reason(e)}") from None
                 rows += part.num_rows
                 if progress:
@@ -261,11 +271,12 @@ def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim:
     return rows
 
 
-def _rows(rb, dim: int) -> list[dict[str, Any]]:
+def _rows(rb, dim: int, dynamic: Sequence[str] = ()) -> list[dict[str, Any]]:
     flat = rb.column(VECTOR_FIELD).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     if flat.size != rb.num_rows * dim:
         raise LoadError(f"vectors do not all have the run's dimension {dim}")
     flat = flat.reshape(-1, dim)
-    other = {n: rb.column(n).to_pylist() for n in rb.schema.names if n != VECTOR_FIELD}
-    return [{**{n: v[i] for n, v in other.items()}, VECTOR_FIELD: flat[i]} for i in range(rb.num_rows)]
+    other = {n: rb.column(n).to_pylist() for n in rb.schema.names if n != VECTOR_FIELD and n not in dynamic}
+    extra = dynamic_values(rb, dynamic) if dynamic else [{}] * rb.num_rows
+    return [{**{n: v[i] for n, v in other.items()}, **extra[i], VECTOR_FIELD: flat[i]} for i in range(rb.num_rows)]
 

@@ -1,7 +1,8 @@
 """What the load stage reads: the embed stage's output folder, checked, turned into a Milvus schema.
 
 ``read_output(path)`` opens ``_report.json`` and every ``shards/shard-*.parquet`` (temp files beside
-them are ignored), checks that the shards agree with the report and with each other (id column,
+them are ignored) of a local folder or an object-store prefix (``s3://...``, through ``jinabatch.storage``),
+checks that the shards agree with the report and with each other (id column,
 dimension, columns, model) and scans only the id and string columns to size the VARCHAR fields and
 to catch duplicate ids — Milvus import never dedups, so a duplicate would silently become two rows.
 Vectors are not read here. ``build_schema`` maps the result to a ``CollectionSchema``:
@@ -12,17 +13,21 @@ Arrow type (shard column)  Milvus field
 id: string / int64         VARCHAR primary key (max_length fits the data) / INT64 primary key
 embedding: list<float32>   FLOAT_VECTOR(dim = the run's dimension)
 string                     VARCHAR (max_length fits the data, ≤ 65,535 bytes)
-int64 / int32              INT64 / INT32
+int64 / int32 / int16 / 8  INT64 / INT32 / INT16 / INT8
 float64 / float32          DOUBLE / FLOAT
 bool                       BOOL
 =========================  =====================================
 
-Anything else (and any null in a carried column: Milvus 2.3 has no nullable fields) is rejected with
-a ``LoadError`` naming the file and column and saying what to change.
+Dates and timestamps arrive as ISO-8601 text (``jinabatch.embed.columns`` converts them in the shards), so
+they are VARCHARs here; their corpus type is kept in ``Column.source_type``. Nulls in carried columns are
+counted (``Column.nulls``): where they go depends on the server (``jinabatch.load.target.choose_layout``).
+A null id, or a column type with no Milvus scalar, is rejected with a ``LoadError`` naming the file and
+column and saying what to change.
 """
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,24 +37,42 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pymilvus import DataType, MilvusClient
 
+from ..config import StorageSettings
 from ..errors import LoadError
+from ..storage import Storage
 
 __all__ = ["Shard", "Column", "LoadInput", "read_output", "build_schema", "VECTOR_FIELD", "MAX_VARCHAR"]
 
 VECTOR_FIELD = "embedding"
 MAX_VARCHAR = 65_535  # Milvus's cap on VARCHAR max_length (bytes)
 _SCALARS = {
-    pa.int64(): DataType.INT64, pa.int32(): DataType.INT32, pa.float64(): DataType.DOUBLE,
-    pa.float32(): DataType.FLOAT, pa.bool_(): DataType.BOOL,
+    pa.int64(): DataType.INT64, pa.int32(): DataType.INT32, pa.int16(): DataType.INT16, pa.int8(): DataType.INT8,
+    pa.float64(): DataType.DOUBLE, pa.float32(): DataType.FLOAT, pa.bool_(): DataType.BOOL,
 }
+_SOURCE_TYPE = b"jinabatch.source_type"  # field metadata written by jinabatch.embed.columns
 _META_KEY = b"jinabatch"
 
 
 @dataclass(frozen=True)
 class Shard:
-    path: Path
+    """One shard file: ``sub`` is its path under ``storage`` (``shards/shard-00000.parquet``)."""
+
+    storage: Storage
+    sub: str
     rows: int
     meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.sub)
+
+    @property
+    def uri(self) -> str:
+        """Where it is, for messages: an absolute path or ``s3://bucket/key``."""
+        return self.storage.uri_of(self.sub)
+
+    def open(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.storage.open_input_file(self.sub))
 
 
 @dataclass(frozen=True)
@@ -57,13 +80,15 @@ class Column:
     name: str
     dtype: DataType
     max_length: int | None = None  # VARCHAR only
+    nulls: int = 0  # null values over all shards
+    source_type: str | None = None  # the corpus type when the embed stage converted it (e.g. a timestamp)
 
 
 @dataclass(frozen=True)
 class LoadInput:
     """The checked output folder: everything the load needs to know before touching Milvus."""
 
-    path: Path
+    storage: Storage  # the output folder or prefix
     report: dict[str, Any]
     shards: list[Shard]
     id_field: Column
@@ -75,6 +100,10 @@ class LoadInput:
     fingerprint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def uri(self) -> str:
+        return self.storage.uri
+
 
 def _varchar_len(longest: int) -> int:
     """Headroom over the longest value seen (next power of two, at least 16), capped at Milvus's max."""
@@ -84,14 +113,14 @@ def _varchar_len(longest: int) -> int:
     return min(n, MAX_VARCHAR)
 
 
-def _read_report(path: Path) -> dict[str, Any]:
-    rp = path / "_report.json"
+def _read_report(out: Storage) -> dict[str, Any]:
+    rp = out.uri_of("_report.json")
     try:
-        report = json.loads(rp.read_text())
-    except FileNotFoundError:
-        raise LoadError(f"{rp}: no embed report; run the embed stage first (python jobs/embed.py CONFIG)") from None
+        report = out.read_json("_report.json")
     except json.JSONDecodeError as e:
         raise LoadError(f"{rp}: not valid JSON ({e}); rerun the embed stage") from None
+    if report is None:
+        raise LoadError(f"{rp}: no embed report; run the embed stage first (python jobs/embed.py CONFIG)")
     if not report.get("finished"):
         raise LoadError(f"{rp}: the embed run did not finish (finished != true); rerun jobs/embed.py to complete it")
     for key in ("rows_embedded", "dimensions", "id_column", "model"):
@@ -100,18 +129,20 @@ def _read_report(path: Path) -> dict[str, Any]:
     return report
 
 
-def read_output(path: str | Path) -> LoadInput:
-    """Open and check an embed output folder (raises LoadError naming the file and what to do)."""
-    path = Path(path)
-    report = _read_report(path)
-    files = sorted((path / "shards").glob("shard-*.parquet"))
+def read_output(path: str | Path | Storage, storage: StorageSettings | None = None) -> LoadInput:
+    """Open and check an embed output folder or prefix (raises LoadError naming the file and what to do;
+    StorageError when the store cannot be reached)."""
+    out = path if isinstance(path, Storage) else Storage.open(path, storage)
+    report = _read_report(out)
+    files = [f.path for f in out.list("shards", recursive=False, pattern="shard-*.parquet")]
     if not files:
-        raise LoadError(f"{path / 'shards'}: no shard-*.parquet files; run the embed stage first")
+        raise LoadError(f"{out.uri_of('shards')}: no shard-*.parquet files; run the embed stage first")
     dim, id_name = int(report["dimensions"]), str(report["id_column"])
     shards, first_schema = [], None
-    for f in files:
+    for sub in files:
+        f = out.uri_of(sub)
         try:
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(out.open_input_file(sub))
         except Exception as e:  # pyarrow raises several types for a corrupt file
             raise LoadError(f"{f}: not a readable Parquet file ({e}); delete it and rerun the embed stage") from None
         schema = pf.schema_arrow
@@ -126,7 +157,7 @@ def read_output(path: str | Path) -> LoadInput:
             if not (pa.types.is_list(vt) and vt.value_type == pa.float32()):
                 raise LoadError(f"{f}: column {VECTOR_FIELD!r} is {vt}; Milvus import needs list<float32>")
         elif not schema.remove_metadata().equals(first_schema):
-            raise LoadError(f"{f}: columns {schema.remove_metadata()} differ from {files[0].name}'s "
+            raise LoadError(f"{f}: columns {schema.remove_metadata()} differ from {posixpath.basename(files[0])}'s "
                             f"{first_schema}; all shards of one run must share a schema — rerun the embed stage")
         if meta.get("dimensions") not in (None, dim):
             raise LoadError(f"{f}: dimensions {meta['dimensions']} but _report.json says {dim}; "
@@ -134,13 +165,13 @@ def read_output(path: str | Path) -> LoadInput:
         if meta.get("model") not in (None, report["model"]):
             raise LoadError(f"{f}: model {meta['model']!r} but _report.json says {report['model']!r}; "
                             "the folder mixes two runs — use a fresh output.path")
-        shards.append(Shard(f, pf.metadata.num_rows, meta))
+        shards.append(Shard(out, sub, pf.metadata.num_rows, meta))
     rows = sum(s.rows for s in shards)
     if rows != int(report["rows_embedded"]):
-        raise LoadError(f"{path}: the shards hold {rows} rows but _report.json says rows_embedded = "
+        raise LoadError(f"{out.uri}: the shards hold {rows} rows but _report.json says rows_embedded = "
                         f"{report['rows_embedded']}; a shard is missing or stale — rerun the embed stage")
     id_col, columns = _scan_columns(shards, first_schema, id_name)
-    return LoadInput(path=path, report=report, shards=shards, id_field=id_col, columns=columns, dim=dim,
+    return LoadInput(storage=out, report=report, shards=shards, id_field=id_col, columns=columns, dim=dim,
                      rows=rows, model=str(report["model"]), task=report.get("task"),
                      fingerprint=report.get("fingerprint"))
 
@@ -152,24 +183,26 @@ def _scan_columns(shards: list[Shard], schema: pa.Schema, id_name: str) -> tuple
     longest = {n: 0 for n in strings}
     id_type = schema.field(id_name).type
     if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type) or id_type == pa.int64()):
-        raise LoadError(f"{shards[0].path}: id column {id_name!r} is {id_type}; a Milvus primary key must be a "
+        raise LoadError(f"{shards[0].uri}: id column {id_name!r} is {id_type}; a Milvus primary key must be a "
                         "string or int64 — cast corpus.id_column in the corpus")
     for name in schema.names:
         t = schema.field(name).type
         if name in (id_name, VECTOR_FIELD) or name in longest or t in _SCALARS:
             continue
-        raise LoadError(f"{shards[0].path}: column {name!r} is {t}, which has no Milvus scalar type; "
+        raise LoadError(f"{shards[0].uri}: column {name!r} is {t}, which has no Milvus scalar type; "
                         "drop it from corpus.columns or cast it to string, int64, int32, float64, float32 or bool")
+    nulls = {n: 0 for n in schema.names if n not in (id_name, VECTOR_FIELD)}
     ids = []
     for s in shards:
-        table = pq.read_table(s.path, columns=[id_name, *[n for n in schema.names
-                                                         if n not in (id_name, VECTOR_FIELD)]])
+        table = s.open().read(columns=[id_name, *[n for n in schema.names if n not in (id_name, VECTOR_FIELD)]])
         for name in table.column_names:
             col = table.column(name)
-            if col.null_count:
-                what = "id" if name == id_name else "carried column"
-                raise LoadError(f"{s.path}: {what} {name!r} has {col.null_count} null value(s); Milvus 2.3 "
-                                "fields are not nullable — fill or drop those rows in the corpus")
+            if col.null_count and name == id_name:
+                raise LoadError(f"{s.uri}: id column {name!r} has {col.null_count} null value(s); a primary key "
+                                "cannot be null — the shard was not written by the embed stage (it dead-letters "
+                                "null ids): rerun it")
+            if name != id_name:
+                nulls[name] += col.null_count
             if name in longest and len(col):
                 longest[name] = max(longest[name], pc.max(pc.binary_length(col)).as_py() or 0)
         ids.append(table.column(id_name))
@@ -177,28 +210,40 @@ def _scan_columns(shards: list[Shard], schema: pa.Schema, id_name: str) -> tuple
     if len(pc.unique(all_ids)) != len(all_ids):
         counts = pc.value_counts(all_ids)
         dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
-        raise LoadError(f"{shards[0].path.parent}: id {dup!r} appears more than once; Milvus import never "
-                        "dedups — make corpus.id_column unique and rerun the embed stage")
+        raise LoadError(f"{shards[0].storage.uri_of('shards')}: id {dup!r} appears more than once; Milvus import "
+                        "never dedups — make corpus.id_column unique and rerun the embed stage")
     for name, n in longest.items():
         if n > MAX_VARCHAR:
-            raise LoadError(f"{shards[0].path.parent}: column {name!r} holds a value of {n} bytes; Milvus VARCHAR "
-                            f"holds at most {MAX_VARCHAR} — shorten it or drop it from corpus.columns")
+            raise LoadError(f"{shards[0].storage.uri_of('shards')}: column {name!r} holds a value of {n} bytes; "
+                            f"Milvus VARCHAR holds at most {MAX_VARCHAR} — shorten it or drop it from corpus.columns")
 
     def col(name: str) -> Column:
+        src = (schema.field(name).metadata or {}).get(_SOURCE_TYPE)
+        extra = {"nulls": nulls.get(name, 0), "source_type": src.decode() if src else None}
         if name in longest:
-            return Column(name, DataType.VARCHAR, _varchar_len(longest[name]))
+            return Column(name, DataType.VARCHAR, _varchar_len(longest[name]), **extra)
         t = schema.field(name).type
-        return Column(name, DataType.INT64 if name == id_name else _SCALARS[t])
+        return Column(name, DataType.INT64 if name == id_name else _SCALARS[t], **extra)
 
     return col(id_name), [col(n) for n in schema.names if n not in (id_name, VECTOR_FIELD)]
 
 
-def build_schema(inp: LoadInput, description: str = "") -> Any:
-    """The CollectionSchema for a load: primary key, the vector field, then the carried columns."""
-    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
-    for c in [inp.id_field, *inp.columns]:
+def build_schema(inp: LoadInput, description: str = "", layout: Any = None) -> Any:
+    """The CollectionSchema for a load: primary key, the vector field, then the carried columns.
+
+    ``layout`` (``jinabatch.load.target.Layout``): which carried columns are typed fields (declared nullable
+    when ``layout.nullable``) and which are keys of the dynamic field (enabled only then). Default: all typed.
+    """
+    typed = set(layout.typed) if layout is not None else {c.name for c in inp.columns}
+    nullable = bool(layout is not None and layout.nullable)
+    dynamic = bool(layout is not None and layout.dynamic)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=dynamic, description=description)
+    schema.add_field(inp.id_field.name, inp.id_field.dtype, is_primary=True,
+                     **({"max_length": inp.id_field.max_length} if inp.id_field.dtype == DataType.VARCHAR else {}))
+    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=inp.dim)
+    for c in inp.columns:
+        if c.name not in typed:
+            continue
         kw = {"max_length": c.max_length} if c.dtype == DataType.VARCHAR else {}
-        schema.add_field(c.name, c.dtype, is_primary=c is inp.id_field, **kw)
-        if c is inp.id_field:
-            schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=inp.dim)
+        schema.add_field(c.name, c.dtype, **kw, **({"nullable": True} if nullable else {}))
     return schema

@@ -69,16 +69,17 @@ def search(config: Config, text: str, k: int = 5) -> list[Hit]:
     """Top-k hits for ``text`` from the alias ``config.milvus.collection`` (server started if embedded)."""
     if k < 1:
         raise ConfigError(f"-k must be at least 1; got {k}")
-    with connect(config.milvus) as target:
+    with connect(config.milvus, config.storage) as target:
         return search_target(target, config, text, k)
 
 
 def format_hits(hits: list[Hit], width: int = 100) -> str:
-    """One block per hit: rank, score, id, then each carried column (long text cut to ``width``)."""
+    """One block per hit: rank, score, id, then each carried column (long text cut to ``width``; a null is
+    ``null``, whether a nullable field's or an absent key of the dynamic field)."""
     lines = []
     for rank, h in enumerate(hits, 1):
         lines.append(f"{rank:>2}. score {h.score:.4f}  id {h.id}")
         for c, v in h.fields.items():
-            s = str(v).replace("\n", " ")
+            s = "null" if v is None else str(v).replace("\n", " ")
             lines.append(f"      {c}: {s if len(s) <= width else s[: width - 1] + '…'}")
     return "\n".join(lines) if lines else "(no results)"

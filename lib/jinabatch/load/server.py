@@ -6,6 +6,18 @@ there (someone keeps it running: ``python jobs/load.py CONFIG --serve``), otherw
 collections persist from run to run. Only one such server can run per machine (the package binds
 fixed internal ports), which is also why an already-running one is reused rather than started twice.
 
+**Storage.** By default the server keeps its data on local disk under ``data_dir`` and imports files by
+their absolute path on this machine. With ``milvus.bucket`` it keeps its segments in that S3/MinIO bucket
+instead (``common.storageType = "minio"``, under ``milvus.root_path``; its metadata and message queue stay
+in ``data_dir``), creates the bucket if it is missing, and imports files by object key inside it — as a
+Milvus deployment on object storage does. The endpoint is ``[storage] endpoint`` / ``$AWS_ENDPOINT_URL``
+(AWS itself when neither is set), the region ``[storage] region`` / ``$AWS_REGION``. The credentials are
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` from this process's environment, handed to the server
+process only in *its* environment (Milvus reads ``MINIO_ACCESSKEYID`` / ``MINIO_SECRETACCESSKEY`` over its
+config file): they are never written to the ``milvus.yaml`` it is started with, nor logged. Without them the
+server uses the instance role (``minio.useIAM``). Temporary credentials (``AWS_SESSION_TOKEN``) are refused:
+Milvus 2.3 has no setting for a session token.
+
 ``EmbeddedServer`` is the one place that starts and stops it; the test session's ``milvus_server``
 fixture is started through it too, so the job's embedded path is tested by pointing a config at it.
 """
@@ -13,19 +25,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from ..errors import LoadError
+from ..config import MilvusSettings, StorageSettings
+from ..errors import ConfigError, LoadError, StorageError
 
-__all__ = ["EmbeddedServer", "embedded_uri", "milvus_answers"]
+__all__ = ["EmbeddedServer", "BucketStorage", "embedded_uri", "milvus_answers", "SERVER_ID_DIR"]
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 20  # seconds a graceful stop may take before the server is killed
+SERVER_ID_DIR = Path("/tmp/milvus")  # the server writes server_id_<pid> here, whatever its data dir
 
 
 def milvus_answers(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> bool:
@@ -47,39 +65,119 @@ def milvus_answers(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> 
                         "stop it or set milvus.port to a free port") from None
 
 
-class EmbeddedServer:
-    """A Milvus standalone on ``data_dir`` serving ``127.0.0.1:port``; ``start()`` blocks until ready."""
+@dataclass(frozen=True)
+class BucketStorage:
+    """The embedded server's data in an S3/MinIO bucket: ``bucket`` under ``root_path``, reached through the
+    endpoint and region of ``settings`` and the AWS_* credentials of the environment."""
 
-    def __init__(self, data_dir: str | Path, port: int = 19530):
+    bucket: str
+    root_path: str = "files"
+    settings: StorageSettings = field(default_factory=StorageSettings)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.root_path}"
+
+    def milvus_config(self) -> dict[str, Any]:
+        """The server's ``minio.*`` / ``common.storageType`` settings — no credentials."""
+        from ..storage import s3_endpoint, s3_region
+
+        endpoint, region = s3_endpoint(self.settings), s3_region(self.settings)
+        if endpoint:
+            parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"storage.endpoint / AWS_ENDPOINT_URL = {endpoint!r}: the embedded Milvus needs "
+                                  "an http(s)://host[:port] address of the S3 store")
+            ssl = parts.scheme == "https"
+            host, port = parts.hostname, parts.port or (443 if ssl else 80)
+        else:  # AWS S3 itself
+            ssl, host, port = True, f"s3.{region}.amazonaws.com", 443
+        return {"common.storageType": "minio", "minio.address": host, "minio.port": port,
+                "minio.useSSL": "true" if ssl else "false", "minio.bucketName": self.bucket,
+                "minio.rootPath": self.root_path, "minio.region": region,
+                # placeholders in the written milvus.yaml: the server process gets the real values in its environment
+                "minio.accessKeyID": "from-environment", "minio.secretAccessKey": "from-environment"}
+
+    def server_env(self) -> dict[str, str]:
+        """What the server process's environment must hold: the credentials (never a file, never a log)."""
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            raise ConfigError("milvus.bucket: AWS_SESSION_TOKEN is set, but the embedded Milvus (2.3) cannot use "
+                              "temporary credentials; give it long-lived AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                              "or an instance role (neither variable set)")
+        if bool(key) != bool(secret):
+            raise ConfigError("milvus.bucket: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the embedded "
+                              "Milvus's bucket (or neither, to use the instance role)")
+        if not key:
+            return {"MINIO_USEIAM": "true"}
+        return {"MINIO_ACCESSKEYID": key, "MINIO_SECRETACCESSKEY": secret}
+
+    def check(self) -> None:
+        """Reach the endpoint with the credentials before starting (a server with a wrong secret never becomes
+        ready: it would hang for minutes); a missing bucket is fine, the server creates it."""
+        from ..storage import Storage
+
+        try:
+            Storage.open(f"s3://{self.bucket}", self.settings).is_dir()
+        except StorageError as e:
+            raise StorageError(f"milvus.bucket = {self.bucket!r} (the embedded Milvus's storage): {e}") from None
+
+
+class EmbeddedServer:
+    """A Milvus standalone on ``data_dir`` serving ``127.0.0.1:port``; ``start()`` blocks until ready.
+    ``bucket``: keep its data in that S3/MinIO bucket instead of ``data_dir/data``."""
+
+    def __init__(self, data_dir: str | Path, port: int = 19530, bucket: BucketStorage | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.port = port
+        self.bucket = bucket
         self._server = None
+        self._pid: int | None = None
+
+    @classmethod
+    def from_settings(cls, ms: MilvusSettings, storage: StorageSettings | None = None) -> "EmbeddedServer":
+        bucket = BucketStorage(ms.bucket, ms.root_path, storage or StorageSettings()) if ms.bucket else None
+        return cls(ms.data_dir, ms.port, bucket)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedServer({self.uri!r}, data={self.storage!r})"
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def storage(self) -> str:
+        """Where its data is: the local folder, or ``s3://bucket/root_path``."""
+        return self.bucket.uri if self.bucket else str(self.data_dir / "data")
+
+    @property
     def running(self) -> bool:
         return self._server is not None and self._server.running
 
     def start(self) -> "EmbeddedServer":
-        from milvus import (
-            MilvusServer,  # heavy import, only when a server is really started
-        )
-
+        config, env = {}, {}
+        if self.bucket is not None:
+            config, env = self.bucket.milvus_config(), self.bucket.server_env()
+            self.bucket.check()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        server = MilvusServer()
+        server = _milvus_server(env)
         server.set_base_dir(str(self.data_dir))
         server.listen_port = self.port
-        log.info("starting the embedded Milvus server on %s (data in %s)", self.uri, self.data_dir)
+        for key, value in config.items():
+            server.config.set(key, value)
+        log.info("starting the embedded Milvus server on %s (data in %s)", self.uri, self.storage)
         try:
             server.start()
         except Exception as e:
             server.stop()
             raise LoadError(f"the embedded Milvus server did not start ({e}); see {self.data_dir / 'logs'} — "
-                            "another embedded Milvus on this machine blocks its internal ports") from None
+                            "another embedded Milvus on this machine blocks its internal ports"
+                            + (f", or it cannot use {self.bucket.uri}" if self.bucket else "")) from None
+        finally:
+            env.clear()  # the credentials were needed only to spawn the process
         self._server = server
+        self._pid = server.server_proc.pid if server.server_proc else None
         self.port = server.listen_port  # the package moves to the next free port if ours was taken
         return self
 
@@ -99,6 +197,9 @@ class EmbeddedServer:
                     log.warning("the embedded Milvus server did not stop in %d s; killing it", STOP_TIMEOUT)
             self._server.stop()  # kills if still running, closes its log files
             self._server = None
+        if self._pid is not None:  # written outside data_dir by the server; nothing reads it after exit
+            (SERVER_ID_DIR / f"server_id_{self._pid}").unlink(missing_ok=True)
+            self._pid = None
 
     def _release_all(self) -> None:
         from pymilvus import MilvusClient
@@ -118,12 +219,29 @@ class EmbeddedServer:
         self.stop()
 
 
+def _milvus_server(env: dict[str, str]):
+    """The package's ``MilvusServer``, with ``env`` added to the environment of the process it spawns.
+
+    ``MilvusServer.start`` builds the child's environment from ``os.environ`` and passes it through
+    ``prepend_path_to_envs`` (for LD_LIBRARY_PATH / DYLD_LIBRARY_PATH) just before spawning: the one hook that
+    reaches it without putting the credentials into this process's own environment."""
+    from milvus import MilvusServer  # heavy import, only when a server is really started
+
+    class _Server(MilvusServer):
+        def prepend_path_to_envs(self, envs, name, val):  # see the docstring above
+            super().prepend_path_to_envs(envs, name, val)
+            envs.update(env)
+
+    return _Server()
+
+
 @contextlib.contextmanager
-def embedded_uri(data_dir: str | Path, port: int) -> Iterator[str]:
-    """The URI of the embedded server: reuse one already answering on ``port``, else own one for the block."""
-    if milvus_answers(port):
-        log.info("using the Milvus already running on 127.0.0.1:%d (left running)", port)
-        yield f"http://127.0.0.1:{port}"
+def embedded_uri(server: EmbeddedServer) -> Iterator[str]:
+    """The URI of the embedded server: reuse one already answering on its port, else own ``server`` for the block."""
+    if milvus_answers(server.port):
+        log.info("using the Milvus already running on 127.0.0.1:%d (left running; its storage is taken to be %s as "
+                 "configured)", server.port, server.storage)
+        yield f"http://127.0.0.1:{server.port}"
         return
-    with EmbeddedServer(data_dir, port) as server:
+    with server:
         yield server.uri

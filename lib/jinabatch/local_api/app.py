@@ -36,14 +36,15 @@ from . import fakemodel
 from .limits import KeyLimiter
 from .validate import EmbeddingRequest, HTTPProblem, parse_request
 
-__all__ = ["ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "make_app", "State", "STATE"]
+__all__ = ["ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "make_app", "State", "STATE",
+           "STAND_IN_HEADER"]
 
 FAULT_KINDS = ("json500", "html502", "drop", "stall", "wrong_count", "wrong_dims", "nan", "shuffle")
 TRANSIENT_FAULTS = ("json500", "html502", "drop")
 DEFAULT_KEY = "jina_local_server_key"  # well-known key of a local server started without one
 TRACE_CAP = 500_000
 _TUNABLE = ("rpm", "tpm", "concurrency", "burst_seconds", "retry_after", "latency_ms", "latency_per_token_ms",
-            "fault_rate", "fault_every", "faults", "stall_seconds", "seed")
+            "fault_rate", "fault_every", "faults", "stall_seconds", "seed", "record_inputs")
 
 
 @dataclass
@@ -63,6 +64,7 @@ class ServerSettings:
     faults: tuple[str, ...] = TRANSIENT_FAULTS
     stall_seconds: float = 30.0
     seed: int = 0
+    record_inputs: int = 0  # keep the inputs of the last N successful requests in /stats ("inputs_log"); tests
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "concurrency", "fault_every"):
@@ -102,12 +104,13 @@ class ServerSettings:
 
 
 STATE: web.AppKey = web.AppKey("state", object)
+STAND_IN_HEADER = "X-Jinabatch-Stand-In"
 
 
 def _new_stats() -> dict:
     return {"requests": 0, "ok": 0, "by_status": {}, "http_429": 0, "http_5xx": 0, "faults": 0,
             "faults_by_kind": {}, "dropped": 0, "tokens": 0, "inputs": 0, "in_flight": 0,
-            "peak_concurrency": 0, "first_ok_at": None, "last_ok_at": None, "by_key": {}}
+            "peak_concurrency": 0, "first_ok_at": None, "last_ok_at": None, "inputs_log": [], "by_key": {}}
 
 
 def _new_key_stats() -> dict:
@@ -220,7 +223,13 @@ def _respond(state: State, req: EmbeddingRequest, fault: str | None) -> web.Resp
     data = [{"object": "embedding", "index": i, "embedding": values[i]} for i in order]
     usage = {"total_tokens": req.total_tokens, "prompt_tokens": req.total_tokens}
     body = {"model": req.spec.name, "object": "list", "usage": usage, "data": data}
-    return web.Response(text=json.dumps(body), content_type="application/json")
+    if state.settings.record_inputs and fault is None:
+        log = state.stats["inputs_log"]
+        log.append({"input": list(req.texts), "late_chunking": req.late_chunking})
+        del log[: max(0, len(log) - state.settings.record_inputs)]
+    # the stand-in says what it is, so vectors it made are never taken for the real model's
+    return web.Response(text=json.dumps(body), content_type="application/json",
+                        headers={STAND_IN_HEADER: "jinabatch local stand-in"})
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:

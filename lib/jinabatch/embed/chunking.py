@@ -1,0 +1,62 @@
+"""Late chunking in the batch job: requests that hold the chunks of one document only, in order.
+
+With ``jina.late_chunking = true`` the API joins all inputs of a request into one sequence and embeds each
+chunk in the context of the others, so a request must never mix documents. ``corpus.document_column`` names
+each row's document and ``corpus.chunk_order_column`` (optional) orders a document's chunks; a shard's rows
+are grouped by document (in order of first appearance) and each document becomes one or more *windows* —
+consecutive chunks whose estimated tokens fit the model's context (and the request caps). A document longer
+than the context is thus split into consecutive windows that each fit; a window the API still finds too long
+is split in halves by the worker's bisect, which keeps windows consecutive.
+
+Chunks of one document that fall in different shards (the corpus is cut every ``rows_per_shard`` rows) are
+embedded as separate windows: write the corpus sorted by document so that happens only at shard edges.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from ..config import CorpusSettings
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..jina.client import JinaClient
+
+__all__ = ["document_windows", "check_late_chunking"]
+
+
+def check_late_chunking(cs: CorpusSettings) -> None:
+    """Late chunking needs to know which rows belong to one document."""
+    if not cs.document_column:
+        raise ConfigError("jina.late_chunking = true joins all inputs of a request into one sequence, so the job must "
+                          "know which rows are chunks of one document: set corpus.document_column (and "
+                          "corpus.chunk_order_column if the rows are not in chunk order), or set late_chunking = false")
+
+
+def document_windows(table: pa.Table, rows: list[int], cs: CorpusSettings, client: "JinaClient") -> list[list[int]]:
+    """``rows`` (indices into ``table``) grouped into windows: each one document's consecutive chunks, in order,
+    fitting the model's context and the request caps."""
+    docs = table.column(cs.document_column).to_pylist()
+    order = table.column(cs.chunk_order_column).to_pylist() if cs.chunk_order_column else None
+    texts = table.column(cs.text_column).to_pylist()
+    by_doc: dict[object, list[int]] = {}
+    for i in rows:
+        by_doc.setdefault(docs[i], []).append(i)
+    cap = client.max_tokens(late_chunking=True)
+    windows: list[list[int]] = []
+    for chunk_rows in by_doc.values():
+        if order is not None:
+            chunk_rows = sorted(chunk_rows, key=lambda i: (order[i] is None, order[i] if order[i] is not None else 0))
+        window: list[int] = []
+        tokens = 0
+        for i in chunk_rows:
+            est = client.estimator.estimate_one(texts[i])
+            if window and (tokens + est > cap or len(window) >= client.max_inputs):
+                windows.append(window)
+                window, tokens = [], 0
+            window.append(i)
+            tokens += est
+        if window:
+            windows.append(window)
+    return windows

@@ -1,0 +1,271 @@
+"""``_report.html``: one self-contained page (no network needed to open it) with the run's charts and figures.
+
+Charts are Vega-Lite specs built with altair; vega, vega-lite and vega-embed are inlined from
+``vl_convert.javascript_bundle()`` (the JavaScript ships inside the vl-convert-python wheel), so the page
+opens from a laptop, a CI artifact or an air-gapped cluster. Every chart's data sits in the page in
+``<script type="application/json" id="jb-charts">`` (one spec per chart); tools can read it from there.
+
+Embed part (from ``_report.json``, ``_manifest.json`` and the run's ``_timeseries`` / ``_progress`` logs):
+tokens/min against the TPM limit, requests/min against RPM, 429s and retries per minute, rows/min with
+workers active, tokens/min per key (pooled keys), shards per worker slot on a timeline coloured by node,
+and the headline table. Load part (from ``_load_report.json`` when the load stage has run): rows, import
+tasks over time, phases (create, fill, index, verify, alias switch), where the alias points.
+"""
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from ..storage import Storage
+from .runlog import MANIFEST, read_progress, read_timeseries
+
+__all__ = ["write_report_html", "render_report_html", "series_rows", "HTML_NAME", "MAX_POINTS", "MAX_BARS"]
+
+HTML_NAME = "_report.html"
+MAX_POINTS = 600  # points per line chart: a 10-hour run is bucketed to a minute or so
+MAX_BARS = 2000  # shards drawn one by one on the timeline; above, shards finished per bucket per node
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def series_rows(samples: list[dict[str, Any]], max_points: int = MAX_POINTS) -> list[dict[str, Any]]:
+    """Per-bucket deltas and per-minute rates from cumulative samples: the ``tokens``, ``requests``, ``rows``,
+    ``http_429``, ``retries`` of the rows add up to the last sample's counters (less the first's)."""
+    if len(samples) < 2:
+        return []
+    span = samples[-1]["t"] - samples[0]["t"]
+    bucket = max(span / max_points, 1e-9)
+    rows: list[dict[str, Any]] = []
+    cur: dict[str, Any] | None = None
+    for a, b in zip(samples, samples[1:]):
+        idx = int((b["t"] - samples[0]["t"]) / bucket) if span > 0 else 0
+        if cur is None or cur["_idx"] != idx:
+            cur = {"_idx": idx, "time": _iso(b["t"]), "seconds": 0.0, "workers": 0,
+                   **{k: 0 for k in ("tokens", "requests", "rows", "http_429", "retries")}, "keys": {}}
+            rows.append(cur)
+        cur["seconds"] += b["t"] - a["t"]
+        cur["time"], cur["workers"] = _iso(b["t"]), b.get("workers", 0)
+        for k in ("tokens", "requests", "rows", "http_429", "retries"):
+            cur[k] += b.get(k, 0) - a.get(k, 0)
+        for key, c in (b.get("keys") or {}).items():
+            prev = (a.get("keys") or {}).get(key, {})
+            cur["keys"][key] = cur["keys"].get(key, 0) + c.get("tokens", 0) - prev.get("tokens", 0)
+    rows.insert(0, {"_idx": -1, "time": _iso(samples[0]["t"]), "seconds": 0.0, "workers": samples[0].get("workers", 0),
+                    **{k: 0 for k in ("tokens", "requests", "rows", "http_429", "retries")}, "keys": {}})
+    for r in rows:  # the first row marks where the run starts (nothing done yet)
+        r.pop("_idx")
+        per_min = 60.0 / r["seconds"] if r["seconds"] > 0 else 0.0
+        for k in ("tokens", "requests", "rows", "http_429", "retries"):
+            r[f"{k}_per_min"] = round(r[k] * per_min, 2)
+        r["keys_per_min"] = {k: round(v * per_min, 2) for k, v in r.pop("keys").items()}
+    return rows
+
+
+def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: dict[str, Any],
+            n_keys: int) -> dict[str, dict[str, Any]]:
+    import altair as alt
+
+    specs: dict[str, dict[str, Any]] = {}
+    width = 760
+    axis = alt.Axis(format="%H:%M:%S", labelAngle=0, labelOverlap=True)
+    x = alt.X("time:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=axis)
+    base = alt.Chart(alt.Data(values=series)).properties(width=width, height=220)
+
+    def against(field: str, title: str, limit: float | None, limit_name: str) -> alt.TopLevelMixin:
+        line = base.mark_line(interpolate="step-before").encode(
+            x=x, y=alt.Y(f"{field}:Q", title=title),
+            tooltip=[alt.Tooltip("time:T", title="time", format="%H:%M:%S"), alt.Tooltip(f"{field}:Q", format=",.0f")])
+        if not limit:
+            return line
+        rule = alt.Chart(alt.Data(values=[{"limit": limit, "name": f"{limit_name} limit {limit:,.0f}"}])).mark_rule(
+            color="#d62728", strokeDash=[6, 4]).encode(y="limit:Q", tooltip=["name:N"])
+        return alt.layer(line, rule)
+
+    if series:
+        specs["tokens"] = against("tokens_per_min", "tokens / min", (limits.get("tpm") or 0) * n_keys, "TPM").properties(
+            title="Tokens per minute against the TPM limit").to_dict()
+        specs["requests"] = against("requests_per_min", "requests / min", (limits.get("rpm") or 0) * n_keys,
+                                    "RPM").properties(title="Requests per minute against the RPM limit").to_dict()
+        labels = "datum.label == 'http_429_per_min' ? '429 answers' : 'retries'"
+        specs["errors"] = base.transform_fold(["http_429_per_min", "retries_per_min"], as_=["what", "per_min"]).mark_line(
+            interpolate="step-before").encode(x=x, y=alt.Y("per_min:Q", title="per minute"),
+                                              color=alt.Color("what:N", title=None, legend=alt.Legend(labelExpr=labels)),
+                                              strokeDash=alt.StrokeDash("what:N", legend=None)).properties(
+            title="429 answers and retries per minute").to_dict()
+        rows_line = base.mark_line(interpolate="step-before").encode(x=x, y=alt.Y("rows_per_min:Q", title="rows / min"))
+        workers = base.mark_line(color="#999", strokeDash=[2, 2], interpolate="step-before").encode(
+            x=x, y=alt.Y("workers:Q", title="workers active"))
+        specs["rows"] = alt.layer(rows_line, workers).resolve_scale(y="independent").properties(
+            title="Rows per minute (line) and workers active (dashed)").to_dict()
+        if n_keys > 1:
+            per_key = [{"time": r["time"], "key": k, "tokens_per_min": v} for r in series
+                       for k, v in r["keys_per_min"].items()]
+            specs["keys"] = alt.Chart(alt.Data(values=per_key)).mark_line(interpolate="step-before").encode(
+                x=x, y=alt.Y("tokens_per_min:Q", title="tokens / min"), color="key:N").properties(
+                width=width, height=200, title=f"Tokens per minute per key (each key's TPM limit {limits.get('tpm'):,})"
+            ).to_dict()
+    if shards:
+        if len(shards) <= MAX_BARS:
+            specs["timeline"] = alt.Chart(alt.Data(values=shards)).mark_bar(height={"band": 0.8}, stroke="white", strokeWidth=0.5).encode(
+                x=alt.X("start:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=axis), x2="end:T",
+                y=alt.Y("worker:N", title="worker slot", sort="ascending"),
+                color=alt.Color("node:N", title="node"), opacity=alt.condition("datum.status == 'done'",
+                                                                            alt.value(1.0), alt.value(0.35)),
+                tooltip=["shard:N", "node:N", "status:N", alt.Tooltip("rows:Q", format=","),
+                         alt.Tooltip("tokens:Q", format=","), alt.Tooltip("seconds:Q", format=".1f")]).properties(
+                width=width, height=max(80, 24 * len({s["worker"] for s in shards})),
+                title="Shards on a timeline: one row per worker slot, colour = Ray node").to_dict()
+        else:
+            specs["timeline"] = alt.Chart(alt.Data(values=shards)).mark_bar().encode(
+                x=alt.X("utcyearmonthdatehoursminutes(end):T", title="time (UTC)"),
+                y=alt.Y("count():Q", title="shards finished per minute"), color=alt.Color("node:N", title="node")
+            ).properties(width=width, height=220, title="Shards finished per minute, by Ray node").to_dict()
+    return specs
+
+
+def _shard_bars(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    bars = []
+    for r in records:
+        if r.get("status") not in ("done", "failed") or r.get("started") is None:
+            continue
+        bars.append({"shard": r.get("name") or str(r["shard"]), "worker": f"slot {int(r.get('lane', 0)):02d}",
+                     "node": (r.get("node") or "?")[:12], "status": r["status"], "start": _iso(r["started"]),
+                     "end": _iso(r["finished"]), "rows": r.get("rows_in", 0), "tokens": r.get("tokens", 0),
+                     "seconds": r.get("seconds", 0.0)})
+    return bars
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def _n(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+
+def _embed_table(rep: dict[str, Any], man: dict[str, Any]) -> str:
+    from .progress import format_duration
+
+    price = man.get("price_per_million_tokens")
+    req = rep.get("requests") or 0
+    rows = [("state", man.get("state", "?")), ("model", f"{rep.get('model')} ({rep.get('dimensions')} dims, "
+                                                         f"task {rep.get('task')}, {rep.get('embedding_type')})"),
+            ("rows in", _n(rep.get("rows_in", 0))), ("rows embedded", _n(rep.get("rows_embedded", 0))),
+            ("rows dead-lettered", _n(rep.get("rows_dead_letter", 0)) + (
+                f" ({', '.join(f'{k}: {v:,}' for k, v in sorted(rep['dead_letter_reasons'].items()))})"
+                if rep.get("dead_letter_reasons") else "")),
+            ("shards", f"{rep.get('shards_done', 0):,} done, {rep.get('shards_skipped', 0):,} skipped, "
+                       f"{rep.get('shards_failed', 0):,} failed of {rep.get('shards_total', 0):,}"),
+            ("tokens", _n(rep.get("tokens", 0))), ("requests", _n(req)),
+            ("429 answers", f"{rep.get('http_429', 0):,}" + (f" ({rep.get('http_429', 0) / req:.2%})" if req else "")),
+            ("retries", _n(rep.get("retries", 0))),
+            ("utilization", f"{rep.get('utilization', 0):.1%} of {str(rep.get('binding_limit', 'tpm')).upper()} "
+                            f"({rep.get('tokens_per_min', 0):,.0f} tokens/min, {rep.get('requests_per_min', 0):,.0f} "
+                            "requests/min)"),
+            ("limits", ", ".join(f"{k} {v:,}" for k, v in (rep.get("limits") or {}).items() if isinstance(v, int))
+             + (f" per key × {len(man['keys'])} keys" if len(man.get("keys") or []) > 1 else "")),
+            ("workers", rep.get("workers")),
+            ("duration", f"{format_duration(rep.get('duration_s'))} (embedding {format_duration(rep.get('embed_window_s'))})"),
+            ("cost", f"${rep.get('tokens', 0) * price / 1e6:,.4f} at ${price:g} per 1M tokens" if price is not None
+             else "set jina.price_per_million_tokens to see it")]
+    if man.get("plan", {}).get("estimate"):
+        est = man["plan"]["estimate"]
+        rows.append(("plan's estimate", f"{est.get('tokens', 0):,} tokens, {format_duration(est.get('seconds'))}"))
+    return _table(rows)
+
+
+def _load_part(load: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    import altair as alt
+
+    from .progress import format_duration
+
+    rows = [("alias", load.get("collection")), ("now points at", load.get("physical")),
+            ("was", load.get("previous") or "-"), ("mode", load.get("mode")), ("rows", _n(load.get("rows", 0))),
+            ("ids verified vector by vector", _n(load.get("verified_ids", 0))),
+            ("took", format_duration(load.get("seconds"))), ("dropped", ", ".join(load.get("dropped") or []) or "-")]
+    files = load.get("import_files") or {}
+    if files.get("read_from"):
+        copies = files.get("copies")
+        rows.append(("server read the files from", files["read_from"] + (
+            f" ({copies['files']} copies: {copies['how']}, {'removed' if copies.get('removed') else 'NOT removed'} "
+            "after the load)" if copies else " (in place, no copy)")))
+    specs: dict[str, dict[str, Any]] = {}
+    phases = load.get("phases") or []
+    if phases:
+        vals, t = [], 0.0
+        for p in phases:
+            name, secs = p["phase"], float(p["seconds"])
+            vals.append({"phase": name, "start": round(t, 3), "end": round(t + secs, 3), "seconds": secs})
+            t += secs
+        specs["load_phases"] = alt.Chart(alt.Data(values=vals)).mark_bar().encode(
+            x=alt.X("start:Q", title="seconds into the load"), x2="end:Q",
+            y=alt.Y("phase:N", sort=None, title=None), tooltip=["phase:N", alt.Tooltip("seconds:Q", format=".2f")],
+            color=alt.Color("phase:N", legend=None)).properties(
+            width=760, height=30 * len(vals), title="Load phases (alias switched at the end)").to_dict()
+    tasks = load.get("imports") or []
+    if tasks:
+        acc, vals = 0, []
+        for i, tk in enumerate(tasks, 1):
+            acc += int(tk.get("rows", 0))
+            vals.append({"seconds": tk.get("t", 0.0), "rows": acc, "tasks": i})
+        specs["load_imports"] = alt.Chart(alt.Data(values=vals)).mark_line(point=True, interpolate="step-after").encode(
+            x=alt.X("seconds:Q", title="seconds into the fill"), y=alt.Y("rows:Q", title="rows in the collection"),
+            tooltip=["tasks:Q", alt.Tooltip("rows:Q", format=",")]).properties(
+            width=760, height=200, title=f"{'Import tasks' if load.get('mode') == 'bulk' else 'Upsert batches'} "
+                                         "completed: rows loaded over time").to_dict()
+    return _table(rows), specs
+
+
+_STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:900px;color:#222}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0}th,td{text-align:left;padding:3px 12px 3px 0;vertical-align:top}
+th{color:#555;font-weight:600}.chart{margin:18px 0}.note{color:#666}"""
+
+
+def render_report_html(report: dict[str, Any] | None, manifest: dict[str, Any] | None,
+                       samples: list[dict[str, Any]], records: list[dict[str, Any]],
+                       load: dict[str, Any] | None = None) -> str:
+    """The page as a string (no I/O)."""
+    import vl_convert
+
+    rep, man = report or {}, manifest or {}
+    limits = rep.get("limits") or man.get("limits") or {}
+    n_keys = max(1, len(man.get("keys") or []))
+    series = series_rows(samples)
+    specs = _charts(series, _shard_bars(records), limits, n_keys)
+    body = [f"<h1>jinabatch embed report</h1><p class=note>{html.escape(str(rep.get('output') or ''))} — run "
+            f"{html.escape(str(man.get('run') or '?'))}</p>", "<h2>Embed</h2>", _embed_table(rep, man)]
+    if not series:
+        body.append("<p class=note>No requests in this run (every shard was already done), so no time series.</p>")
+    for name in specs:
+        body.append(f'<div class=chart id="chart-{name}"></div>')
+    if load:
+        table, load_specs = _load_part(load)
+        body += ["<h2>Load into Milvus</h2>", table] + [f'<div class=chart id="chart-{n}"></div>' for n in load_specs]
+        specs.update(load_specs)
+    data = json.dumps(specs, separators=(",", ":")).replace("</", "<\\/")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=utf-8><title>jinabatch report</title><style>{_STYLE}</style>"
+            f"<script>{vl_convert.javascript_bundle()}</script></head><body>\n" + "\n".join(body) +
+            f'\n<script type="application/json" id="jb-charts">{data}</script>\n'
+            "<script>const specs=JSON.parse(document.getElementById('jb-charts').textContent);"
+            "for(const [n,s] of Object.entries(specs)){vegaEmbed('#chart-'+n,s,{actions:false,renderer:'svg'})"
+            ".catch(e=>{document.getElementById('chart-'+n).textContent='chart failed: '+e;});}</script>"
+            "</body></html>\n")
+
+
+def write_report_html(out: Storage, *, report: dict[str, Any] | None = None,
+                      manifest: dict[str, Any] | None = None) -> str:
+    """Read what the run (and the load, if it ran) wrote and write ``_report.html`` beside it; returns its URI."""
+    report = report if report is not None else out.read_json("_report.json")
+    manifest = manifest if manifest is not None else out.read_json(MANIFEST)
+    run = (manifest or {}).get("run")
+    samples = read_timeseries(out, run) if run else []
+    records = read_progress(out, run) if run else []
+    page = render_report_html(report, manifest, samples, records, out.read_json("_load_report.json"))
+    out.write_bytes(HTML_NAME, page.encode())
+    return out.uri_of(HTML_NAME)
