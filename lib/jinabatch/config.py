@@ -67,7 +67,8 @@ class CorpusSettings(_Section):
 
 class JinaSettings(_Section):
     base_url: str = DEFAULT_BASE_URL
-    api_key_env: str = "JINAAI_API_KEY"
+    # the variable holding the key; a list of variables = a pool of keys, [limits] being each key's budget
+    api_key_env: str | list[str] = "JINAAI_API_KEY"
     model: str = "jina-embeddings-v3"
     task: str | None = "retrieval.passage"
     dimensions: int | None = None  # None = the model's default width (TOML has no null: omit the key)
@@ -87,6 +88,21 @@ class JinaSettings(_Section):
     retry_after_max: float = Field(120.0, ge=0)  # cap on a server's Retry-After (s)
     concurrency: int = Field(4, gt=0)  # requests in flight per client in JinaClient.embed
     price_per_million_tokens: float | None = Field(None, ge=0)  # for cost estimates and spend in reports (USD)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_envs(cls, v: str | list[str]) -> str | list[str]:
+        names = [v] if isinstance(v, str) else v
+        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError("name the environment variable holding the key, or a list of them for a key pool")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a variable is named twice in {names}: each key of a pool needs its own variable")
+        return v
+
+    @property
+    def api_key_envs(self) -> list[str]:
+        """The variables of the pool's keys, in order (key0, key1, ...); one for a single key."""
+        return [self.api_key_env] if isinstance(self.api_key_env, str) else list(self.api_key_env)
 
     @model_validator(mode="after")
     def _fits_model(self) -> "JinaSettings":
@@ -115,12 +131,14 @@ class JinaSettings(_Section):
 
 
 class LimitsSettings(_Section):
-    """The whole budget of the key, shared by all workers."""
+    """The whole budget of the key (of each key, with a pool), shared by all workers on it."""
 
     rpm: int = Field(500, gt=0)
     tpm: int = Field(1_000_000, gt=0)
     concurrency: int = Field(5, gt=0)
-    target: float = Field(0.985, gt=0, le=1)  # share of the budget to aim at (headroom for clock skew)
+    # share of the budget to aim at: the job starts with empty buckets, so the server's full bucket is slack it
+    # never spends; this only covers a server counting a little differently (docs/architecture.md#decisions)
+    target: float = Field(0.995, gt=0, le=1)
 
 
 class RaySettings(_Section):

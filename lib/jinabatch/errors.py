@@ -82,9 +82,14 @@ class TransientError(JinaError):
 
 
 class RateLimited(TransientError):
-    def __init__(self, message: str, *, status: int | None = 429, retry_after: float | None = None):
+    """``retry_after``: the server's wait in seconds, if it sent one; ``limit``: the limit its message names
+    (``"rpm"``, ``"tpm"``, ``"concurrency"``), or None."""
+
+    def __init__(self, message: str, *, status: int | None = 429, retry_after: float | None = None,
+                 limit: str | None = None):
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        self.limit = limit
 
 
 class ServerError(TransientError):

@@ -1,11 +1,13 @@
 """Services a job starts for itself: the bundled Jina-compatible server and a local Ray.
 
-``jina_endpoint(config)`` yields the base URL and key to use: with ``jina.base_url = "local"`` it starts
-the bundled server (enforcing the config's ``[limits]`` like the real API would) under a fresh random
-key and stops it afterwards; otherwise it resolves the key from ``jina.api_key_env`` (or JINA_API_KEY)
-and fails before anything starts when it is missing. ``ray_session(config)`` connects to
-``ray.address`` or starts a local Ray (token auth off: it is this process's private cluster) and shuts
-down only what it started.
+``jina_endpoint(config)`` yields the base URL and the keys to use (a ``KeyPool``: one key, or one per variable
+``jina.api_key_env`` lists): with ``jina.base_url = "local"`` it starts the bundled server (enforcing the
+config's ``[limits]`` per key, like the real API would) under one fresh random key per configured key and
+stops it afterwards; otherwise it resolves the keys from the environment and fails before anything starts
+when one is missing. With ``probe=True`` it then checks the endpoint and every key with one tiny request each
+(``jinabatch.jina.probe``), so a typo in the URL, a dead network or a revoked key fails in seconds, before a
+job schedules anything. ``ray_session(config)`` connects to ``ray.address`` or starts a local Ray (token auth
+off: it is this process's private cluster) and shuts down only what it started.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import secrets
 from typing import Iterator
 
 from .config import LOCAL_BASE_URL, JinaSettings, LimitsSettings
-from .jina.client import Secret, resolve_api_key
+from .jina.keys import KeyPool, Secret, resolve_keys
 
 __all__ = ["jina_endpoint", "ray_session", "local_token_count"]
 
@@ -24,22 +26,35 @@ log = logging.getLogger("jinabatch")
 
 
 @contextlib.contextmanager
-def jina_endpoint(j: JinaSettings, limits: LimitsSettings | None = None) -> Iterator[tuple[str, Secret]]:
-    """(base URL, key) to embed with; with base_url "local" a bundled server enforcing ``limits`` (if given)."""
+def jina_endpoint(j: JinaSettings, limits: LimitsSettings | None = None, *,
+                  probe: bool = False) -> Iterator[tuple[str, KeyPool]]:
+    """(base URL, keys) to embed with; with base_url "local" a bundled server enforcing ``limits`` per key."""
     if j.base_url.rstrip("/") != LOCAL_BASE_URL:
-        yield j.base_url, resolve_api_key(None, j.api_key_env)
+        keys = resolve_keys(j.api_key_env)
+        if probe:
+            _probe(j, j.base_url, keys)
+        yield j.base_url, keys
         return
     from .local_api.server import LocalServer, ServerSettings
 
-    key = "jina_local_" + secrets.token_hex(16)
-    settings = ServerSettings(api_keys=frozenset({key}), **(
+    keys = KeyPool([Secret("jina_local_" + secrets.token_hex(16)) for _ in j.api_key_envs])
+    settings = ServerSettings(api_keys=frozenset(keys.get()), **(
         {"rpm": limits.rpm, "tpm": limits.tpm, "concurrency": limits.concurrency} if limits else {}))
     server = LocalServer(settings).start()
-    log.info("started the local Jina-compatible server at %s", server.url)
+    log.info("started the local Jina-compatible server at %s with %d key(s)", server.url, len(keys))
     try:
-        yield server.url, Secret(key)
+        if probe:
+            _probe(j, server.url, keys)
+        yield server.url, keys
     finally:
         server.stop()
+
+
+def _probe(j: JinaSettings, url: str, keys: KeyPool) -> None:
+    from .jina.probe import check_endpoint
+
+    keys.probe_spend = check_endpoint(j, url, keys)
+    log.info("%s answers for %d key(s)", url, len(keys))
 
 
 def local_token_count(texts: list[str]) -> int:

@@ -1,49 +1,149 @@
-"""The coordinator splits the key's budget among running shards and hands the freed share to the last ones."""
+"""The coordinator grants each key's budget to whichever shard tasks ask, splits concurrency among the tasks
+that have requests waiting, spreads tasks over a pool of keys and keeps every attempt's spend (fake clock)."""
 import pytest
 
-from jinabatch.embed.coordinator import Coordinator
-from jinabatch.embed.task import request_token_budget
 from jinabatch.config import parse_config
+from jinabatch.embed.coordinator import Coordinator, KeyBudget
+from jinabatch.embed.task import request_token_budget
+
+ZERO = {"rows": 0, "tokens": 0, "requests": 0, "http_429": 0, "retries": 0}
 
 
-def test_before_the_driver_speaks_a_worker_gets_only_its_share_not_the_whole_key():
-    c = Coordinator(rpm=600, tpm=600_000, concurrency=4, workers=4, target=1.0)
-    s = c.register(0)
-    assert s.tpm == pytest.approx(150_000) and s.concurrency == 1
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
 
 
-def test_when_fewer_shards_than_workers_remain_the_running_ones_take_the_freed_share():
-    c = Coordinator(rpm=600, tpm=600_000, concurrency=5, workers=4, target=1.0)
-    c.set_remaining(10)
-    shares = [c.register(i) for i in range(4)]
-    assert sum(s.tpm for s in shares) == pytest.approx(600_000)
-    assert sum(c.share(i).concurrency for i in range(4)) == 5
-    for i in (0, 1):  # two shards finish; only the two running ones remain
-        c.unregister(i, {"rows": 1, "tokens": 1, "requests": 1, "http_429": 0, "retries": 0})
-    c.set_remaining(2)
-    assert [c.share(i).tpm for i in (2, 3)] == [pytest.approx(300_000)] * 2
-    assert sorted(c.share(i).concurrency for i in (2, 3)) == [2, 3]
-    c.unregister(2, {"rows": 1, "tokens": 1, "requests": 1, "http_429": 0, "retries": 0})
-    c.set_remaining(1)
-    last = c.share(3)
-    assert (last.rpm, last.tpm, last.concurrency) == (pytest.approx(600), pytest.approx(600_000), 5)
+def coordinator(**kw) -> tuple[Coordinator, Clock]:
+    clock = Clock()
+    args = dict(rpm=600, tpm=600_000, concurrency=4, workers=2, target=1.0)
+    args.update(kw)
+    return Coordinator(**args, clock=clock), clock
+
+
+def test_the_budget_starts_with_the_first_request_only_and_accrues_at_the_keys_rate():
+    """No burst at the start: nothing piles up before the first request asks; it gets one request's worth
+    (here 4 requests of 2,500 tokens wait: one of them), then 10,000 tokens a second (600k TPM)."""
+    c, clock = coordinator()
+    c.register(0)
+    clock.t += 30  # tasks starting up: no budget piles up meanwhile
+    first = c.poll(0, ZERO, 4, 10_000, waiting=4)
+    assert (first["requests"], first["tokens"]) == (1, 2_500)
+    clock.t += 0.5
+    g = c.poll(0, ZERO, 100, 50_000, waiting=1)
+    assert g["tokens"] == pytest.approx(5_000) and g["requests"] == pytest.approx(5)
+
+
+def test_grants_never_exceed_the_keys_rate_however_many_tasks_ask():
+    c, clock = coordinator(workers=4)
+    for s in range(4):
+        c.register(s)
+    granted = 0.0
+    for _ in range(100):  # 10 s of four tasks asking for more than there is (5 requests of 3,000 tokens each)
+        clock.t += 0.1
+        for s in range(4):
+            granted += c.poll(s, ZERO, 5, 15_000, waiting=5)["tokens"]
+    assert granted <= 10_000 * 10.0 + 3_000 + 1e-6  # the rate, plus the first request
+    assert granted >= 10_000 * 9.9  # and what there is goes out
+
+
+def test_a_task_that_stops_asking_leaves_the_whole_rate_to_the_others():
+    """Start-up, draining or writing a shard: the others take the budget at once, not a share of it."""
+    c, clock = coordinator(workers=2)
+    c.register(0)
+    c.register(1)
+    c.poll(0, ZERO, 1, 1, waiting=1)  # the budget starts
+    got = 0.0
+    for _ in range(10):
+        clock.t += 0.1
+        got += c.poll(0, ZERO, 100, 1e9, waiting=3)["tokens"]  # task 1 asks for nothing
+    assert got == pytest.approx(10_000, rel=0.01)
+
+
+def test_what_a_task_leaves_unspent_goes_back_to_its_key():
+    c, clock = coordinator()
+    c.register(0)
+    c.poll(0, ZERO, 1, 1, waiting=1)
+    clock.t += 1.0
+    c.poll(0, ZERO, 10, 10_000, waiting=1)
+    c.unregister(0, ZERO, (3.0, 4000.0))  # granted but never sent
+    c.register(1)
+    assert c.poll(1, ZERO, 10, 1e9, waiting=1)["tokens"] == pytest.approx(4000)
+
+
+def test_concurrency_is_split_among_tasks_with_requests_waiting_and_grows_only_into_freed_slots():
+    c, _ = coordinator(concurrency=5, workers=2)
+    assert c.register(0)["concurrency"] == 5  # alone: every slot
+    c.poll(0, ZERO, in_flight=5, waiting=10)
+    assert c.register(1)["concurrency"] == 0  # all slots are held by task 0 for now
+    assert c.poll(1, ZERO, in_flight=0, waiting=4)["concurrency"] == 0
+    assert c.poll(0, ZERO, in_flight=5, waiting=10)["concurrency"] == 3  # its part of five: 3 + 2
+    assert c.poll(1, ZERO, in_flight=0, waiting=4)["concurrency"] == 0  # task 0 still has 5 in flight
+    c.poll(0, ZERO, in_flight=3, waiting=10)
+    assert c.poll(1, ZERO, in_flight=0, waiting=4)["concurrency"] == 2
+    c.poll(1, ZERO, in_flight=2, waiting=0)  # nothing waiting: task 1 keeps what is in flight only
+    caps = [c.poll(s, ZERO, in_flight=f, waiting=w)["concurrency"] for s, f, w in ((0, 3, 10), (1, 2, 0))]
+    assert caps == [3, 2] and sum(caps) <= 5
+
+
+def test_a_429_pauses_the_whole_key_and_slows_it_down():
+    c, clock = coordinator()
+    c.register(0)
+    c.register(1)
+    c.poll(0, ZERO, 1, 1, waiting=1)
+    clock.t += 1.0
+    r = c.poll(0, ZERO, 1, 1, waiting=1, new_429=1, retry_after=2.0)
+    assert r["pause"] == pytest.approx(2.0) and r["tokens"] == 0
+    assert c.poll(1, ZERO, 1, 1e9, waiting=1)["pause"] == pytest.approx(2.0)  # the other task hears it too
+    kb = c.keys[0]
+    assert kb.factor == pytest.approx(0.7) and kb.tokens.rate == pytest.approx(10_000 * 0.7)
 
 
 def test_a_retried_attempt_starts_its_rows_over_but_its_predecessors_spend_is_kept():
-    c = Coordinator(rpm=600, tpm=600_000, concurrency=2, workers=2, target=1.0)
+    c, _ = coordinator()
     c.register(7)
-    c.report(7, {"rows": 300, "tokens": 5000, "requests": 3, "http_429": 1, "retries": 0})
+    c.poll(7, {"rows": 300, "tokens": 5000, "requests": 3, "http_429": 1, "retries": 0})
     c.register(7)  # the worker died; Ray retries the shard
     t = c.totals()
     assert (t["rows"], t["tokens"], t["requests"], t["http_429"]) == (0, 5000, 3, 1)
 
 
-def test_a_new_worker_inherits_the_unused_budget_a_finished_one_left_not_a_full_bucket():
-    c = Coordinator(rpm=600, tpm=600_000, concurrency=2, workers=2, target=1.0)
-    assert c.take_levels() == (0.0, 0.0)  # the first workers start empty: no burst above the rate
-    c.unregister(0, {"rows": 0, "tokens": 0, "requests": 0, "http_429": 0, "retries": 0}, (1.0, 2000.0))
-    req, tok = c.take_levels()
-    assert 1.0 <= req < 2.0 and 2000.0 <= tok < 4000.0
+def test_tasks_spread_over_a_pool_of_keys_fewest_running_first_each_key_its_own_budget():
+    c, clock = coordinator(workers=4, keys=2)
+    assert [c.register(s, keys=2)["key"] for s in range(4)] == [0, 1, 0, 1]
+    c.unregister(1, dict(ZERO, tokens=10))
+    assert c.register(9, keys=2)["key"] == 1  # key 1 had one task running, key 0 two
+    for s in (0, 9):
+        c.poll(s, ZERO, 1, 1, waiting=1)
+    clock.t += 1.0
+    g0 = c.poll(0, ZERO, 1, 1e9, waiting=1)["tokens"]
+    g1 = c.poll(9, ZERO, 1, 1e9, waiting=1)["tokens"]
+    assert g0 == pytest.approx(10_000) and g1 == pytest.approx(10_000)  # each key has its full TPM
+
+
+def test_totals_add_up_over_keys_and_name_keys_by_index_only():
+    c, _ = coordinator(keys=2)
+    c.register(0, keys=2)
+    c.register(1, keys=2)
+    c.poll(0, {"rows": 5, "tokens": 100, "requests": 2, "http_429": 0, "retries": 1})
+    c.unregister(1, {"rows": 7, "tokens": 200, "requests": 3, "http_429": 1, "retries": 0})
+    t = c.totals()
+    assert set(t["keys"]) == {"key0", "key1"}
+    for k in ("rows", "tokens", "requests", "http_429", "retries"):
+        assert t[k] == t["keys"]["key0"][k] + t["keys"]["key1"][k]
+    assert (t["tokens"], t["keys"]["key1"]["http_429"]) == (300, 1)
+
+
+def test_key_budget_recovers_after_a_cut():
+    clock = Clock()
+    kb = KeyBudget(600, 600_000, 4, 1.0, clock=clock)
+    kb.rate_limited(1.0)
+    clock.t += 1.0 + 6.0  # pause, then 6 quiet seconds at +5% a second
+    kb.grant(0, 1)
+    assert kb.factor == pytest.approx(1.0)
 
 
 def test_request_size_follows_the_limits():
@@ -51,3 +151,24 @@ def test_request_size_follows_the_limits():
     assert request_token_budget(small) == 8000  # 4 × TPM/RPM: RPM never binds before TPM
     tight = parse_config({"limits": {"rpm": 6000, "tpm": 60_000, "concurrency": 5}, "ray": {"workers": 2}})
     assert request_token_budget(tight) == 512  # never below 512 tokens a request
+
+
+def test_a_task_with_nothing_waiting_holds_only_its_requests_in_flight():
+    """A task writing its shard (nothing waiting, nothing in flight) keeps no slot, poll after poll."""
+    c, _ = coordinator(concurrency=4, workers=2)
+    c.register(0)
+    c.register(1)
+    for _ in range(3):
+        assert c.poll(0, ZERO, in_flight=0, waiting=0)["concurrency"] == 0
+    assert c.poll(1, ZERO, in_flight=0, waiting=6)["concurrency"] == 4
+
+
+def test_a_task_that_went_silent_frees_its_slots():
+    """Its worker died and Ray gave up on the shard: after 30 s without a poll its slots go to the others."""
+    c, clock = coordinator(concurrency=4, workers=2)
+    c.register(0)
+    c.poll(0, ZERO, in_flight=4, waiting=3)
+    c.register(1)
+    assert c.poll(1, ZERO, in_flight=0, waiting=3)["concurrency"] == 0
+    clock.t += 31
+    assert c.poll(1, ZERO, in_flight=0, waiting=3)["concurrency"] == 4

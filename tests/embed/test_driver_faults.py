@@ -26,6 +26,7 @@ from jinabatch.config import parse_config
 from jinabatch.embed.plan import plan_corpus
 from jinabatch.embed.driver import run_embed
 from jinabatch.errors import AuthError
+from jinabatch.jina.probe import PROBE_TEXT
 from jinabatch.local_api.server import LocalServer, ServerSettings
 from jinabatch.storage import Storage
 
@@ -236,6 +237,7 @@ def test_driver_killed_then_rerun_sends_only_unfinished_shards(make_jina_server,
     text_of = {(r["_file"], r["_row"]): r["text"] for r in corpus.rows}
     want_tokens = sum(fakemodel.count_tokens(text_of[(Path(p.file).name, r)])
                       for s in unfinished for p in s.pieces for r in range(p.row_start, p.row_stop))
+    want_tokens += fakemodel.count_tokens(PROBE_TEXT)  # the endpoint check before anything is scheduled
 
     srv.reset_stats()
     p = subprocess.run(cmd, env=_job_env(jina_key), capture_output=True, text=True, timeout=300)
@@ -249,15 +251,16 @@ def test_driver_killed_then_rerun_sends_only_unfinished_shards(make_jina_server,
 
 def test_wrong_key_stops_the_run_with_auth_error_and_no_key_in_it(ray_local, embed_config, jina_server, tmp_path,
                                                                    monkeypatch):
-    """A key the server refuses: AuthError stops the whole run (no shard written), its text holds no key."""
+    """A key the server refuses: AuthError from the check before anything is scheduled (one request, no shard
+    written), naming the key's variable but not its value."""
     make_corpus(tmp_path / "corpus", files=2, rows_per_file=100, row_group_size=50)
     bad = "jina_WRONG_KEY_7d1e0c_should_not_appear"
     monkeypatch.setenv(KEY_ENV, bad)
     cfg = parse_config(base_config(tmp_path / "corpus", tmp_path / "out", jina_server.url))
+    before = jina_server.stats()["requests"]
     with pytest.raises(AuthError) as e:
         run_embed(cfg, progress=False)
-    assert bad not in str(e.value) and "key" in str(e.value).lower()
+    assert bad not in str(e.value) and "key" in str(e.value).lower() and KEY_ENV in str(e.value)
+    assert jina_server.stats()["requests"] == before + 1
     assert not list((tmp_path / "out").glob("shards/*.parquet"))
-    report = json.loads((tmp_path / "out" / "_report.json").read_text())
-    assert report["finished"] is False and report["failures"][0]["error_type"] == "AuthError"
-    assert bad not in (tmp_path / "out" / "_report.json").read_text()
+    assert not (tmp_path / "out" / "_report.json").exists()  # nothing ran, nothing to report

@@ -13,7 +13,7 @@ import pytest
 from jinabatch.local_api import fakemodel
 from jinabatch.errors import (AuthError, InvalidRequest, RateLimited, ResponseError, RetriesExhausted,
                               ServerError, TransportError)
-from jinabatch.jina.client import JinaClient
+from jinabatch.jina.client import JinaClient, NoLimiter
 from jinabatch.local_api.server import TRANSIENT_FAULTS, LocalServer, ServerSettings
 
 KEY = "jina_client_test_key_5f3a9c0e7d1b"
@@ -60,8 +60,8 @@ class TimedLimiter:
     async def acquire(self, tokens):
         self.events.append(("acquire", time.monotonic(), tokens))
 
-    def release(self, tokens_estimated, tokens_used, *, rate_limited=False, retry_after=None):
-        self.events.append(("release", time.monotonic(), (tokens_used, rate_limited, retry_after)))
+    def release(self, tokens_estimated, tokens_used, *, rate_limited=False, retry_after=None, limit=None):
+        self.events.append(("release", time.monotonic(), (tokens_used, rate_limited, retry_after, limit)))
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -218,15 +218,42 @@ def test_without_retry_after_429_uses_backoff(srv):
     assert lim.events[first + 1][1] - lim.events[first][1] >= 0.2
 
 
-def test_rate_limited_is_transient_and_typed(srv):
+def test_429s_do_not_count_against_max_attempts(srv):
+    """max_attempts is for faults: with max_attempts=1 a request refused with 429 is still retried and succeeds."""
     srv.configure(rpm=60, burst_seconds=1.0, retry_after=True)
+
+    async def go():
+        async with client(srv, max_attempts=1) as c:
+            await c.embed_batch(["a"])
+            return await c.embed_batch(["b"]), c.stats
+
+    res, stats = run(go())
+    np.testing.assert_array_equal(res.vectors, fakemodel.embed(V3, "retrieval.passage", 256, ["b"]))
+    assert stats.http_429 >= 1 and res.attempts == 1 + stats.http_429
+
+
+def test_429s_past_retry_timeout_raise_retries_exhausted_naming_the_setting(srv):
+    """Sustained 429s end only when jina.retry_timeout runs out; the error names it and the typed last 429."""
+    srv.configure(rpm=1, burst_seconds=60.0, retry_after=True)  # one request a minute
+
+    async def go():
+        async with client(srv, retry_timeout=1.5, retry_after_max=0.2, limiter=NoLimiter()) as c:
+            await c.embed_batch(["a"])
+            await c.embed_batch(["b"])
+
     with pytest.raises(RetriesExhausted) as ei:
-        async def go():
-            async with client(srv, max_attempts=1) as c:
-                await c.embed_batch(["a"])
-                await c.embed_batch(["b"])
         run(go())
-    assert isinstance(ei.value.last, RateLimited) and ei.value.last.retry_after >= 1
+    e = ei.value
+    assert isinstance(e.last, RateLimited) and e.last.retry_after >= 1 and e.last.limit == "rpm"
+    assert "jina.retry_timeout" in str(e) and "429" in str(e)
+
+
+def test_faults_still_count_against_max_attempts_between_429s(srv):
+    """Every request faults (502): max_attempts=3 ends it after three attempts, whatever the time budget."""
+    srv.configure(fault_every=1, faults=["html502"])
+    with pytest.raises(RetriesExhausted, match="all 3 attempts"):
+        run(one_batch(srv, max_attempts=3, retry_timeout=600))
+    assert srv.stats()["requests"] == 3
 
 
 # -- packing and calibration -------------------------------------------------------------------

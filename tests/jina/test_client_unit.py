@@ -24,8 +24,8 @@ class RecordingLimiter:
     async def acquire(self, tokens):
         self.calls.append(("acquire", tokens))
 
-    def release(self, tokens_estimated, tokens_used, *, rate_limited=False, retry_after=None):
-        self.calls.append(("release", tokens_estimated, tokens_used, rate_limited, retry_after))
+    def release(self, tokens_estimated, tokens_used, *, rate_limited=False, retry_after=None, limit=None):
+        self.calls.append(("release", tokens_estimated, tokens_used, rate_limited, retry_after, limit))
 
 
 def _ok(request: httpx.Request) -> httpx.Response:
@@ -57,7 +57,8 @@ def test_no_limiter_satisfies_the_protocol():
 
 
 def test_every_attempt_acquires_and_releases_with_server_usage_and_429_info():
-    transport, seen = _script(httpx.Response(429, json={"detail": "slow"}, headers={"Retry-After": "0"}), _ok)
+    transport, seen = _script(httpx.Response(429, json={"detail": "slow: 60 requests per minute"},
+                                             headers={"Retry-After": "0"}), _ok)
     lim = RecordingLimiter()
 
     async def go():
@@ -68,8 +69,8 @@ def test_every_attempt_acquires_and_releases_with_server_usage_and_429_info():
     res = run(go())
     assert res.attempts == 2 and res.tokens == 42 and len(seen) == 2
     est = res.estimated_tokens
-    assert lim.calls == [("acquire", est), ("release", est, None, True, 0.0),
-                         ("acquire", est), ("release", est, 42, False, None)]
+    assert lim.calls == [("acquire", est), ("release", est, None, True, 0.0, "rpm"),
+                         ("acquire", est), ("release", est, 42, False, None, None)]
 
 
 def test_invalid_request_is_released_and_not_retried():

@@ -123,3 +123,74 @@ def test_new_share_changes_rates_without_resetting_debt():
     lim.set_share(Share(rpm=1200, tpm=120_000, concurrency=2))
     assert lim._tokens.rate == pytest.approx(2000) and lim._tokens.level == pytest.approx(level)
     assert "factor" in repr(lim)
+
+
+def test_requests_are_admitted_in_arrival_order_so_a_big_one_is_not_starved_by_small_ones():
+    """A 900-token request waiting for budget is not overtaken by 100-token requests that came after it."""
+    clock = FakeClock()
+    lim = WorkerLimiter(Share(rpm=1e6, tpm=60_000, concurrency=8), burst_seconds=1, clock=clock,
+                        start_levels=(1e6, 0))
+
+    async def run():
+        order = []
+
+        async def req(name, tokens):
+            await lim.acquire(tokens)
+            order.append(name)
+
+        tasks = [asyncio.ensure_future(req("big", 900))]
+        await asyncio.sleep(0)
+        tasks += [asyncio.ensure_future(req(f"small{i}", 100)) for i in range(3)]
+        for _ in range(40):  # 0.1 s of budget (100 tokens) at a time
+            await asyncio.sleep(0.01)
+            clock.t += 0.1
+            lim._notify()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return order
+
+    assert asyncio.run(run())[0] == "big"
+
+
+def test_a_fed_limiter_sends_only_what_it_is_granted_and_says_what_its_waiting_requests_lack():
+    woken = []
+    lim = WorkerLimiter(Share(rpm=0, tpm=0, concurrency=2), fed=True, on_need=lambda: woken.append(1))
+
+    async def run():
+        first = asyncio.ensure_future(lim.acquire(300))
+        second = asyncio.ensure_future(lim.acquire(200))
+        await asyncio.sleep(0.02)
+        lacking = lim.demand()
+        lim.grant(1, 300)  # enough for the first only
+        await asyncio.sleep(0.02)
+        state = (first.done(), second.done(), lim.demand())
+        lim.grant(1, 200)
+        await asyncio.wait_for(second, 2)
+        return lacking, state
+
+    lacking, (first_done, second_done, after) = asyncio.run(run())
+    assert lacking == (2, 500) and woken  # both can start (two slots): 2 requests, 500 tokens; the pump was woken
+    assert first_done and not second_done and after == (1, 200)
+
+
+def test_a_fed_limiter_hands_back_what_it_did_not_spend_and_settles_debt():
+    lim = WorkerLimiter(Share(rpm=0, tpm=0, concurrency=1), fed=True)
+    lim.grant(3, 1000)
+    asyncio.run(lim.acquire(400))
+    lim.release(400, 500)  # the server counted 100 more than estimated
+    assert lim.take_levels() == (2, 500) and lim.levels() == (0, 0)
+
+
+def test_a_request_cancelled_while_waiting_leaves_the_line_and_the_next_one_goes():
+    """A waiting request whose task is cancelled (a failed shard, a TaskGroup) must not block those behind it."""
+    lim = WorkerLimiter(Share(rpm=0, tpm=0, concurrency=1), fed=True)
+
+    async def run():
+        first = asyncio.ensure_future(lim.acquire(100))
+        second = asyncio.ensure_future(lim.acquire(100))
+        await asyncio.sleep(0.02)
+        first.cancel()
+        lim.grant(1, 100)
+        await asyncio.wait_for(second, 2)
+        return lim.waiting, lim.in_flight
+
+    assert asyncio.run(run()) == (0, 1)

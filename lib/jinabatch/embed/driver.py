@@ -47,10 +47,10 @@ FATAL = (AuthError, BadRowError, BillingError, ConfigError)  # stop the whole ru
 
 
 def _check_settings(config: Config) -> None:
-    if config.ray.workers > config.limits.concurrency:
+    if config.ray.workers > config.limits.concurrency * len(config.jina.api_key_envs):  # per key of the pool
         raise ConfigError(f"ray.workers ({config.ray.workers}) is more than limits.concurrency "
-                          f"({config.limits.concurrency}): every worker needs at least one request in flight; "
-                          "lower ray.workers or raise limits.concurrency")
+                          f"({config.limits.concurrency}) × keys ({len(config.jina.api_key_envs)}): every worker "
+                          "needs at least one request in flight; lower ray.workers or raise limits.concurrency")
     if config.jina.late_chunking:
         check_late_chunking(config.corpus)
 
@@ -74,7 +74,8 @@ def _check_output(config: Config, out: Storage) -> None:
 def _runlog_meta(config: Config, plan: Plan, todo: list[Shard], estimate: dict[str, Any] | None) -> dict[str, Any]:
     lim = config.limits
     return {"fingerprint": config.fingerprint(), "embedding": config.embedding_key(),
-            "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency}, "keys": ["key0"],
+            "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency},
+            "keys": [f"key{i}" for i in range(len(config.jina.api_key_envs))],
             "price_per_million_tokens": config.jina.price_per_million_tokens, "workers": config.ray.workers,
             "plan": {"files": len(plan.files), "shards_total": len(plan.shards), "rows_total": plan.rows,
                      "shards_todo": len(todo), **({"estimate": estimate} if estimate else {})}}
@@ -142,13 +143,14 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
         with runlog.failing(rep.to_dict):  # a failure to start a service also ends the manifest as "failed"
             if out.abort_multipart_uploads():
                 log.info("aborted uploads an earlier run's killed workers left under %s", out.uri)
-            base_url, key = stack.enter_context(jina_endpoint(config.jina, config.limits))
+            base_url, key = stack.enter_context(jina_endpoint(config.jina, config.limits, probe=True))
             need_ray()
             t_first, t_end, fatal = _schedule(config, plan, out, todo, rep, base_url, key, progress, runlog,
                                               rows_before=sum(s["rows_in"] for s in skipped))
     rep.duration_s = round(time.monotonic() - t_start, 3)
     rep.finish_rates((t_end - t_first) if t_first else 0.0, tpm=config.limits.tpm, rpm=config.limits.rpm)
     rep.finished = rep.shards_failed == 0 and fatal is None
+    rep.rows_in = plan.rows  # the corpus's rows, also when shards failed
     rep.write(out)
     runlog.finish(rep.to_dict(), "finished" if rep.finished else "failed")
     if fatal is not None:
@@ -193,23 +195,24 @@ def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: 
                     r = vars(ShardResult(s.index, s.name, s.rows, 0, 0, status="failed",
                                          error=f"{type(e).__name__}: {e}", error_type=type(e).__name__))
                 fatal = fatal or _collect(rep, s, r)
-                runlog.shard_finished({**r, "key": "key0", "shard_key": s.key, "fingerprint": config.fingerprint()})
+                runlog.shard_finished({"key": "key0", **r, "shard_key": s.key, "fingerprint": config.fingerprint()})
                 coordinator.set_remaining.remote(len(queue) + len(running))
             if fatal is not None and running:
                 for ref in running:
                     ray.cancel(ref, force=True)
             t = ray.get(coordinator.totals.remote())
-            runlog.tick(t, {"key0": t}, len(running))
+            runlog.tick(t, t["keys"], len(running))
             bar.update(t, shards_done=rep.shards_done + rep.shards_skipped, shards_total=len(plan.shards),
                        workers_active=len(running))
         spent = ray.get(coordinator.totals.remote())
-        runlog.tick(spent, {"key0": spent}, 0)
+        runlog.tick(spent, spent["keys"], 0)
     finally:
         bar.close()
     t_end = time.monotonic()
     if spent:  # what the key was billed, dead attempts included (results only hold finished ones)
         rep.tokens, rep.requests = max(rep.tokens, spent["tokens"]), max(rep.requests, spent["requests"])
         rep.retries, rep.http_429 = max(rep.retries, spent["retries"]), max(rep.http_429, spent["http_429"])
+        rep.add_keys(spent["keys"], probe=key.probe_spend)  # per key (key0...), plus the endpoint check
     if out.abort_multipart_uploads():
         log.info("aborted uploads that killed workers left under %s", out.uri)
     return t_first, t_end, fatal

@@ -46,6 +46,7 @@ class EmbedReport:
     utilization: float = 0.0
     binding_limit: str = "tpm"
     limits: dict[str, Any] = field(default_factory=dict)
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # key0, key1...: counters, utilization
     workers: int = 0
     model: str = ""
     task: str | None = None
@@ -66,6 +67,17 @@ class EmbedReport:
         for k, v in reasons.items():
             self.dead_letter_reasons[k] = self.dead_letter_reasons.get(k, 0) + v
 
+    def add_keys(self, per_key: dict[str, dict[str, Any]], *, probe: list[dict[str, int]] | None = None) -> None:
+        """Counters per key of the pool (``key0``, ``key1``…), plus what checking each key before the run
+        cost (one tiny request each), which is added to the totals too: the report matches the bill."""
+        self.keys = {k: dict(c) for k, c in per_key.items()}
+        for i, p in enumerate(probe or []):
+            c = self.keys.setdefault(f"key{i}", {"rows": 0, "tokens": 0, "requests": 0, "http_429": 0, "retries": 0})
+            c["tokens"] += p["tokens"]
+            c["requests"] += p["requests"]
+            self.tokens += p["tokens"]
+            self.requests += p["requests"]
+
     def finish_rates(self, window_s: float, *, tpm: int, rpm: int) -> None:
         if self.raw_tokens > 0 and self.tokens > 0:
             self.token_ratio = round(self.tokens / self.raw_tokens, 4)
@@ -75,6 +87,9 @@ class EmbedReport:
             self.requests_per_min = round(self.requests / window_s * 60, 2)
         u, which = utilization(self.tokens, self.requests, window_s, tpm=tpm, rpm=rpm)
         self.utilization, self.binding_limit = round(u, 4), which
+        for c in self.keys.values():  # [limits] is each key's budget
+            u, which = utilization(c["tokens"], c["requests"], window_s, tpm=tpm, rpm=rpm)
+            c["utilization"], c["binding_limit"] = round(u, 4), which
 
     @property
     def reconciled(self) -> bool:
@@ -96,5 +111,7 @@ class EmbedReport:
         return (f"{self.rows_embedded}/{self.rows_in} rows embedded{reuse}, {self.rows_dead_letter} dead-lettered, "
                 f"{self.shards_done} shards done, {self.shards_skipped} skipped, {self.shards_failed} failed; "
                 f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
-                f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}; "
-                f"{self.duration_s:.1f}s")
+                f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"
+                + (" (per key: " + ", ".join(f"{k} {c.get('utilization', 0):.1%}, {c['http_429']} 429s"
+                                            for k, c in self.keys.items()) + ")" if len(self.keys) > 1 else "")
+                + f"; {self.duration_s:.1f}s")

@@ -1,13 +1,19 @@
-"""The body of one shard task on a Ray worker: join the coordinator, limit this worker to its share of the
-key's budget, run the shard (``worker.process_shard``) and report counters back.
+"""The body of one shard task on a Ray worker: join the coordinator, embed the shard with budget the
+coordinator grants, report counters back.
 
 ``shard_task`` is what the driver schedules (``ray.remote``); it turns known errors into a failed result
-(typed, picklable) instead of raising, so the driver can tell a bad run from a bad shard. The API key
-arrives as an object-store value (``ray.put`` in the driver), never as a task argument.
+(typed, picklable) instead of raising, so the driver can tell a bad run from a bad shard. The API keys
+arrive as an object-store value (``ray.put`` in the driver: one key or the pool's list), never as a task
+argument; the coordinator says which one this task uses (by index), and it is wrapped in ``Secret`` at once.
+
+A *pump* coroutine runs beside the shard: while requests wait it polls the coordinator about ten times a
+second with what they lack (``WorkerLimiter.demand``) and hands the grant, the concurrency cap and any
+key-wide pause to the limiter; while nothing waits it only reports progress, four times a second.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -15,20 +21,24 @@ import pyarrow as pa
 
 from ..config import Config
 from ..errors import JinaBatchError
-from ..jina.limits import WorkerLimiter
+from ..jina.limits import Share, WorkerLimiter
 from ..storage import Storage
+from .coordinator import BURST_SECONDS
 from .plan import Shard
 from .worker import ShardResult, process_shard
 
-__all__ = ["shard_task", "request_token_budget", "BURST_SECONDS"]
+__all__ = ["shard_task", "request_token_budget", "BURST_SECONDS", "POLL_BUSY", "POLL_IDLE"]
 
-BURST_SECONDS = 2.0
+POLL_BUSY = 0.1  # seconds between polls while requests wait for budget or a slot
+POLL_IDLE = 0.25  # seconds between progress reports otherwise
 
 
-def request_token_budget(config: Config) -> int:
-    """Tokens per request: big enough that RPM does not bind before TPM, small enough to pace smoothly."""
-    lim, w = config.limits, config.ray.workers
-    per_worker_burst = lim.tpm * lim.target / w / 60 * BURST_SECONDS
+def request_token_budget(config: Config, keys: int = 1) -> int:
+    """Tokens per request: big enough that RPM does not bind before TPM, small enough to pace smoothly
+    (at most two seconds of a worker's part of its key's TPM)."""
+    lim = config.limits
+    workers_per_key = max(1, math.ceil(config.ray.workers / max(1, keys)))
+    per_worker_burst = lim.tpm * lim.target / workers_per_key / 60 * BURST_SECONDS
     return int(min(config.jina.max_tokens_per_request, max(512, min(4 * lim.tpm / lim.rpm, per_worker_burst))))
 
 
@@ -38,17 +48,20 @@ def _counters(rows: int, client) -> dict[str, int]:
 
 
 async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field, carried: list[pa.Field],
-                     base_url: str, key: str, coordinator) -> ShardResult:
+                     base_url: str, keys: list[str], coordinator) -> ShardResult:
     import ray
 
-    from ..jina.client import JinaClient, Secret
+    from ..jina.client import JinaClient
+    from ..jina.keys import Secret
 
-    share = await coordinator.register.remote(shard.index)
-    budget = request_token_budget(config)
-    limiter = WorkerLimiter(share, burst_seconds=BURST_SECONDS, max_request_tokens=budget,
-                            start_levels=await coordinator.take_levels.remote())
-    client = JinaClient(config.jina, api_key=Secret(key), base_url=base_url, limiter=limiter,
-                        max_tokens_per_request=budget)
+    seat = await coordinator.register.remote(shard.index, len(keys))
+    budget = request_token_budget(config, len(keys))
+    need = asyncio.Event()
+    limiter = WorkerLimiter(Share(config.limits.rpm, config.limits.tpm, seat["concurrency"]), fed=True,
+                            max_request_tokens=budget, on_need=need.set)
+    i, envs = seat["key"], config.jina.api_key_envs
+    key = Secret(keys[i], name=envs[i] if len(envs) == len(keys) else None, label=f"key{i}")  # names its variable
+    client = JinaClient(config.jina, api_key=key, base_url=base_url, limiter=limiter, max_tokens_per_request=budget)
     rows = 0
 
     def on_rows(n: int) -> None:
@@ -56,29 +69,52 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
         rows += n
 
     async def pump() -> None:
+        seen_429 = 0
         while True:
-            await asyncio.sleep(0.5)
-            limiter.set_share(await coordinator.report.remote(shard.index, _counters(rows, client)))
+            need.clear()
+            want = limiter.demand()
+            new_429, seen_429 = limiter.rate_limited - seen_429, limiter.rate_limited
+            reply = await coordinator.poll.remote(shard.index, _counters(rows, client), *want, limiter.in_flight,
+                                                  limiter.waiting, new_429, limiter.last_retry_after)
+            limiter.set_concurrency(reply["concurrency"])
+            limiter.pause(reply["pause"])
+            limiter.grant(reply["requests"], reply["tokens"])
+            await asyncio.sleep(0)  # let the requests that can go now take their budget first
+            if limiter.waiting and (any(limiter.demand()) or limiter.in_flight >= limiter.share.concurrency):
+                await asyncio.sleep(POLL_BUSY)
+            else:
+                try:
+                    await asyncio.wait_for(need.wait(), POLL_IDLE)
+                except asyncio.TimeoutError:
+                    pass
 
     t0 = time.monotonic()
     pumping = asyncio.ensure_future(pump())
+    working = asyncio.ensure_future(process_shard(config, shard, client, Storage.open(out, config.storage),
+                                                  id_field=id_field, carried=carried, on_rows=on_rows))
     try:
-        res = await process_shard(config, shard, client, Storage.open(out, config.storage), id_field=id_field,
-                                  carried=carried, on_rows=on_rows)
+        await asyncio.wait({pumping, working}, return_when=asyncio.FIRST_COMPLETED)
+        if not working.done():  # the pump died (the coordinator is gone): nothing would be granted any more
+            working.cancel()
+            pumping.result()
+        res = working.result()
         res.seconds = time.monotonic() - t0
         res.node = ray.get_runtime_context().get_node_id()
+        res.key = f"key{i}"  # which key of the pool (the run log records it)
         return res
     finally:
-        pumping.cancel()
-        await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.levels())
+        for t in (pumping, working):
+            t.cancel()
+        await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.take_levels())
         await client.aclose()
 
 
 def shard_task(config: Config, shard: Shard, out: str, id_field: pa.Field, carried: list[pa.Field],
-                base_url: str, key: str, coordinator) -> dict[str, Any]:
+               base_url: str, key: str | list[str], coordinator) -> dict[str, Any]:
     """Ray task body. Known errors come back as a failed result (typed, picklable) instead of raising."""
+    keys = [key] if isinstance(key, str) else list(key)
     try:
-        return vars(asyncio.run(_run_shard(config, shard, out, id_field, carried, base_url, key, coordinator)))
+        return vars(asyncio.run(_run_shard(config, shard, out, id_field, carried, base_url, keys, coordinator)))
     except JinaBatchError as e:
         return vars(ShardResult(shard.index, shard.name, shard.rows, 0, 0, status="failed",
                                 error=str(e), error_type=type(e).__name__))

@@ -72,6 +72,7 @@ class ShardResult:
     node: str | None = None  # Ray node that ran it
     raw_tokens: float = 0.0  # uncalibrated estimate of what was sent: tokens / raw_tokens calibrates the next plan
     rows_reused: int = 0  # vectors carried over from output.previous (no request)
+    key: str | None = None  # the key of the pool it used (key0, key1...; never the value)
 
 
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""The Jina embeddings API side: the async client, its wire format and token estimate, the per-worker
-limiter, the model table, and ``JinaEmbeddingFunction`` (pymilvus.model's contract on top of the client)."""
+"""The Jina embeddings API side: the async client, its wire format and token estimate, the limiters (the
+job's ``WorkerLimiter``, the self-pacing ``AdaptiveLimiter``), keys and key pools, the endpoint check, the
+model table, and ``JinaEmbeddingFunction`` (pymilvus.model's contract on top of the client)."""
 from .._lazy import lazy_exports
 
 _LAZY = {
-    "JinaClient": ".client", "BatchResult": ".client", "ClientStats": ".client", "Limiter": ".client",
-    "NoLimiter": ".client", "Secret": ".client", "resolve_api_key": ".client",
+    "JinaClient": ".client", "BatchResult": ".client", "ClientStats": ".client", "Limiter": ".limits",
+    "NoLimiter": ".limits", "Secret": ".keys", "KeyPool": ".keys", "resolve_api_key": ".keys",
+    "resolve_keys": ".keys", "AdaptiveLimiter": ".pacing", "check_endpoint": ".probe",
     "JinaEmbeddingFunction": ".facade", "Share": ".limits", "share_of": ".limits", "WorkerLimiter": ".limits",
     "TokenEstimator": ".tokens", "plan_batches": ".tokens", "MODELS": ".models", "ModelSpec": ".models",
     "get_model": ".models",

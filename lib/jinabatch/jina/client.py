@@ -1,30 +1,35 @@
 """The async Jina embeddings client.
 
 One :class:`JinaClient` owns one pooled ``httpx.AsyncClient`` (explicit connect/read timeouts from
-:class:`~jinabatch.config.JinaSettings`). The unit of work is :meth:`JinaClient.embed_batch`:
-exactly one request, retried by **stamina** on :class:`~jinabatch.errors.TransientError` only —
-exponential backoff with jitter, except after a 429 carrying ``Retry-After``, where the backoff hook
-returns the server's wait instead. Every HTTP attempt, retries included, passes through the
-:class:`Limiter` (acquire before, release after with the tokens the server actually billed), so a
-per-worker rate limiter sees the real traffic. :meth:`JinaClient.embed` packs texts with
-:func:`~jinabatch.jina.tokens.plan_batches` and runs the batches concurrently.
+:class:`~jinabatch.config.JinaSettings`). The unit of work is :meth:`JinaClient.embed_batch`: exactly one
+request, retried by **stamina** on :class:`~jinabatch.errors.TransientError` only, under two budgets —
+faults (5xx, dropped connections, timeouts) count against ``jina.max_attempts`` with exponential backoff
+and jitter; 429s do not (they mean "later", not "broken") and are retried after the server's
+``Retry-After`` (or a backoff) for as long as ``jina.retry_timeout`` allows, which bounds both.
 
-The API key lives in a :class:`Secret` whose repr/str are ``***`` and which refuses to pickle; it
-is only ever written into the ``Authorization`` header by an ``httpx.Auth`` hook. httpx exceptions
-(whose ``.request`` carries that header) are never chained onto ours, and server messages are
+Every HTTP attempt, retries included, passes through a :class:`Limiter` (acquire before, release after with
+the tokens the server actually billed and what a 429 said), so the limiter sees the real traffic. Without
+one the client paces itself with an :class:`~jinabatch.jina.pacing.AdaptiveLimiter` (learns the key's rates
+from usage and 429s; a 429 pauses the whole client); ``rpm=`` / ``tpm=`` give it a
+:class:`~jinabatch.jina.limits.WorkerLimiter` at those rates instead — the job's limiter. :meth:`JinaClient.embed`
+cuts texts into requests of the limiter's current size as it goes, runs them concurrently, and splits a
+request a 429 refused when it is bigger than the budget learnt since.
+
+The API key lives in a :class:`~jinabatch.jina.keys.Secret` whose repr/str are ``***`` and which refuses to
+pickle; it is only ever written into the ``Authorization`` header by an ``httpx.Auth`` hook. httpx
+exceptions (whose ``.request`` carries that header) are never chained onto ours, and server messages are
 scrubbed of the key before they reach an exception or a log line.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import httpx
 import numpy as np
@@ -33,7 +38,6 @@ import stamina
 
 from ..config import LOCAL_BASE_URL, JinaSettings
 from ..errors import (
-    AuthError,
     ConfigError,
     JinaError,
     RateLimited,
@@ -41,47 +45,16 @@ from ..errors import (
     TransientError,
     TransportError,
 )
+from .keys import FALLBACK_KEY_ENV, KeyPool, Secret, resolve_api_key
+from .limits import Limiter, NoLimiter, explicit_limiter
+from .pacing import AdaptiveLimiter
 from .tokens import TokenEstimator, plan_batches, raw_estimate
 from .wire import DTYPES, build_body, decode_response, error_for_status, row_width
 
-__all__ = ["JinaClient", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "resolve_api_key",
-           "FALLBACK_KEY_ENV"]
+__all__ = ["JinaClient", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "KeyPool",
+           "resolve_api_key", "FALLBACK_KEY_ENV"]
 
 log = logging.getLogger("jinabatch.jina")
-
-FALLBACK_KEY_ENV = "JINA_API_KEY"
-
-
-class Secret:
-    """Holds a credential; prints as ``***`` and cannot be pickled (so it never rides along unseen)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "***"
-
-    __str__ = __repr__
-
-    def __reduce__(self):
-        raise TypeError("the API key is not picklable; pass the name of its environment variable instead")
-
-
-def resolve_api_key(api_key: str | Secret | None, key_env: str = "JINAAI_API_KEY") -> Secret:
-    """The key from the argument, else ``$key_env``, else ``$JINA_API_KEY``; AuthError if none is set."""
-    if isinstance(api_key, Secret):
-        return api_key
-    value = api_key or os.environ.get(key_env) or os.environ.get(FALLBACK_KEY_ENV)
-    if not value or not value.strip():
-        names = " or ".join(dict.fromkeys([key_env, FALLBACK_KEY_ENV]))
-        raise AuthError(f"no Jina API key: set {names} in the environment (or pass api_key=...); "
-                        "get a key at https://jina.ai/embeddings")
-    return Secret(value.strip())
 
 
 class _BearerAuth(httpx.Auth):
@@ -94,32 +67,6 @@ class _BearerAuth(httpx.Auth):
 
     def __repr__(self) -> str:
         return "_BearerAuth(***)"
-
-
-@runtime_checkable
-class Limiter(Protocol):
-    """Admission control for each HTTP attempt (the real one is ``jinabatch.jina.limits``)."""
-
-    async def acquire(self, tokens: int) -> None:
-        """Wait for 1 request + ``tokens`` of budget + a concurrency slot."""
-
-    def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None) -> None:
-        """Free the slot, settle tokens (debit the difference), hear about a 429."""
-
-
-class NoLimiter:
-    """The default: admits everything at once."""
-
-    async def acquire(self, tokens: int) -> None:
-        return None
-
-    def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None) -> None:
-        return None
-
-    def __repr__(self) -> str:
-        return "NoLimiter()"
 
 
 @dataclass(frozen=True)
@@ -146,13 +93,22 @@ class ClientStats:
                 "tokens": self.tokens, "batches": self.batches, "errors": dict(self.errors)}
 
 
-class JinaClient:
-    """Async client for ``POST {base_url}/embeddings``. Use ``async with`` or call :meth:`aclose`."""
+class _Split(Exception):
+    """Internal: a request a 429 refused is bigger than the budget learnt since; JinaClient.embed halves it."""
 
-    def __init__(self, settings: JinaSettings | None = None, *, api_key: str | None = None,
+
+class JinaClient:
+    """Async client for ``POST {base_url}/embeddings``. Use ``async with`` or call :meth:`aclose`.
+
+    ``rpm`` / ``tpm``: limits to stay under (a ``WorkerLimiter``); without them and without ``limiter`` the
+    client learns its pace (``AdaptiveLimiter``). ``jina.concurrency`` caps the requests in flight either way.
+    """
+
+    def __init__(self, settings: JinaSettings | None = None, *, api_key: str | Secret | KeyPool | None = None,
                  base_url: str | None = None, limiter: Limiter | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 estimator: TokenEstimator | None = None, **overrides: Any):
+                 estimator: TokenEstimator | None = None, rpm: float | None = None, tpm: float | None = None,
+                 **overrides: Any):
         settings = settings or JinaSettings()
         if overrides:
             try:
@@ -170,7 +126,19 @@ class JinaClient:
             raise ConfigError(f"jina.base_url must be an http(s) URL ending in /v1; got {url!r}")
         self.base_url = url
         self._key = resolve_api_key(api_key, settings.api_key_env)
-        self.limiter: Limiter = limiter or NoLimiter()
+        self._key_env = self._key.name or (settings.api_key_env if isinstance(settings.api_key_env, str)
+                                           else settings.api_key_env[0])
+        for name, v in (("rpm", rpm), ("tpm", tpm)):
+            if v is not None and not v > 0:
+                raise ConfigError(f"JinaClient: {name} must be > 0 (a limit per minute); got {v!r}")
+        if limiter is None:
+            limiter = (explicit_limiter(rpm, tpm, settings.concurrency, settings.max_tokens_per_request)
+                       if rpm or tpm else
+                       AdaptiveLimiter(concurrency=settings.concurrency,
+                                       max_request_tokens=settings.max_tokens_per_request))
+        elif rpm or tpm:
+            raise ConfigError("JinaClient: pass either limiter= or rpm=/tpm=, not both")
+        self.limiter: Limiter = limiter
         self.estimator = estimator or TokenEstimator()
         s = settings
         # dimensions unset on a model that takes them: accept the server's width, then hold it to it
@@ -239,22 +207,28 @@ class JinaClient:
             raise ConfigError(f"task {task!r} is not accepted by {self.spec.name}; use one of {list(self.spec.tasks)}")
         return task
 
-    def _retry_hook(self, exc: Exception) -> bool | float:
-        if not isinstance(exc, TransientError):
-            return False
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
-            wait = min(exc.retry_after, self.settings.retry_after_max)
-            return wait + random.uniform(0, min(1.0, 0.1 * wait))  # never earlier than the server asked
-        return True
+    def _request_tokens(self) -> int:
+        """Request size now: the limiter's (learnt or configured), within jina.max_tokens_per_request."""
+        hint = getattr(self.limiter, "request_tokens", None)
+        size = hint() if callable(hint) else None
+        return min(self.max_tokens(), size) if size else self.max_tokens()
+
+    def _backoff(self, n: int) -> float:
+        s = self.settings
+        return min(s.retry_wait_max, s.retry_wait_initial * 2 ** max(0, n - 1)) + random.uniform(0, s.retry_wait_jitter)
 
     async def embed_batch(self, texts: Sequence[str], *, task: str | None = ..., truncate: bool = False,
                           late_chunking: bool | None = None) -> BatchResult:  # type: ignore[assignment]
         """Embed ``texts`` in exactly one request (with retries). Vectors come back in input order.
 
         ``task`` defaults to ``settings.task`` (pass None to send none; ignored by models without tasks).
-        Raises InvalidRequest / AuthError / BillingError / ResponseError at once, RetriesExhausted when
-        transient errors outlast ``jina.max_attempts`` or ``jina.retry_timeout``.
+        Raises InvalidRequest / AuthError / BillingError / ResponseError at once; RetriesExhausted when faults
+        outlast ``jina.max_attempts`` or anything outlasts ``jina.retry_timeout`` (429s only count there).
         """
+        return await self._embed_batch(texts, task=task, truncate=truncate, late_chunking=late_chunking)
+
+    async def _embed_batch(self, texts: Sequence[str], *, task: str | None, truncate: bool,
+                           late_chunking: bool | None, splittable: bool = False) -> BatchResult:
         s = self.settings
         texts = list(texts)
         if not texts:
@@ -266,21 +240,39 @@ class JinaClient:
                           normalized=s.normalized, truncate=truncate)
         raw = self.estimator.raw(texts)
         estimated = max(1, round(raw * self.estimator.ratio))
-        attempts = 0
+        attempts, faults, limited, split = 0, 0, 0, False
+
+        def retry_hook(exc: Exception) -> bool | float:
+            nonlocal faults, limited, split
+            if not isinstance(exc, TransientError):
+                return False
+            if isinstance(exc, RateLimited):  # "later": paced by the limiter, bounded by jina.retry_timeout
+                limited += 1
+                if splittable and len(texts) > 1 and estimated > self._request_tokens():
+                    split = True
+                    return False
+                if exc.retry_after is not None:
+                    wait = min(exc.retry_after, s.retry_after_max)
+                    return wait + random.uniform(0, min(1.0, 0.1 * wait))  # never earlier than the server asked
+                return self._backoff(limited)
+            faults += 1  # "broken": jina.max_attempts of them
+            return self._backoff(faults) if faults < s.max_attempts else False
+
         try:
-            async for attempt in stamina.retry_context(
-                    on=self._retry_hook, attempts=s.max_attempts, timeout=s.retry_timeout,
-                    wait_initial=s.retry_wait_initial, wait_max=s.retry_wait_max, wait_jitter=s.retry_wait_jitter):
+            async for attempt in stamina.retry_context(on=retry_hook, attempts=None, timeout=s.retry_timeout):
                 with attempt:
                     attempts += 1
                     if attempts > 1:
                         self._retries += 1
                     vectors, used = await self._attempt(body, len(texts), estimated, attempts)
         except TransientError as e:
-            if attempts < s.max_attempts:
-                why = f"the retry budget of {s.retry_timeout:g}s (jina.retry_timeout) ran out"
+            if split:
+                raise _Split() from None
+            if faults >= s.max_attempts:
+                why = f"all {faults} attempts (jina.max_attempts) failed"
             else:
-                why = f"all {attempts} attempts (jina.max_attempts) failed"
+                why = (f"the retry budget of {s.retry_timeout:g}s (jina.retry_timeout) ran out after {attempts} "
+                       f"attempts ({limited} answered 429)")
             log.warning("giving up on a batch of %d inputs after %d attempts: %s", len(texts), attempts, e)
             raise RetriesExhausted(f"{why}; last error: {type(e).__name__}: {e}", attempts=attempts, last=e) from None
         if used is not None:
@@ -291,7 +283,7 @@ class JinaClient:
     async def _attempt(self, body: dict[str, Any], n: int, estimated: int, attempt: int) -> tuple[np.ndarray, int | None]:
         s = self.settings
         used: int | None = None
-        rate_limited, retry_after = False, None
+        rate_limited, retry_after, limit = False, None, None
         await self.limiter.acquire(estimated)
         try:
             self._requests += 1
@@ -308,10 +300,10 @@ class JinaClient:
                                      f"jina.read_timeout={s.read_timeout:g}s)") from None
             if resp.status_code >= 300:
                 err = error_for_status(resp.status_code, self._scrub_bytes(resp.content), resp.headers,
-                                       model=self.spec.name, key_env=s.api_key_env)
+                                       model=self.spec.name, key_env=self._key_env)
                 if isinstance(err, RateLimited):
                     self._429 += 1
-                    rate_limited, retry_after = True, err.retry_after
+                    rate_limited, retry_after, limit = True, err.retry_after, err.limit
                 raise err
             vectors, used = decode_response(resp.content, n_inputs=n, embedding_type=s.embedding_type,
                                             dim=self._dim)
@@ -327,7 +319,10 @@ class JinaClient:
             log.log(level, "attempt %d of a batch of %d inputs failed: %s: %s", attempt, n, type(e).__name__, e)
             raise
         finally:
-            self.limiter.release(estimated, used, rate_limited=rate_limited, retry_after=retry_after)
+            if rate_limited:
+                self.limiter.release(estimated, used, rate_limited=True, retry_after=retry_after, limit=limit)
+            else:
+                self.limiter.release(estimated, used)
 
     def _scrub(self, text: str) -> str:
         key = self._key.get()
@@ -338,30 +333,62 @@ class JinaClient:
         return content.replace(key, b"***") if key in content else content
 
     async def embed(self, texts: Sequence[str], *, task: str | None = ..., truncate: bool = False) -> np.ndarray:  # type: ignore[assignment]
-        """Embed any number of texts: packed into requests, run concurrently, returned in input order."""
+        """Embed any number of texts, returned in input order.
+
+        Consecutive texts are cut into requests of the limiter's current size (``jina.max_inputs_per_request``
+        and ``jina.max_tokens_per_request`` at most) as requests are sent, ``jina.concurrency`` at a time;
+        a request a 429 refused that has grown bigger than the learnt budget is split in halves."""
         texts = list(texts)
-        groups = self.plan_batches(texts)
-        if not groups:
+        if not texts:
             return (await self.embed_batch([], task=task, truncate=truncate)).vectors
-        sem = asyncio.Semaphore(self.settings.concurrency)
-        results: list[np.ndarray | None] = [None] * len(groups)
+        n, cursor = len(texts), 0
+        results: dict[int, np.ndarray] = {}  # first index of a request -> its vectors
+        redo: list[tuple[int, int]] = []  # halves of split requests, done first
+        requests = 0
 
-        async def run(i: int, idx: list[int]) -> None:
-            async with sem:
-                res = await self.embed_batch([texts[j] for j in idx], task=task, truncate=truncate)
-            results[i] = res.vectors
+        def next_range() -> tuple[int, int] | None:
+            nonlocal cursor
+            if redo:
+                return redo.pop()
+            if cursor >= n:
+                return None
+            budget, ratio, start, tokens = self._request_tokens(), self.estimator.ratio, cursor, 0.0
+            while cursor < n and cursor - start < self.max_inputs:
+                t = raw_estimate(texts[cursor]) * ratio
+                if cursor > start and tokens + t > budget:
+                    break
+                tokens += t
+                cursor += 1
+            return start, cursor
 
-        # the first batch alone: learns the width (dimensions unset) and calibrates the estimate
-        await run(0, groups[0])
-        if len(groups) > 1:
+        async def run(start: int, stop: int) -> None:
+            nonlocal requests
             try:
-                async with asyncio.TaskGroup() as tg:  # one failure cancels the rest
-                    for i, idx in enumerate(groups[1:], start=1):
-                        tg.create_task(run(i, idx))
-            except BaseExceptionGroup as eg:  # surface the first error itself, typed
-                first = eg.exceptions[0]
-                while isinstance(first, BaseExceptionGroup):
-                    first = first.exceptions[0]
-                raise first from None
-        log.info("embedded %d texts in %d requests", len(texts), len(groups))
-        return np.concatenate(results, axis=0)  # groups are consecutive, so this is input order
+                res = await self._embed_batch(texts[start:stop], task=task, truncate=truncate, late_chunking=None,
+                                              splittable=True)
+            except _Split:
+                mid = (start + stop) // 2
+                log.info("splitting a request of %d inputs refused with 429: bigger than the budget learnt since",
+                         stop - start)
+                redo.extend([(mid, stop), (start, mid)])
+                return
+            results[start] = res.vectors
+            requests += 1
+
+        async def worker() -> None:
+            while (r := next_range()) is not None:
+                await run(*r)
+
+        # the first request alone: learns the width (dimensions unset) and calibrates the estimate
+        await run(*next_range())  # type: ignore[misc]
+        try:
+            async with asyncio.TaskGroup() as tg:  # one failure cancels the rest
+                for _ in range(self.settings.concurrency):
+                    tg.create_task(worker())
+        except BaseExceptionGroup as eg:  # surface the first error itself, typed
+            first = eg.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+        log.info("embedded %d texts in %d requests", n, requests)
+        return np.concatenate([results[i] for i in sorted(results)], axis=0)  # ranges are consecutive: input order

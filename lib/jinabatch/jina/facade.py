@@ -5,6 +5,12 @@ uses ``retrieval.passage``, ``encode_queries`` ``retrieval.query``, calling the 
 constructor's task, ``dim``), but every call is packed into requests, retried and rate-limit aware,
 and vectors are float32.
 
+Pacing: without limits the client learns the key's rates from usage and 429s (``AdaptiveLimiter``: a 429
+pauses every request of this object for Retry-After, sustained 429s slow it down instead of failing it);
+``rpm=`` / ``tpm=`` (and ``concurrency=``) keyword arguments hold it to given limits with the job's
+``WorkerLimiter`` instead. Other keyword arguments are ``jina`` settings (``max_attempts``,
+``retry_timeout``, ``read_timeout``...).
+
 The calls are synchronous, yet the client is async. Rather than ``asyncio.run`` per call (which
 fails inside a running loop — Jupyter — and would throw away the connection pool each time), the
 facade owns a private event loop on a daemon thread; each call is submitted to it with
@@ -25,11 +31,11 @@ import numpy as np
 from ..config import JinaSettings
 from ..errors import ConfigError
 from .client import JinaClient
+from .probe import PROBE_TEXT
 
 __all__ = ["JinaEmbeddingFunction"]
 
 T = TypeVar("T")
-_PROBE_TEXT = "dimension probe"
 
 
 class _LoopThread:
@@ -73,7 +79,8 @@ class JinaEmbeddingFunction:
     def __init__(self, model_name: str = "jina-embeddings-v3", api_key: str | None = None,
                  task: str = "retrieval.passage", dimensions: int | None = None, late_chunking: bool = False,
                  *, base_url: str | None = None, **client_settings: Any):
-        client_kw = {k: client_settings.pop(k) for k in ("limiter", "transport", "estimator") if k in client_settings}
+        client_kw = {k: client_settings.pop(k) for k in ("limiter", "transport", "estimator", "rpm", "tpm")
+                     if k in client_settings}
         settings = client_settings.pop("settings", None) or JinaSettings(dimensions=None)
         values = {**settings.model_dump(), "model": model_name, "task": task, "dimensions": dimensions,
                   "late_chunking": late_chunking, **client_settings}
@@ -116,7 +123,7 @@ class JinaEmbeddingFunction:
     def dim(self) -> int:
         """The output dimension: known up front when ``dimensions`` is set, else one probe request (cached)."""
         if self._dim is None:
-            self._dim = int(self._encode([_PROBE_TEXT], self.task)[0].shape[0])
+            self._dim = int(self._encode([PROBE_TEXT], self.task)[0].shape[0])
         return self._dim
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from .models import ModelSpec
 
-__all__ = ["build_body", "decode_response", "row_width", "error_for_status", "parse_retry_after",
+__all__ = ["build_body", "decode_response", "row_width", "error_for_status", "parse_retry_after", "limit_named",
            "short_text", "DTYPES"]
 
 DTYPES = {"float": np.float32, "base64": np.float32, "binary": np.int8, "ubinary": np.uint8}
@@ -192,6 +192,18 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, secs)
 
 
+def limit_named(detail: str) -> str | None:
+    """Which limit a 429's message names: "concurrency", "tpm", "rpm", or None when it names none."""
+    d = detail.lower()
+    if "concurren" in d or "in flight" in d or "parallel" in d:
+        return "concurrency"
+    if "token" in d or "tpm" in d:
+        return "tpm"
+    if "request" in d or "rpm" in d:
+        return "rpm"
+    return None
+
+
 def error_for_status(status: int, content: bytes, headers: Any, *, model: str, key_env: str) -> JinaError:
     """The typed error for a non-2xx response; the message names the cause and what to do."""
     detail = short_text(content) or "(empty body)"
@@ -205,7 +217,7 @@ def error_for_status(status: int, content: bytes, headers: Any, *, model: str, k
         ra = parse_retry_after(headers.get("retry-after"))
         wait = f"; retry after {ra:g}s" if ra is not None else ""
         return RateLimited(f"Jina API rate limit hit (429: {detail}){wait}. Lower limits.rpm / limits.tpm / "
-                           "limits.concurrency if this is frequent", retry_after=ra)
+                           "limits.concurrency if this is frequent", retry_after=ra, limit=limit_named(detail))
     if status >= 500 or status == 408:
         return ServerError(f"Jina API server error ({status}: {detail})", status=status)
     if status == 404:

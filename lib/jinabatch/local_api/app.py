@@ -6,6 +6,11 @@ counters. A ``POST /v1/embeddings`` goes: auth (401) → parse + validate (400/4
 (``asyncio.sleep``, so concurrent requests really overlap) → embed in a worker thread → response.
 Faults happen after admission, so a faulted request has spent its budget as on a real server.
 
+Counters: ``/stats`` totals, and ``by_key`` per API key labelled by position in the sorted key list
+(``key0``, ``key1``…; never the key). ``GET /stats/trace`` lists every limits decision as ``[unix time,
+key index, tokens, admitted (1) or refused (0)]`` since the last reset (at most ``TRACE_CAP`` entries), so a
+benchmark can measure utilization between the first and last admission instead of between responses.
+
 Fault kinds: ``json500``, ``html502``, ``drop`` (connection closed with no response), ``stall``
 (sleep ``stall_seconds`` then answer normally), and for client tests ``wrong_count``,
 ``wrong_dims``, ``nan``, ``shuffle``. With ``fault_every = N`` every Nth admitted request
@@ -37,6 +42,7 @@ __all__ = ["ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "
 FAULT_KINDS = ("json500", "html502", "drop", "stall", "wrong_count", "wrong_dims", "nan", "shuffle")
 TRANSIENT_FAULTS = ("json500", "html502", "drop")
 DEFAULT_KEY = "jina_local_server_key"  # well-known key of a local server started without one
+TRACE_CAP = 500_000
 _TUNABLE = ("rpm", "tpm", "concurrency", "burst_seconds", "retry_after", "latency_ms", "latency_per_token_ms",
             "fault_rate", "fault_every", "faults", "stall_seconds", "seed", "record_inputs")
 
@@ -104,7 +110,11 @@ STAND_IN_HEADER = "X-Jinabatch-Stand-In"
 def _new_stats() -> dict:
     return {"requests": 0, "ok": 0, "by_status": {}, "http_429": 0, "http_5xx": 0, "faults": 0,
             "faults_by_kind": {}, "dropped": 0, "tokens": 0, "inputs": 0, "in_flight": 0,
-            "peak_concurrency": 0, "first_ok_at": None, "last_ok_at": None, "inputs_log": []}
+            "peak_concurrency": 0, "first_ok_at": None, "last_ok_at": None, "inputs_log": [], "by_key": {}}
+
+
+def _new_key_stats() -> dict:
+    return {"requests": 0, "ok": 0, "http_429": 0, "tokens": 0, "peak_concurrency": 0}
 
 
 class State:
@@ -112,7 +122,24 @@ class State:
         self.settings = settings
         self.stats = _new_stats()
         self.limiters: dict[str, KeyLimiter] = {}
+        self.trace: list[tuple[float, int, int, int]] = []
         self._reset_faults()
+
+    def key_label(self, key: str) -> tuple[int, str]:
+        """(index, "keyN"): the key's position in the sorted key list — a name that never reveals it."""
+        i = sorted(self.settings.api_keys).index(key)
+        return i, f"key{i}"
+
+    def key_stats(self, key: str) -> dict:
+        label = self.key_label(key)[1]
+        st = self.stats["by_key"].get(label)
+        if st is None:
+            st = self.stats["by_key"][label] = _new_key_stats()
+        return st
+
+    def record(self, key: str, tokens: int, admitted: bool) -> None:
+        if len(self.trace) < TRACE_CAP:
+            self.trace.append((time.time(), self.key_label(key)[0], tokens, int(admitted)))
 
     def _reset_faults(self) -> None:
         self.rng = random.Random(self.settings.seed)
@@ -221,15 +248,24 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         return _problem(p.status, p.detail)
 
     limiter = state.limiter(key)
+    ks = state.key_stats(key)
+    ks["requests"] += 1
     refusal = limiter.admit(req.total_tokens)
+    state.record(key, req.total_tokens, refusal is None)
     if refusal is not None:
         state.count(429)
+        ks["http_429"] += 1
         headers = {"Retry-After": str(refusal.retry_after)} if state.settings.retry_after else None
         return _problem(429, refusal.reason + "; slow down and retry later", headers)
     st["in_flight"] += 1
     st["peak_concurrency"] = max(st["peak_concurrency"], st["in_flight"])
+    ks["peak_concurrency"] = max(ks["peak_concurrency"], limiter.in_flight)
     try:
-        return await _admitted(state, request, req)
+        resp = await _admitted(state, request, req)
+        if resp.status == 200:
+            ks["ok"] += 1
+            ks["tokens"] += req.total_tokens
+        return resp
     finally:
         st["in_flight"] -= 1
         state.limiter(key).release()
@@ -283,7 +319,12 @@ async def reset_stats(request: web.Request) -> web.Response:
     in_flight = state.stats["in_flight"]
     state.stats = _new_stats()
     state.stats["in_flight"] = in_flight
+    state.trace = []
     return web.json_response(state.public_stats())
+
+
+async def trace(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].trace)
 
 
 async def admin_config(request: web.Request) -> web.Response:
@@ -315,6 +356,7 @@ def make_app(settings: ServerSettings) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/stats", stats)
     app.router.add_post("/stats/reset", reset_stats)
+    app.router.add_get("/stats/trace", trace)
     app.router.add_post("/admin/config", admin_config)
     app.router.add_get("/healthz", healthz)
     return app

@@ -13,7 +13,8 @@ GIL with the client under measurement (benchmarks). Either way it is driven over
 ``stats()``, ``reset_stats()``, ``configure(**changes)``. Keys reach a subprocess through the
 ``JINAAI_API_KEY`` environment variable, never its command line; nothing prints or returns them.
 
-Endpoints: ``POST /v1/embeddings``, ``GET /stats``, ``POST /stats/reset``, ``POST /admin/config``
+Endpoints: ``POST /v1/embeddings``, ``GET /stats`` (``by_key``: per key, named ``key0``… by sorted
+position), ``GET /stats/trace``, ``POST /stats/reset``, ``POST /admin/config``
 (JSON object of settings to merge), ``GET /healthz``. The POST admin endpoints need a valid key.
 """
 from __future__ import annotations
@@ -188,6 +189,10 @@ class LocalServer:
     def stats(self) -> dict:
         """The /stats counters (requests, ok, by_status, http_429, tokens, peak_concurrency, ...)."""
         return self._client().get("/stats").raise_for_status().json()
+
+    def trace(self) -> list[list]:
+        """Every limits decision since the last reset: [unix time, key index, tokens, admitted 1/0]."""
+        return self._client().get("/stats/trace").raise_for_status().json()
 
     def reset_stats(self) -> dict:
         return self._client().post("/stats/reset").raise_for_status().json()
