@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="JSON instead of text (one object per hit; one report "
                                                         "object with --compare)")
     ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # queries may follow options: CONFIG --compare OTHER "q1" "q2"
     setup_logging(args.verbose)
     logging.getLogger("milvus_lite").setLevel(logging.WARNING)  # start/stop chatter of Milvus Lite
 
