@@ -149,7 +149,8 @@ def test_v3_to_v4_on_the_milvus_server_with_bulk_import_and_the_rollback_job(
         tmp_path, ray_local, embed_config, jina_server, milvus_server, monkeypatch):
     cfg, first, second, client, _, _ = _upgrade(
         tmp_path, ray_local, embed_config, jina_server, monkeypatch,
-        {"uri": milvus_server.uri, "collection": "backfill_v4"}, ("jina-embeddings-v3", 256), ("jina-embeddings-v4", 512))
+        {"uri": milvus_server.uri, "collection": "backfill_v4"},
+        ("jina-embeddings-v3", 256), ("jina-embeddings-v4", 512))
     assert second.mode == "bulk"
     path = tmp_path / "backfill.toml"
     path.write_text(_toml({"output": {"path": str(tmp_path / "emb-new")},
@@ -185,8 +186,8 @@ def test_the_walkthrough_commands_load_compare_and_roll_back(tmp_path):
     configs = {}
     for name, dims in (("emb-v3-256", 256), ("emb-v3-1024", 1024)):
         configs[name] = tmp_path / f"{name}.toml"
-        configs[name].write_text(_toml({"jina": {"base_url": "local", "model": "jina-embeddings-v3", "dimensions": dims},
-                                        "output": {"path": str(tmp_path / name)}, "milvus": milvus}))
+        jina = {"base_url": "local", "model": "jina-embeddings-v3", "dimensions": dims}
+        configs[name].write_text(_toml({"jina": jina, "output": {"path": str(tmp_path / name)}, "milvus": milvus}))
     loads = [_job("jobs/load.py", str(configs[n]), "--no-progress") for n in configs]
     assert [r.returncode for r in loads] == [0, 0], loads[-1].stderr[-2000:]
     old, new = (json.loads(r.stdout.strip().splitlines()[-1])["physical"] for r in loads)

@@ -34,7 +34,7 @@ def brute_top_k(model: str, dims: int, texts: list[str], query: str, k: int) -> 
 
 def designed_texts() -> tuple[list[str], list[str]]:
     """(old corpus, new corpus): docs 0-4 are about QUERY's words, nothing else is. In the new corpus doc 4 is about
-    bicycles and doc 7 about QUERY's words — so going old → new, doc-000007 must enter the top-5 and doc-000004 leave."""
+    bicycles and doc 7 about QUERY's words — so going old → new, doc-000007 must enter the top-5, doc-000004 leave."""
     old = sample_texts(40)
     for i in range(5):
         old[i] = f"quasar nebula telescope observing log night{i}"

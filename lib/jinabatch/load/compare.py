@@ -191,35 +191,48 @@ def format_comparison(report: CompareReport, text_column: str | None = "text", w
     """The report for a terminal: a header naming both sides, the summary, then per query the two top-k lists
     side by side (``+2``: two places higher in the alias than in the other, ``new``: not in the other's top-k,
     ``out``: not in the alias's) and the ids that entered and left, with their ``text_column`` if carried."""
-    cur, oth, s = report.current, report.other, report.summary()
+    cur, oth, s, k = report.current, report.other, report.summary(), report.k
     lines = [f"alias {report.alias!r}: {cur.collection} ({cur.describe()})",
-             f"other {oth.name!r}: {oth.collection} ({oth.describe()})" if oth.name != oth.collection
-             else f"other: {oth.collection} ({oth.describe()})",
-             f"{s['queries']} queries, k = {report.k}: mean overlap@{report.k} {s['mean_overlap_at_k']:.2f} "
-             f"(min {s['min_overlap_at_k']:.2f}); top-{report.k} identical for {s['identical']}, same ids in any "
+             (f"other {oth.name!r}: " if oth.name != oth.collection else "other: ")
+             + f"{oth.collection} ({oth.describe()})",
+             f"{s['queries']} queries, k = {k}: mean overlap@{k} {s['mean_overlap_at_k']:.2f} "
+             f"(min {s['min_overlap_at_k']:.2f}); top-{k} identical for {s['identical']}, same ids in any "
              f"order for {s['same_set']}, nothing in common for {s['no_overlap']}",
-             f"going from other to alias: {s['entered']} ids entered a top-{report.k}, {s['left']} left one, "
+             f"going from other to alias: {s['entered']} ids entered a top-{k}, {s['left']} left one, "
              f"{s['moved']} changed rank",
              "change: +n = n places higher in the alias than in other, new = not in other's top-k; "
              "out = not in the alias's top-k"]
     id_w = max([len(str(h.id)) for c in report.comparisons for h in (*c.hits, *c.other_hits)] + [8])
     for n, c in enumerate(report.comparisons, 1):
-        lines += ["", f"query {n}: {cut(c.query, 80)!s}  overlap@{c.k} {c.overlap}/{max(len(c.hits), len(c.other_hits))}"
-                  f" = {c.overlap_at_k:.2f}", f"  rank  {'alias':<{id_w}}   score  change  {'other':<{id_w}}   score"]
-        rank_in_other = {h.id: r for r, h in enumerate(c.other_hits, 1)}
-        rank_in_alias = {h.id: r for r, h in enumerate(c.hits, 1)}
-        for r in range(1, max(len(c.hits), len(c.other_hits)) + 1):
-            a = c.hits[r - 1] if r <= len(c.hits) else None
-            b = c.other_hits[r - 1] if r <= len(c.other_hits) else None
-            change = "" if a is None else ("new" if a.id not in rank_in_other else
-                                           f"{rank_in_other[a.id] - r:+d}" if rank_in_other[a.id] != r else "=")
-            left = f"{a.id!s:<{id_w}} {a.score:7.4f}" if a else " " * (id_w + 8)
-            right = f"{b.id!s:<{id_w}} {b.score:7.4f}" + ("  out" if b.id not in rank_in_alias else "") if b else ""
-            lines.append(f"  {r:>4}  {left}  {change:>6}  {right}".rstrip())
-        text = {h.id: h.fields.get(text_column) for h in (*c.hits, *c.other_hits)} if text_column else {}
-        for label, moves, r_of in (("entered", c.entered, lambda m: f"rank {m.rank}"),
-                                   ("left", c.left, lambda m: f"was {m.other_rank}")):
-            for m in moves:
-                t = text.get(m.id)
-                lines.append(f"  {label:<8} {m.id!s} ({r_of(m)})" + (f": {cut(t, width)}" if t is not None else ""))
+        lines += ["", *_query_block(n, c, id_w, text_column, width)]
     return "\n".join(lines)
+
+
+def _query_block(n: int, c: Comparison, id_w: int, text_column: str | None, width: int) -> list[str]:
+    depth = max(len(c.hits), len(c.other_hits))
+    lines = [f"query {n}: {cut(c.query, 80)}  overlap@{c.k} {c.overlap}/{depth} = {c.overlap_at_k:.2f}",
+             f"  rank  {'alias':<{id_w}}   score  change  {'other':<{id_w}}   score"]
+    in_other = {h.id: r for r, h in enumerate(c.other_hits, 1)}
+    in_alias = {h.id: r for r, h in enumerate(c.hits, 1)}
+    for r in range(1, depth + 1):
+        a = c.hits[r - 1] if r <= len(c.hits) else None
+        b = c.other_hits[r - 1] if r <= len(c.other_hits) else None
+        if a is None:
+            change = ""
+        elif a.id not in in_other:
+            change = "new"
+        else:
+            change = "=" if in_other[a.id] == r else f"{in_other[a.id] - r:+d}"
+        left = f"{a.id!s:<{id_w}} {a.score:7.4f}" if a else " " * (id_w + 8)
+        right = f"{b.id!s:<{id_w}} {b.score:7.4f}{'  out' if b.id not in in_alias else ''}" if b else ""
+        lines.append(f"  {r:>4}  {left}  {change:>6}  {right}".rstrip())
+    text = {h.id: h.fields.get(text_column) for h in (*c.hits, *c.other_hits)} if text_column else {}
+    for m in c.entered:
+        lines.append(f"  entered  {m.id!s} (rank {m.rank})" + _text(text.get(m.id), width))
+    for m in c.left:
+        lines.append(f"  left     {m.id!s} (was {m.other_rank})" + _text(text.get(m.id), width))
+    return lines
+
+
+def _text(value: Any, width: int) -> str:
+    return "" if value is None else f": {cut(value, width)}"

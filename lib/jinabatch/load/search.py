@@ -28,8 +28,8 @@ from ..runtime import jina_endpoint
 from .milvus import PROP, Target, alias_target, connect
 from .schema import VECTOR_FIELD
 
-__all__ = ["Hit", "Pinned", "search", "search_target", "search_many", "format_hits", "pinned", "query_task", "embed_queries",
-           "top_k", "loaded"]
+__all__ = ["Hit", "Pinned", "search", "search_target", "search_many", "format_hits", "pinned", "query_task",
+           "embed_queries", "top_k", "loaded"]
 
 # the query-side task of an asymmetric passage task; every other task is symmetric (queries use it as is)
 _QUERY_TASK = {"retrieval.passage": "retrieval.query", "code.passage": "code.query"}
