@@ -16,8 +16,11 @@ import time
 def up() -> None:
     from ray.cluster_utils import Cluster
 
+    # dashboard_agent_listen_port None = a free port: the default 52365 is taken by any other Ray on the machine,
+    # and a head agent that cannot bind it never serves the Jobs API ("No available agent to submit job")
     c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": 0})
+                head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": 0,
+                                "dashboard_agent_listen_port": None})
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     print(json.dumps({"address": c.address, "dashboard": "http://" + c.head_node.address_info["webui_url"]}),
