@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         from jinabatch.load.search import format_hits, search_many
 
         k = 5 if args.k is None else args.k
-        with connect(cfg.milvus) as target:
+        with connect(cfg.milvus, cfg.storage) as target:
             results = search_many(target, cfg, queries, k)
         for q, hits in zip(queries, results):
             if args.json:

@@ -183,7 +183,7 @@ def compare_target(target: Target, config: Config, other: str, queries: Sequence
 def compare(config: Config, other: str, queries: Sequence[str], k: int = 10) -> CompareReport:
     """Top-k of each query from the alias and from ``other`` (a collection, an alias or ``"previous"``), each
     embedded with its own model; overlap@k and moved ids per query (server started if embedded)."""
-    with connect(config.milvus) as target:
+    with connect(config.milvus, config.storage) as target:
         return compare_target(target, config, other, queries, k)
 
 
