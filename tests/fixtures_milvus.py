@@ -17,9 +17,10 @@
   under its own alias so tests sharing the server never see each other's collections.
 * ``make_output(path, texts, ...)`` — writes an embed output folder following the embed stage's contract
   (``shards/shard-NNNNN.parquet`` + ``_report.json``) with the vectors the local Jina server would
-  return for each text (``jinabatch.local_api.fakemodel.embed``, task retrieval.passage). ``extra`` columns
-  of a type the embed stage carries are converted as its ShardWriter does (``jinabatch.embed.columns``:
-  timestamps → ISO text, ...); other types are written as given, for tests of the load's own checks.
+  return for each text (``jinabatch.local_api.fakemodel.embed``, task retrieval.passage unless ``task`` says).
+  ``extra`` columns of a type the embed stage carries are converted as its ShardWriter does
+  (``jinabatch.embed.columns``: timestamps → ISO text, ...); other types are written as given, for tests of the
+  load's own checks.
 * ``carried_sample(n)`` — carried columns as real corpora have them (nulls in string, int, float and bool
   columns, a UTC timestamp and a date32 column, also with nulls) and, independently computed, the values a
   load must give back for them (``None`` for a null, ISO-8601 text for dates).
@@ -132,11 +133,11 @@ def milvus_config(tmp_path):
 
 def make_output(path: str | Path, texts: list[str], *, rows_per_shard: int = 100, id_type: str = "string",
                 model: str = MODEL, dims: int = DIMS, extra: dict[str, list] | None = None,
-                id_column: str = "id") -> dict[str, np.ndarray]:
+                id_column: str = "id", task: str = "retrieval.passage") -> dict[str, np.ndarray]:
     """Write an embed output folder; returns {id: vector} for every row written."""
     path = Path(path)
     (path / "shards").mkdir(parents=True, exist_ok=True)
-    vectors = embed(model, "retrieval.passage", dims, texts)
+    vectors = embed(model, task, dims, texts)
     ids = [f"doc-{i:06d}" for i in range(len(texts))] if id_type == "string" else list(range(1000, 1000 + len(texts)))
     extra = _as_shard_columns(extra or {})
     columns = ["text", *extra]
@@ -153,7 +154,7 @@ def make_output(path: str | Path, texts: list[str], *, rows_per_shard: int = 100
             pa.array(texts[start:stop], pa.string()),
             *(a.slice(start, stop - start) for a, _ in extra.values()),
         ], schema=schema)
-        meta = {"model": model, "task": "retrieval.passage", "dimensions": dims, "embedding_type": "base64",
+        meta = {"model": model, "task": task, "dimensions": dims, "embedding_type": "base64",
                 "normalized": True, "source_file": "corpus.parquet", "row_start": start, "row_stop": stop,
                 "rows": stop - start, "fingerprint": "test", "shard": n_shards - 1, "id_column": id_column,
                 "columns": columns}
@@ -161,7 +162,7 @@ def make_output(path: str | Path, texts: list[str], *, rows_per_shard: int = 100
         pq.write_table(table, path / "shards" / f"shard-{n_shards - 1:05d}.parquet")
     (path / "shards" / "shard-00000.parquet.tmp-abc").write_bytes(b"half a file")  # must be ignored
     report = {"rows_in": len(texts), "rows_embedded": len(texts), "rows_dead_letter": 0, "shards_total": n_shards,
-              "model": model, "task": "retrieval.passage", "dimensions": dims, "id_column": id_column,
+              "model": model, "task": task, "dimensions": dims, "id_column": id_column,
               "columns": columns, "fingerprint": "test", "finished": True}
     (path / "_report.json").write_text(json.dumps(report))
     return dict(zip(ids, vectors))

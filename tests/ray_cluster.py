@@ -9,16 +9,31 @@ own Ray runs with auth off, so everything that talks to the token-auth cluster r
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 
 
 def up() -> None:
     from ray.cluster_utils import Cluster
 
+    # Apart from any other Ray on the machine (other test sessions run clusters too):
+    # - dashboard_agent_listen_port None = a free port: the default 52365 is often taken, and a head agent that
+    #   cannot bind it never serves the Jobs API ("No available agent to submit job");
+    # - its own temp_dir, holding its own ray_current_cluster: the job supervisor gives a submitted driver the
+    #   address in {temp_dir}/ray_current_cluster, which in the shared /tmp/ray names whichever cluster started
+    #   last (a driver was seen joining another session's cluster and failing its token check); and this cluster
+    #   no longer overwrites /tmp/ray/ray_current_cluster under other sessions.
+    import ray._private.utils as ray_utils
+
+    temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")
+    write = ray_utils.write_ray_address
+    ray_utils.write_ray_address = lambda address, where=None: write(address, where or temp_dir)
     c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": 0})
-    c.add_node(num_cpus=1)
+                head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_port": 0,
+                                "dashboard_agent_listen_port": None, "temp_dir": temp_dir})
+    c.add_node(num_cpus=1, temp_dir=temp_dir)
     c.wait_for_nodes()
     print(json.dumps({"address": c.address, "dashboard": "http://" + c.head_node.address_info["webui_url"]}),
           flush=True)
@@ -26,6 +41,7 @@ def up() -> None:
         sys.stdin.read()
     finally:
         c.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def submit(dash: str, cmd: str) -> None:

@@ -24,6 +24,7 @@ _LAZY = {
     "MODELS": ".jina.models", "ModelSpec": ".jina.models", "get_model": ".jina.models",
     "plan_corpus": ".embed.plan", "run_embed": ".embed.driver", "EmbedReport": ".embed.report",
     "run_load": ".load.stage", "LoadReport": ".load.stage", "search": ".load.search",
+    "compare": ".load.compare",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 __all__ = ["Config", "load_config", *_LAZY, *_errors_all]

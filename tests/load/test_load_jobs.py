@@ -58,6 +58,29 @@ def test_search_before_any_load_says_to_run_the_load(tmp_path):
     assert r.returncode == 1 and "run the load first" in r.stderr.strip().splitlines()[-1]
 
 
+def test_search_job_takes_several_queries_and_a_file_of_them(tmp_path):
+    texts = sample_texts(30)
+    make_output(tmp_path / "out", texts)
+    cfg = _toml(tmp_path / "c.toml", tmp_path / "out", str(tmp_path / "lite.db"), "many")
+    assert _run("jobs/load.py", str(cfg), "--no-progress").returncode == 0
+    (tmp_path / "q.txt").write_text(f"{texts[4]}\n\n  {texts[21]}  \n")
+    r = _run("jobs/search.py", str(cfg), texts[9], "--queries", str(tmp_path / "q.txt"), "-k", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(h["query"], h["id"]) for h in map(json.loads, r.stdout.splitlines())] == [
+        (texts[9], "doc-000009"), (texts[4], "doc-000004"), (texts[21], "doc-000021")]
+
+
+def test_search_job_without_a_query_or_with_an_unreadable_queries_file_exits_1_saying_so(tmp_path):
+    cfg = _toml(tmp_path / "c.toml", tmp_path / "out", str(tmp_path / "lite.db"), "noquery")
+    r = _run("jobs/search.py", str(cfg), "--compare", "previous")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        "error: ConfigError: no query given: pass the text as an argument or a file of queries with --queries FILE")
+    r = _run("jobs/search.py", str(cfg), "--queries", str(tmp_path / "nope.txt"))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: ConfigError: --queries {tmp_path / 'nope.txt'}: "
+                                                        "cannot read it")
+
+
 @pytest.mark.slow
 @pytest.mark.milvus
 def test_load_and_rollback_jobs_on_the_server_never_print_the_milvus_token(tmp_path, milvus_server):

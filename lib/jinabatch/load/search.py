@@ -1,17 +1,25 @@
 """Search the alias: embed the query with the collection's own model, return the top-k rows.
 
-The collection is pinned to its model: the load stage wrote ``jinabatch.model``, ``.dimensions``,
-``.metric``, ``.id_column`` and ``.columns`` as collection properties, so the query is embedded with
-exactly the model and dimension its vectors came from (task ``retrieval.query`` for models that take
-a task — the asymmetric counterpart of the ``retrieval.passage`` vectors), whatever the config's
-``[jina]`` section says today. With ``jina.base_url = "local"`` the bundled Jina-compatible server is
-started for the query and stopped after.
+The collection is pinned to its model: the load stage wrote ``jinabatch.model``, ``.task``,
+``.dimensions``, ``.metric``, ``.id_column`` and ``.columns`` as collection properties, so the query is
+embedded with exactly the model and dimension its vectors came from, with the query-side counterpart of
+the task its passages were embedded with (``query_task``: ``retrieval.passage`` → ``retrieval.query``),
+whatever the config's ``[jina]`` section says today. With ``jina.base_url = "local"`` the bundled
+Jina-compatible server is started for the queries and stopped after.
+
+``pinned(target, name)`` resolves an alias or a physical collection to a ``Pinned`` (its physical name
+and the embedding it is pinned to); ``embed_queries`` and ``top_k`` are the two halves of a search, shared
+with ``jinabatch.load.compare``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ..config import Config, JinaSettings
 from ..errors import ConfigError, LoadError
@@ -20,7 +28,11 @@ from ..runtime import jina_endpoint
 from .milvus import PROP, Target, alias_target, connect
 from .schema import VECTOR_FIELD
 
-__all__ = ["Hit", "search", "search_target", "format_hits"]
+__all__ = ["Hit", "Pinned", "search", "search_target", "search_many", "format_hits", "pinned", "query_task",
+           "embed_queries", "top_k", "loaded"]
+
+# the query-side task of an asymmetric passage task; every other task is symmetric (queries use it as is)
+_QUERY_TASK = {"retrieval.passage": "retrieval.query", "code.passage": "code.query"}
 
 
 @dataclass(frozen=True)
@@ -30,45 +42,130 @@ class Hit:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def embed_query(jina: JinaSettings, model: str, dims: int, text: str):
-    """The query vector, from ``model`` at ``dims`` with task retrieval.query (when the model takes tasks)."""
+@dataclass(frozen=True)
+class Pinned:
+    """A collection loaded by jinabatch and the embedding its vectors came from (its ``jinabatch.*`` properties)."""
+
+    name: str  # what was asked for: an alias or a physical collection
+    collection: str  # the physical collection
+    model: str
+    dimensions: int
+    task: str | None  # the task queries are embedded with (None: the model takes no task)
+    metric: str = "COSINE"
+    id_column: str = "id"
+    columns: tuple[str, ...] = ()
+    rows: int = 0
+    previous: str = ""  # the collection the alias pointed at when this one was created
+
+    def describe(self) -> str:
+        """``jina-embeddings-v3, 256 dims, task retrieval.query``"""
+        return f"{self.model}, {self.dimensions} dims" + (f", task {self.task}" if self.task else "")
+
+
+def query_task(model: str, passage_task: str | None) -> str | None:
+    """The task to embed queries with for a collection embedded with ``passage_task`` (None if the model takes
+    no task). A collection without a recorded task gets ``retrieval.query``, what search always used."""
+    if not get_model(model).takes_task:
+        return None
+    if not passage_task:
+        return "retrieval.query"
+    return _QUERY_TASK.get(passage_task, passage_task)
+
+
+def pinned(target: Target, name: str, *, role: str = "collection") -> Pinned:
+    """Resolve an alias or a physical collection to what it is pinned to. LoadError, naming ``name`` and what
+    to do, when it does not exist or was not loaded by jinabatch (no ``jinabatch.model`` property).
+
+    ``role`` is how the error messages refer to ``name`` (e.g. "milvus.collection", "--compare")."""
+    client = target.client
+    physical = alias_target(client, name)
+    if physical is None:
+        if not client.has_collection(name):
+            raise LoadError(f"no collection or alias named {name!r} ({role}) in Milvus at {target.uri}")
+        physical = name
+    props = client.describe_collection(physical).get("properties") or {}
+    model, dims = props.get(PROP + "model"), props.get(PROP + "dimensions")
+    if not model or not dims:
+        behind = f" (behind alias {name!r})" if physical != name else ""
+        raise LoadError(f"{physical}{behind} was not loaded by jinabatch: it has no {PROP}model property, so the "
+                        "model to embed queries with is unknown; use a collection loaded by jobs/load.py")
+    return Pinned(name, physical, model, int(dims), query_task(model, props.get(PROP + "task")),
+                  props.get(PROP + "metric", "COSINE"), props.get(PROP + "id_column", "id"),
+                  tuple(json.loads(props.get(PROP + "columns", "[]"))), int(props.get(PROP + "rows", 0) or 0),
+                  props.get(PROP + "previous", ""))
+
+
+def embed_queries(jina: JinaSettings, pin: Pinned, texts: Sequence[str], endpoint: tuple | None = None) -> np.ndarray:
+    """``(len(texts), pin.dimensions)`` float32: the queries embedded with the collection's model, dimensions and
+    query task. ``endpoint``: an open ``(base_url, key)`` from ``jina_endpoint`` to reuse; else one is opened."""
     from ..jina.facade import JinaEmbeddingFunction
 
-    spec = get_model(model)
-    with jina_endpoint(jina) as (base_url, key):
-        with JinaEmbeddingFunction(model, key, "retrieval.query" if spec.takes_task else None,
-                                   dims if spec.takes_dimensions else None, base_url=base_url,
-                                   settings=jina.model_copy(update={"model": model, "task": None,
-                                                                    "dimensions": None, "late_chunking": False})
-                                   ) as ef:
-            return ef.encode_queries([text])[0] if spec.takes_task else ef([text])[0]
+    if endpoint is None:
+        with jina_endpoint(jina) as ep:
+            return embed_queries(jina, pin, texts, ep)
+    base_url, key = endpoint
+    spec = get_model(pin.model)
+    settings = jina.model_copy(update={"model": pin.model, "task": None, "dimensions": None, "late_chunking": False})
+    with JinaEmbeddingFunction(pin.model, key, pin.task, pin.dimensions if spec.takes_dimensions else None,
+                               base_url=base_url, settings=settings) as ef:
+        vectors = np.stack(ef(list(texts))) if texts else np.zeros((0, pin.dimensions), np.float32)
+    if vectors.shape[1:] != (pin.dimensions,):
+        raise LoadError(f"{pin.collection} holds {pin.dimensions}-dim vectors of {pin.model} but the query came back "
+                        f"with {vectors.shape[1]} dims")
+    return vectors
+
+
+@contextlib.contextmanager
+def loaded(client, name: str, *, restore: bool = False) -> Iterator[None]:
+    """Make sure ``name`` is loaded for the block (a rollback or a load leaves older collections released);
+    with ``restore`` release it again afterwards if it was not loaded before (no lasting memory cost)."""
+    was = "Loaded" in str(client.get_load_state(name).get("state")) if restore else True
+    client.load_collection(name)  # no-op when loaded
+    try:
+        yield
+    finally:
+        if not was:
+            with contextlib.suppress(Exception):
+                client.release_collection(name)
+
+
+def top_k(target: Target, pin: Pinned, vectors: np.ndarray, k: int, *, via: str | None = None) -> list[list[Hit]]:
+    """Top-k hits for each query vector from ``pin``'s collection (searched by the name ``via``, e.g. the alias,
+    else the physical name), with the carried columns."""
+    if not len(vectors):
+        return []
+    res = target.client.search(via or pin.collection, data=[v.tolist() for v in vectors], limit=k,
+                               anns_field=VECTOR_FIELD, search_params={"metric_type": pin.metric},
+                               output_fields=[pin.id_column, *pin.columns])
+    return [[Hit(h["id"], float(h["distance"]), {c: h["entity"].get(c) for c in pin.columns}) for h in hits]
+            for hits in res]
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ConfigError(f"-k must be at least 1; got {k}")
 
 
 def search_target(target: Target, config: Config, text: str, k: int = 5) -> list[Hit]:
-    client, alias = target.client, config.milvus.collection
-    name = alias_target(client, alias)
-    if name is None:
+    return search_many(target, config, [text], k)[0]
+
+
+def search_many(target: Target, config: Config, texts: Sequence[str], k: int = 5) -> list[list[Hit]]:
+    """Top-k hits for each of ``texts`` from the alias ``config.milvus.collection`` on an open ``target``."""
+    _check_k(k)
+    alias = config.milvus.collection
+    if alias_target(target.client, alias) is None:
         raise LoadError(f"no collection {alias!r} (milvus.collection) in Milvus at {target.uri}; "
                         "run the load first: python jobs/load.py CONFIG")
-    props = client.describe_collection(name).get("properties") or {}
-    model, dims = props.get(PROP + "model"), props.get(PROP + "dimensions")
-    if not model or not dims:
-        raise LoadError(f"{name} (behind alias {alias!r}) was not loaded by jinabatch: it has no "
-                        f"{PROP}model property, so the query's model is unknown")
-    id_name = props.get(PROP + "id_column", "id")
-    columns = json.loads(props.get(PROP + "columns", "[]"))
-    vec = embed_query(config.jina, model, int(dims), text)
-    client.load_collection(name)  # no-op when loaded; a rollback may have left it released
-    res = client.search(alias, data=[vec.tolist()], limit=k, anns_field=VECTOR_FIELD,
-                        search_params={"metric_type": props.get(PROP + "metric", "COSINE")},
-                        output_fields=[id_name, *columns])
-    return [Hit(h["id"], float(h["distance"]), {c: h["entity"].get(c) for c in columns}) for h in res[0]]
+    pin = pinned(target, alias, role="milvus.collection")
+    vectors = embed_queries(config.jina, pin, texts)
+    with loaded(target.client, pin.collection):
+        return top_k(target, pin, vectors, k, via=alias)  # by the alias: a swap meanwhile is atomic
 
 
 def search(config: Config, text: str, k: int = 5) -> list[Hit]:
     """Top-k hits for ``text`` from the alias ``config.milvus.collection`` (server started if embedded)."""
-    if k < 1:
-        raise ConfigError(f"-k must be at least 1; got {k}")
+    _check_k(k)
     with connect(config.milvus, config.storage) as target:
         return search_target(target, config, text, k)
 
@@ -80,6 +177,11 @@ def format_hits(hits: list[Hit], width: int = 100) -> str:
     for rank, h in enumerate(hits, 1):
         lines.append(f"{rank:>2}. score {h.score:.4f}  id {h.id}")
         for c, v in h.fields.items():
-            s = "null" if v is None else str(v).replace("\n", " ")
-            lines.append(f"      {c}: {s if len(s) <= width else s[: width - 1] + '…'}")
+            lines.append(f"      {c}: {cut(v, width)}")
     return "\n".join(lines) if lines else "(no results)"
+
+
+def cut(v: Any, width: int) -> str:
+    """A value on one line of at most ``width`` characters (``null`` for None)."""
+    s = "null" if v is None else str(v).replace("\n", " ")
+    return s if len(s) <= width else s[: width - 1] + "…"

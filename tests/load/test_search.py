@@ -1,0 +1,40 @@
+"""Search pinned to the collection's embedding: the query task is the query side of the collection's own task."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fixtures_milvus import make_output, sample_texts
+from jinabatch.load.search import query_task, search
+from jinabatch.load.stage import run_load
+from jinabatch.local_api import fakemodel
+
+
+@pytest.mark.parametrize("model, task, want", [
+    ("jina-embeddings-v3", "retrieval.passage", "retrieval.query"),
+    ("jina-embeddings-v4", "code.passage", "code.query"),
+    ("jina-embeddings-v3", "text-matching", "text-matching"),
+    ("jina-embeddings-v3", "classification", "classification"),
+    ("jina-embeddings-v3", "", "retrieval.query"),  # a collection without a recorded task: what search always did
+    ("jina-embeddings-v2-base-en", "", None),  # the model takes no task
+])
+def test_query_task_is_the_query_side_of_the_collections_task(model, task, want):
+    assert query_task(model, task) == want
+
+
+def test_a_text_matching_collection_is_searched_with_text_matching_query_vectors(tmp_path, milvus_config):
+    """Scores equal the cosine of the text-matching query vector — not the retrieval.query one — with the rows'."""
+    texts = sample_texts(30)
+    vectors = make_output(tmp_path / "out", texts, task="text-matching")
+    cfg = milvus_config(str(tmp_path / "lite.db"), tmp_path / "out",
+                        index={"type": "FLAT", "metric": "COSINE", "params": {}})
+    run_load(cfg, progress=False)
+    hits = search(cfg, "baking sourdough bread", k=3)
+
+    def cosines(task):
+        q = fakemodel.embed("jina-embeddings-v3", task, 64, ["baking sourdough bread"])[0].astype(np.float64)
+        return [float(vectors[h.id].astype(np.float64) @ q / np.linalg.norm(vectors[h.id]) / np.linalg.norm(q))
+                for h in hits]
+
+    assert np.allclose([h.score for h in hits], cosines("text-matching"), atol=1e-5)
+    assert not np.allclose([h.score for h in hits], cosines("retrieval.query"), atol=1e-3)
