@@ -194,3 +194,25 @@ def test_float_embedding_type_writes_the_same_vectors(jina_server, jina_key, tmp
     out = tmp_path / "out"
     (res,) = _run(_config(tmp_path / "c", out, jina_server.url, embedding_type="float"), out, jina_key, jina_server.url)
     assert_vectors_match(pq.read_table(shard_path(out, res.name)), {r["id"]: r["text"] for r in rows})
+
+
+def test_requests_are_full_across_read_batches_only_the_shards_last_is_partial(make_jina_server, jina_key, tmp_path):
+    """5,000 short rows in row groups of 300 (read in batches of ~1,024): every request but the shard's last holds
+    max_inputs_per_request rows, so a read batch's leftover waits for the next batch instead of going out short
+    (which costs requests when RPM binds). Every row in order, once, with its exact vector; two shards do not mix."""
+    rows = _rows(5000)
+    write_rows(tmp_path / "c" / "a.parquet", rows, carried=False, row_group_size=300)
+    srv = make_jina_server(record_inputs=1000)
+    out = tmp_path / "out"
+    cfg = _config(tmp_path / "c", out, srv.url, rows_per_shard=2500, max_inputs_per_request=700,
+                  concurrency=2)
+    results = _run(cfg, out, jina_key, srv.url)
+    sizes = [len(r["input"]) for r in srv.stats()["inputs_log"]]
+    assert sorted(sizes) == [400] * 2 + [700] * 6, sizes  # 1,024-row batches would have sent 324-row leftovers
+    sent = [t for r in srv.stats()["inputs_log"] for t in r["input"]]
+    assert sorted(sent) == sorted(r["text"] for r in rows) and len(set(sent)) == len(rows)
+    for k, res in enumerate(results):
+        assert (res.rows_in, res.rows_embedded, res.rows_dead_letter) == (2500, 2500, 0)
+        t = pq.read_table(shard_path(out, res.name))
+        assert t.column("id").to_pylist() == list(range(k * 2500, k * 2500 + 2500))  # input order
+        assert_vectors_match(t, {r["id"]: r["text"] for r in rows})

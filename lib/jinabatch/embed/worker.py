@@ -12,7 +12,9 @@ tested on its own with a real client against the local server.
   ``"truncate"`` requests are sent with ``truncate: true``.
 * Rows are packed into requests (input cap and token budget) and sent concurrently, as many as the
   limiter allows; results are written in input order as they complete, so a worker keeps its requests
-  flowing across record-batch boundaries.
+  flowing across record-batch boundaries. Packing runs across batches too: the last, partial request
+  planned from a batch waits for the next batch's rows, so only a shard's last request is short (under
+  RPM, short requests would waste requests a minute could fill).
 * A request the API rejects as invalid (400/422) is split in halves until the bad rows are isolated:
   those rows go to the dead letters with the API's reason, the rest are embedded. Transient failures
   are retried by the client; what stays failed fails the shard (which the driver reports, and a rerun
@@ -118,6 +120,7 @@ class _Batch:
         self.vectors: dict[int, np.ndarray] = {}
         self.dead: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
+        self.held = 0  # rows waiting in the carried partial request: not sent yet
 
     def _part(self, i: int) -> tuple[RowBatch, int]:
         k = int(np.searchsorted(self._starts, i, side="right")) - 1
@@ -162,15 +165,18 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
     dead_rows: list[dict[str, Any]] = []
     res = ShardResult(shard.index, shard.name, shard.rows, 0, 0)
     pending: deque[_Batch] = deque()
-    in_flight = 0
+    live: set[asyncio.Task] = set()  # requests not answered yet
+    # The last request planned from a batch is usually partial: its rows wait for the next batch's rows instead
+    # of going out short (under RPM, short requests would waste up to half of each minute's requests).
+    carry: list[tuple[_Batch, int]] = []
 
     def dead(b: _Batch, i: int, reason: str) -> None:
         b.dead[i] = reason
 
     async def flush(b: _Batch) -> None:
-        nonlocal in_flight
+        if b.held:  # its last rows wait in the carried request: send it as it is
+            send_carry()
         await asyncio.gather(*b.tasks)
-        in_flight -= len(b.tasks)
         ids = b.table.column(cs.id_column)
         texts = b.table.column(cs.text_column)
         for i, why in sorted(b.dead.items()):
@@ -189,17 +195,33 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
         if on_rows:
             on_rows(len(good) + len(b.dead))
 
-    async def run_group(b: _Batch, rows: list[int], texts: list[str], label: str | None = None) -> None:
+    async def run_group(members: list[tuple[_Batch, int]], label: str | None = None) -> None:
+        texts = [b.table.column(cs.text_column)[i].as_py() for b, i in members]
         vectors, ok, bad, tokens = await _embed_rows(client, texts, truncate)
         for k, pos in enumerate(ok):
-            b.vectors[rows[pos]] = vectors[k]
+            b, i = members[pos]
+            b.vectors[i] = vectors[k]
         for pos, why in bad.items():
             why = f"{label}: {why}" if label else why
+            b, i = members[pos]
             if j.on_too_long == "fail":
-                i = rows[pos]
                 raise BadRowError(f"{b.file(i)} row {b.row(i)} (id {b.table.column(cs.id_column)[i].as_py()!r}): "
                                   f"{why}; set jina.on_too_long = \"truncate\" or \"skip\" to go on")
-            dead(b, rows[pos], why)
+            dead(b, i, why)
+
+    def send(members: list[tuple[_Batch, int]], label: str | None = None) -> None:
+        task = asyncio.ensure_future(run_group(members, label))
+        live.add(task)
+        task.add_done_callback(live.discard)
+        for b in {id(b): b for b, _ in members}.values():  # a carried request belongs to every batch it serves
+            b.tasks.append(task)
+
+    def send_carry() -> None:
+        if carry:
+            for b, _ in carry:
+                b.held -= 1
+            send(carry[:])
+            carry.clear()
 
     try:
         duplicates = read_duplicates(out, shard.start, shard.stop)
@@ -256,17 +278,28 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
                     else:
                         alone.append((i, f"too long (about {est} tokens > {limit})"))
             if late:
-                groups = [(rows, None) for rows in document_windows(b.table, keep, cs, client)]
+                groups = [([(b, i) for i in rows], None) for rows in document_windows(b.table, keep, cs, client)]
             else:
-                groups = [([keep[g] for g in group], None) for group in client.plan_batches([texts[i] for i in keep])]
-            groups += [([i], label) for i, label in alone]
-            for rows, label in groups:
-                b.tasks.append(asyncio.ensure_future(run_group(b, rows, [texts[i] for i in rows], label)))
-                in_flight += 1
+                held = [(hb, i, hb.table.column(cs.text_column)[i].as_py()) for hb, i in carry]
+                for hb, _ in carry:
+                    hb.held -= 1
+                carry.clear()
+                cand = held + [(b, i, texts[i]) for i in keep]
+                groups = [([cand[g][:2] for g in group], None)
+                          for group in client.plan_batches([t for _, _, t in cand])]
+                if groups:  # the last one waits for the next batch's rows (or the end of the shard)
+                    carry.extend(groups.pop()[0])
+                    for hb, _ in carry:
+                        hb.held += 1
+            groups += [([(b, i)], label) for i, label in alone]
+            for members, label in groups:
+                send(members, label)
             pending.append(b)
             await asyncio.sleep(0)  # let the new requests start while the next batch is read
-            while pending and (in_flight > max_pending or all(t.done() for t in pending[0].tasks)):
+            while pending and (len(live) > max_pending
+                               or (not pending[0].held and all(t.done() for t in pending[0].tasks))):
                 await flush(pending.popleft())
+        send_carry()
         while pending:
             await flush(pending.popleft())
         assert res.rows_embedded + res.rows_dead_letter == shard.rows, "row count does not reconcile"
@@ -275,9 +308,8 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
         writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons, rows_truncated=res.rows_truncated,
                       rows_reused=res.rows_reused)
     except BaseException:
-        for b in pending:
-            for t in b.tasks:
-                t.cancel()
+        for t in live:
+            t.cancel()
         writer.abort()
         raise
     st = client.stats
