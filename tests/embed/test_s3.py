@@ -24,6 +24,7 @@ from jinabatch.config import parse_config
 from jinabatch.embed.driver import run_embed
 from jinabatch.embed.plan import plan_corpus
 from jinabatch.errors import CorpusError, StorageError
+from jinabatch.jina.probe import PROBE_TEXT
 from jinabatch.local_api import fakemodel
 from jinabatch.storage import Storage
 from procs import job_env, kill_when, toml_of
@@ -124,7 +125,7 @@ def test_driver_killed_on_s3_then_rerun_sends_only_unfinished_shards(make_jina_s
     unfinished = [s for s in plan.shards if f"{s.name}.parquet" not in done]
     assert 2 <= len(done) < len(plan.shards), f"kill came too late: {sorted(done)}"
     text_of = {(r["_file"], r["_row"]): r["text"] for r in corpus.rows}
-    want = sum(fakemodel.count_tokens(text_of[(p.file.rsplit("/", 1)[-1], r)])
+    want = fakemodel.count_tokens(PROBE_TEXT) + sum(fakemodel.count_tokens(text_of[(p.file.rsplit("/", 1)[-1], r)])
                for s in unfinished for p in s.pieces for r in range(p.row_start, p.row_stop))
     srv.reset_stats()
     p = subprocess.run(cmd, env=job_env(jina_key), capture_output=True, text=True, timeout=300)

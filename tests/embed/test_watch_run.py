@@ -16,6 +16,8 @@ from corpus_gen import make_corpus
 from fixtures_ray import KEY_ENV, base_config
 from jinabatch.embed.driver import run_embed
 from jinabatch.embed.runlog import RunLog, read_progress, read_timeseries
+from jinabatch.jina.probe import PROBE_TEXT
+from jinabatch.local_api import fakemodel
 from jinabatch.embed.status import read_status
 from jinabatch.storage import Storage
 from test_report_html import EXTERNAL, chart_specs, chart_values
@@ -45,7 +47,8 @@ def test_time_series_and_shard_log_add_up_to_the_report_and_the_servers_count(ra
         assert all(b[k] >= a[k] for a, b in zip(samples, samples[1:])), f"{k} went down"
     shards = read_progress(store, manifest["run"])
     assert len(shards) == rep.shards_done == 6 and all(s["status"] == "done" and s["node"] for s in shards)
-    assert sum(s["tokens"] for s in shards) == rep.tokens and sum(s["rows_in"] for s in shards) == rep.rows_in
+    probe = fakemodel.count_tokens(PROBE_TEXT)  # the endpoint check before the run is on the bill too
+    assert sum(s["tokens"] for s in shards) + probe == rep.tokens and sum(s["rows_in"] for s in shards) == rep.rows_in
     assert all(s["started"] <= s["finished"] for s in shards) and {s["key"] for s in shards} == {"key0"}
     assert sorted(RunLog.read_done(store)) == list(range(6))
     assert manifest["state"] == "finished" and manifest["shards"]["done"] == 6 and manifest["tokens"] == rep.tokens

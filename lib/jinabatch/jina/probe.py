@@ -55,7 +55,7 @@ def check_endpoint(settings: JinaSettings, base_url: str,
     spec = settings.spec
     body = build_body(spec, [PROBE_TEXT], embedding_type=settings.embedding_type,
                       task=settings.task if spec.takes_task else None, dimensions=settings.dimensions,
-                      late_chunking=False, normalized=settings.normalized, truncate=settings.on_too_long == "truncate")
+                      late_chunking=settings.late_chunking, normalized=settings.normalized, truncate=settings.on_too_long == "truncate")
     timeout = httpx.Timeout(connect=min(settings.connect_timeout, 10.0), read=min(settings.read_timeout, 30.0),
                             write=10.0, pool=10.0)
     spent = []
