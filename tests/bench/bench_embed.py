@@ -14,9 +14,13 @@ first and the last admission (the last one's tokens left out, so uniform pacing 
    request, RPM 600, TPM 10M). Each cell is a few tens of seconds. Target: worst cell ≥ 0.98 with ≤ 0.1% 429s.
 3. **Key pool**: the TPM corpus with one key, then with two keys (each with the same limits): utilization per
    key and the speed-up. Target: each key ≥ 0.97, about 2× one key's speed.
-4. Optionally (``--seed-loop``) the seed's way: pymilvus's ``JinaEmbeddingFunction`` request path batch by batch.
+4. **Peers**: the regime the issue measured (2 s buckets, 150 ms + 5 µs/token, TPM 300k, RPM 3,000, 8 concurrent,
+   1,500-row shards, 2 workers) on 10,000 passages: the job, then a plain Ray Data ``map_batches`` pipeline (2
+   actors × 4 threads = 8 requests in flight, 64 texts a request, 429s slept off for ``Retry-After``, backoff on
+   5xx) on the same server; utilization and 429 share side by side.
+5. Optionally (``--seed-loop``) the seed's way: pymilvus's ``JinaEmbeddingFunction`` request path batch by batch.
 
-Usage: ``python tests/bench/bench_embed.py [--quick] [--only e2e,matrix,keys] [--json out.json]``
+Usage: ``python tests/bench/bench_embed.py [--quick] [--only e2e,matrix,keys,peers] [--json out.json]``
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ E2E = dict(rpm=600, tpm=600_000, concurrency=8, burst_seconds=5.0, latency_ms=25
 TPM_CELL = dict(rpm=2400, tpm=2_000_000, concurrency=8)
 RPM_CELL = dict(rpm=600, tpm=10_000_000, concurrency=8)
 DIMS = 256
+PEERS = dict(rpm=3000, tpm=300_000, concurrency=8, burst_seconds=2.0, latency_ms=150, latency_per_token_ms=0.005)
 
 
 class PeakRSS:
@@ -169,7 +174,7 @@ def fmt(m: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="e2e,matrix,keys", help="sections to run: e2e, matrix, keys, seed")
+    ap.add_argument("--only", default="e2e,matrix,keys,peers", help="sections to run: e2e, matrix, keys, peers, seed")
     ap.add_argument("--quick", action="store_true", help="matrix: only the corners (4 cells per binding)")
     ap.add_argument("--seed-loop", action="store_true", help="also time the seed's request loop (slow)")
     ap.add_argument("--cells", help="matrix: only cells whose label contains this")
@@ -242,11 +247,73 @@ def main() -> int:
                 print(f"# two keys vs one: {rate:.2f}× the token rate while embedding, {one['wall_s'] / two['wall_s']:.2f}× "
                       f"in wall time (start and end are fixed costs); each key ≥97%: "
                       f"{'met' if all(v['utilization'] >= 0.97 for v in two['keys'].values()) else 'NOT met'}")
+        if "peers" in sections:
+            write_corpus(tmp / "peers", 10_000, files=4, seed=11)
+            results["peers"] = peers(server, tmp)
         if "seed" in sections:
             results["seed"] = seed_loop(server, tmp / "passages")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
+
+
+class RayDataPeer:
+    """A plain Ray Data ``map_batches`` embedder, as a team would write it: a batch is cut into requests of 64
+    texts sent from a few threads; a 429 is slept off for ``Retry-After`` (plus jitter), a 5xx backs off."""
+
+    def __init__(self, url: str, threads: int = 4, per_request: int = 64):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.url, self.per_request = url + "/embeddings", per_request
+        self.http = httpx.Client(headers={"Authorization": f"Bearer {os.environ[KEY_ENVS[0]]}"}, timeout=120)
+        self.pool = ThreadPoolExecutor(threads)
+
+    def _post(self, texts: list[str]) -> np.ndarray:
+        wait = 0.5
+        while True:
+            r = self.http.post(self.url, json={"model": "jina-embeddings-v3", "task": "retrieval.passage",
+                                               "dimensions": DIMS, "input": texts})
+            if r.status_code == 429:
+                time.sleep(float(r.headers.get("Retry-After", 1)) + random.uniform(0, 0.5))
+                continue
+            if r.status_code >= 500:
+                time.sleep(wait)
+                wait = min(8.0, wait * 2)
+                continue
+            r.raise_for_status()
+            return np.array([e["embedding"] for e in sorted(r.json()["data"], key=lambda e: e["index"])], np.float32)
+
+    def __call__(self, batch: dict) -> dict:
+        texts = list(batch["text"])
+        parts = [texts[i:i + self.per_request] for i in range(0, len(texts), self.per_request)]
+        batch["embedding"] = list(np.concatenate(list(self.pool.map(self._post, parts))))
+        return batch
+
+
+def peers(server: LocalServer, tmp: Path) -> dict:
+    """The job and a plain Ray Data pipeline in the same regime, one after the other on the same server."""
+    import ray
+
+    print("# peers: 10k passages, 2 s buckets, 150 ms + 5 µs/token, TPM 300k, RPM 3,000, 8 concurrent, 2 workers",
+          flush=True)
+    cfg = config(tmp / "peers", tmp / "out-peers-job", server.url, PEERS, workers=2, rows_per_shard=1500)
+    job = run_cell(server, cfg, PEERS, 10_000, "jinabatch job")
+    print(fmt(job), flush=True)
+    server.configure(**PEERS)
+    server.reset_stats()
+    t0 = time.monotonic()
+    ds = ray.data.read_parquet(str(tmp / "peers"), override_num_blocks=8).map_batches(  # both actors get work
+        RayDataPeer, fn_constructor_args=(server.url,), batch_size=1500, concurrency=2, num_cpus=0.25)
+    ds.write_parquet(str(tmp / "out-peers-raydata"))
+    rows = pq.read_table(tmp / "out-peers-raydata", columns=["id"]).num_rows
+    assert rows == 10_000, rows
+    rd = measure(server.trace(), PEERS["tpm"], PEERS["rpm"])
+    rd.update(label="Ray Data map_batches + backoff", wall_s=round(time.monotonic() - t0, 1))
+    print(fmt(rd), flush=True)
+    print(f"# job vs Ray Data: utilization {job['utilization']:.1%} vs {rd['utilization']:.1%}, 429s "
+          f"{job['share_429']:.2%} vs {rd['share_429']:.2%} of requests, wall {job['wall_s']:.0f}s vs "
+          f"{rd['wall_s']:.0f}s", flush=True)
+    return {"job": job, "ray_data": rd}
 
 
 class SeedJinaEmbeddingFunction:
