@@ -302,8 +302,10 @@ def peers(server: LocalServer, tmp: Path) -> dict:
     server.configure(**PEERS)
     server.reset_stats()
     t0 = time.monotonic()
-    ds = ray.data.read_parquet(str(tmp / "peers"), override_num_blocks=8).map_batches(  # both actors get work
-        RayDataPeer, fn_constructor_args=(server.url,), batch_size=1500, concurrency=2, num_cpus=0.25)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.read_parquet(str(tmp / "peers")).repartition(8).map_batches(  # 8 blocks: both actors get work
+        RayDataPeer, fn_constructor_args=(server.url,), batch_size=1500,
+        compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.25)
     ds.write_parquet(str(tmp / "out-peers-raydata"))
     rows = pq.read_table(tmp / "out-peers-raydata", columns=["id"]).num_rows
     assert rows == 10_000, rows

@@ -89,3 +89,27 @@ def test_base_url_local_with_a_pool_uses_every_key(ray_local, embed_config, tmp_
     rep = run_embed(cfg, progress=False)
     assert rep.finished and set(rep.keys) == {"key0", "key1"}
     assert all(c["requests"] >= 2 and c["http_429"] == 0 for c in rep.keys.values()), rep.keys
+
+
+def test_the_time_series_and_shard_log_name_keys_by_index_and_add_up_per_key(pool_run):
+    """With a pool, each sample carries every key's counters (summing to the sample's totals, never going down)
+    and each shard record names the key it used as key0/key1; the last sample's per-key tokens are the
+    report's (the endpoint check's one request per key included)."""
+    from jinabatch.embed.runlog import read_progress, read_timeseries
+    from jinabatch.jina.probe import PROBE_TEXT
+    from jinabatch.local_api import fakemodel
+    from jinabatch.storage import Storage
+
+    rep, store = pool_run["report"], Storage.open(str(pool_run["out"]))
+    samples = read_timeseries(store)
+    assert len(samples) >= 2 and all(set(s["keys"]) == {"key0", "key1"} for s in samples)
+    for s in samples:
+        for k in ("tokens", "requests", "http_429"):
+            assert sum(c[k] for c in s["keys"].values()) == s[k], (k, s)
+    for a, b in zip(samples, samples[1:]):
+        assert all(b["keys"][k]["tokens"] >= a["keys"][k]["tokens"] for k in ("key0", "key1"))
+    for k, c in samples[-1]["keys"].items():  # the last sample is the bill: the endpoint check included
+        assert (c["tokens"], c["requests"]) == (rep.keys[k]["tokens"], rep.keys[k]["requests"]), (k, c, rep.keys[k])
+        assert c["tokens"] > fakemodel.count_tokens(PROBE_TEXT) * 10
+    shards = read_progress(store)
+    assert {s["key"] for s in shards} == {"key0", "key1"} and len(shards) == rep.shards_done

@@ -74,7 +74,8 @@ class RunLog:
         self._lanes = 0
         self.failures: deque[dict[str, Any]] = deque(maxlen=5)
         self.totals = {k: 0 for k in COUNTERS}  # cumulative, this run, from the coordinator
-        self.per_key: dict[str, dict[str, int]] = {}
+        # every key of the pool from the first sample on (zeros until the coordinator reports), named by index
+        self.per_key: dict[str, dict[str, int]] = {k: {c: 0 for c in COUNTERS} for k in self.meta.get("keys", [])}
         self.workers_active = 0
         self._recent: deque[tuple[float, dict[str, int]]] = deque()  # samples inside RATE_WINDOW_S
         self._last_sample_t: float | None = None
@@ -144,6 +145,10 @@ class RunLog:
         self.report, self.state = report, state
         for k in ("tokens", "requests", "http_429", "retries"):  # what the key was billed, whatever the last tick
             self.totals[k] = max(self.totals[k], int(report.get(k, 0) or 0))
+        for name, c in (report.get("keys") or {}).items():  # per key the same (the endpoint check included)
+            if name in self.per_key:
+                for k in ("tokens", "requests", "http_429", "retries"):
+                    self.per_key[name][k] = max(self.per_key[name].get(k, 0), int(c.get(k, 0) or 0))
         self.workers_active = 0
         self.running.clear()
         self._sample(now, force=True)
