@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ from .estimate import estimate_run
 from .plan import Plan, Shard, plan_corpus
 from .progress import make_progress
 from .report import EmbedReport
+from .report_html import warm_up
 from .resume import find_finished
 from .runlog import MANIFEST, RunLog
 from .task import shard_task
@@ -175,6 +177,7 @@ def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: 
     queue, running = list(reversed(todo)), {}
     bar = make_progress(progress, plan.rows, limits={"rpm": lim.rpm, "tpm": lim.tpm}, rows_before=rows_before)
     t_first, fatal, spent = None, None, None
+    warm: threading.Thread | None = None
     try:
         while queue or running:
             while queue and len(running) < config.ray.workers and fatal is None:
@@ -186,6 +189,10 @@ def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: 
                 t_first = t_first or time.monotonic()
             if not running:
                 break
+            if warm is None and time.monotonic() - t_first > 3:  # _report.html's one-time costs (~1.8 s CPU) once
+                # the workers are up and waiting on the API, rather than during their start or after the last shard
+                warm = threading.Thread(target=warm_up, name="report-page-warm-up", daemon=True)
+                warm.start()
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             for ref in ready:
                 s = running.pop(ref)

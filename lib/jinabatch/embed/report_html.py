@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
 from ..storage import Storage
 from .runlog import MANIFEST, read_progress, read_timeseries
+
+log = logging.getLogger(__name__)
 
 __all__ = ["write_report_html", "render_report_html", "series_rows", "HTML_NAME", "MAX_POINTS", "MAX_BARS"]
 
@@ -225,6 +228,18 @@ _STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:8px 0}th,td{text-align:left;padding:3px 12px 3px 0;vertical-align:top}
 th{color:#555;font-weight:600}.chart{margin:18px 0}.note{color:#666}"""
+
+
+def warm_up() -> None:
+    """Pay the page's one-time costs while a run is going rather than after it: importing altair and building
+    vl-convert's JavaScript bundle take ~1.8 s the first time in a process (the bundle is cached after)."""
+    try:
+        import altair  # noqa: F401
+        import vl_convert
+
+        vl_convert.javascript_bundle()
+    except Exception as e:  # the real write reports it, if it fails there too
+        log.debug("report page warm-up failed: %s: %s", type(e).__name__, e)
 
 
 def render_report_html(report: dict[str, Any] | None, manifest: dict[str, Any] | None,
