@@ -109,3 +109,35 @@ def test_local_paths_and_file_uris_are_the_same_root(tmp_path):
     assert Storage.open(f"file://{tmp_path}").root == Storage.open(str(tmp_path)).root == str(tmp_path.resolve())
     assert Storage.open(tmp_path).contains(Storage.open(tmp_path / "out"))
     assert not Storage.open(tmp_path / "out").contains(Storage.open(tmp_path))
+
+
+def test_delete_many_on_s3_removes_more_than_one_requests_worth(s3_bucket):
+    """S3 deletes at most 1,000 keys a request: 1,005 objects on SeaweedFS all go, a missing one is no error."""
+    store = Storage.open(f"s3://{s3_bucket()}/root")
+    client = store._s3_client()
+    names = [f"shards/s-{i:05d}.parquet" for i in range(1005)]
+    for n in names:
+        client.put_object(Bucket=store.bucket, Key=f"root/{n}", Body=b"x")
+    store.delete_many(names + ["shards/never-there.parquet"])
+    assert store.list("shards") == []
+
+
+def test_delete_many_names_the_object_s3_would_not_delete(s3_bucket, monkeypatch):
+    """A delete_objects answer listing keys it could not delete (e.g. AccessDenied) is an error naming one of
+    them, never silence: a stale shard left behind would be loaded with the new ones."""
+    store = Storage.open(f"s3://{s3_bucket()}/root")
+    real = store._s3_client()
+
+    class Refusing:
+        def delete_objects(self, **kw):
+            keys = [o["Key"] for o in kw["Delete"]["Objects"]]
+            real.delete_objects(**{**kw, "Delete": {"Objects": [{"Key": k} for k in keys[1:]], "Quiet": True}})
+            return {"Errors": [{"Key": keys[0], "Code": "AccessDenied", "Message": "Access Denied"}]}
+
+    for n in ("a.parquet", "b.parquet"):
+        store.write_bytes(f"shards/{n}", b"x")
+    monkeypatch.setattr(store, "_s3_client", lambda: Refusing())
+    with pytest.raises(StorageError, match=r"cannot delete 1 object\(s\), e\.g\. s3://.*/root/shards/a\.parquet: "
+                                           r"AccessDenied.*delete permission"):
+        store.delete_many(["shards/a.parquet", "shards/b.parquet"])
+    assert [f.path for f in store.list("shards")] == ["shards/a.parquet"]

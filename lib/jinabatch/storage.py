@@ -344,9 +344,21 @@ class Storage:
             bucket = self.bucket
             client = self._s3_client()
             keys = [self._key(s)[1] for s in subs]
-            for i in range(0, len(keys), 1000):
-                client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
-                                                             "Quiet": True})
+            for i in range(0, len(keys), 1000):  # 1,000 keys a request is S3's cap
+                try:
+                    resp = client.delete_objects(Bucket=bucket, Delete={
+                        "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+                except Exception as e:  # botocore raises several types
+                    raise self._error(f"delete {len(keys[i:i + 1000])} object(s)", e) from None
+                # "Quiet" answers only with the keys it could not delete: a stale shard left behind would be
+                # loaded with the new ones, so any failure stops here
+                errors = [e for e in resp.get("Errors") or [] if e.get("Code") != "NoSuchKey"]
+                if errors:
+                    first = errors[0]
+                    raise StorageError(f"{self.uri}: cannot delete {len(errors)} object(s), e.g. "
+                                       f"s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
+                                       f"{_scrub(str(first.get('Message') or ''))}; check delete permission on "
+                                       "the bucket and run again")
             return
         for s in subs:
             self.delete(s)
