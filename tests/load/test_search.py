@@ -38,3 +38,13 @@ def test_a_text_matching_collection_is_searched_with_text_matching_query_vectors
 
     assert np.allclose([h.score for h in hits], cosines("text-matching"), atol=1e-5)
     assert not np.allclose([h.score for h in hits], cosines("retrieval.query"), atol=1e-3)
+
+
+def test_the_terminal_view_leaves_out_the_text_hash_and_json_keeps_it():
+    """text_hash is incremental-run bookkeeping: not shown in the readable hits, still in the Hit (and --json)."""
+    from jinabatch.load.search import Hit, format_hits
+
+    hit = Hit("doc-1", 0.5, {"text_hash": 1234567890123, "text": "a river stone"})
+    shown = format_hits([hit])
+    assert "text_hash" not in shown and "      text: a river stone" in shown.splitlines()
+    assert hit.fields["text_hash"] == 1234567890123

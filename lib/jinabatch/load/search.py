@@ -172,11 +172,14 @@ def search(config: Config, text: str, k: int = 5) -> list[Hit]:
 
 def format_hits(hits: list[Hit], width: int = 100) -> str:
     """One block per hit: rank, score, id, then each carried column (long text cut to ``width``; a null is
-    ``null``, whether a nullable field's or an absent key of the dynamic field)."""
+    ``null``, whether a nullable field's or an absent key of the dynamic field). ``text_hash`` is bookkeeping
+    for incremental runs, not something to read: ``--json`` has it, this view leaves it out."""
     lines = []
     for rank, h in enumerate(hits, 1):
         lines.append(f"{rank:>2}. score {h.score:.4f}  id {h.id}")
         for c, v in h.fields.items():
+            if c == "text_hash":
+                continue
             lines.append(f"      {c}: {cut(v, width)}")
     return "\n".join(lines) if lines else "(no results)"
 
