@@ -55,6 +55,11 @@ def _probe(j: JinaSettings, url: str, keys: KeyPool) -> None:
 
     keys.probe_spend = check_endpoint(j, url, keys)
     log.info("%s answers for %d key(s)", url, len(keys))
+    if j.base_url.rstrip("/") != LOCAL_BASE_URL and any(p.get("stand_in") for p in keys.probe_spend):
+        log.warning("%s is the jinabatch local stand-in (it says so in its answers), not the Jina API: its vectors "
+                    "are deterministic test vectors, yet this output will be labelled as served by the API. To "
+                    "embed with the stand-in, set jina.base_url = \"local\" (the job starts it and labels its "
+                    "output so that it is never reused or resumed as the real model's)", url)
 
 
 def local_token_count(texts: list[str]) -> int:

@@ -69,7 +69,20 @@ def test_the_check_reports_what_each_key_spent(jina_server, jina_key):
     from jinabatch.local_api import fakemodel
 
     spent = check_endpoint(JinaSettings(dimensions=64), jina_server.url, Secret(jina_key))
-    assert spent == [{"tokens": fakemodel.count_tokens(PROBE_TEXT), "requests": 1}]
+    assert spent == [{"tokens": fakemodel.count_tokens(PROBE_TEXT), "requests": 1, "stand_in": True}]
+
+
+def test_the_stand_in_at_an_explicit_url_is_named_in_a_warning(jina_server, jina_key, monkeypatch, caplog):
+    """base_url set to the local server's URL (say, from jobs/serve.py): the check sees its header and warns
+    that the output would be labelled as the API's, pointing at base_url = "local"."""
+    from jinabatch.runtime import jina_endpoint
+
+    monkeypatch.setenv("JINAAI_API_KEY", jina_key)
+    with caplog.at_level("WARNING", logger="jinabatch"):
+        with jina_endpoint(JinaSettings(dimensions=64, base_url=jina_server.url), probe=True) as (url, keys):
+            assert url == jina_server.url and keys.probe_spend[0]["stand_in"] is True
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(jina_server.url in m and 'base_url = "local"' in m for m in warned), warned
 
 
 def test_a_run_that_fails_later_still_reports_the_corpus_rows(ray_local, embed_config, jina_server, tmp_path):

@@ -21,7 +21,7 @@ import httpx
 from ..config import JinaSettings
 from ..errors import ConfigError, JinaError, RateLimited, ServerError, TransportError
 from .keys import KeyPool, Secret
-from .wire import build_body, error_for_status
+from .wire import STAND_IN_HEADER, build_body, error_for_status
 
 __all__ = ["check_endpoint", "PROBE_TEXT"]
 
@@ -47,7 +47,8 @@ def check_endpoint(settings: JinaSettings, base_url: str,
                    keys: KeyPool | Secret | Sequence[Secret]) -> list[dict[str, int]]:
     """One request of one short text per key; raises unless each is answered (or 429).
 
-    Returns what each key spent on it (``{"tokens", "requests"}``, in key order), for the job's report."""
+    Returns what each key spent on it (``{"tokens", "requests"}``, in key order), for the job's report, and
+    whether the local stand-in answered (``"stand_in"``: its responses carry ``X-Jinabatch-Stand-In``)."""
     pool = [keys] if isinstance(keys, Secret) else list(keys)
     url = base_url.rstrip("/") + "/embeddings"
     if not url.startswith(("http://", "https://")):
@@ -85,11 +86,12 @@ def _check_key(http: httpx.Client, url: str, body: dict, key: Secret, settings: 
                     tokens = int(resp.json()["usage"]["total_tokens"])
                 except (ValueError, KeyError, TypeError):
                     tokens = 0
-                return {"tokens": tokens, "requests": attempt}
+                # stand_in: the local stand-in answered (its vectors are not the model's)
+                return {"tokens": tokens, "requests": attempt, "stand_in": STAND_IN_HEADER in resp.headers}
             err = error_for_status(resp.status_code, _scrub(resp.text, key).encode(), resp.headers,
                                    model=settings.model, key_env=env)
             if isinstance(err, RateLimited):  # reachable, key accepted, budget busy: good enough
-                return {"tokens": 0, "requests": attempt}
+                return {"tokens": 0, "requests": attempt, "stand_in": STAND_IN_HEADER in resp.headers}
             err = type(err)(f"{url} with {label}: {err}", status=err.status)
             if not isinstance(err, ServerError):
                 raise err from None

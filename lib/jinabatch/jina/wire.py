@@ -34,9 +34,12 @@ from ..errors import (
 )
 from .models import ModelSpec
 
-__all__ = ["build_body", "decode_response", "row_width", "error_for_status", "parse_retry_after", "limit_named",
+__all__ = ["STAND_IN_HEADER", "build_body", "decode_response", "row_width", "error_for_status", "parse_retry_after", "limit_named",
            "short_text", "DTYPES"]
 
+# The bundled local stand-in for the API answers with this header, so a client can tell its deterministic
+# vectors from a real model's.
+STAND_IN_HEADER = "X-Jinabatch-Stand-In"
 DTYPES = {"float": np.float32, "base64": np.float32, "binary": np.int8, "ubinary": np.uint8}
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
+from ..jina.wire import STAND_IN_HEADER
 from . import fakemodel
 from .limits import KeyLimiter
 from .validate import EmbeddingRequest, HTTPProblem, parse_request
@@ -104,7 +105,6 @@ class ServerSettings:
 
 
 STATE: web.AppKey = web.AppKey("state", object)
-STAND_IN_HEADER = "X-Jinabatch-Stand-In"
 
 
 def _new_stats() -> dict:
