@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -12,7 +13,7 @@ import psutil
 
 from fixtures_ray import KEY_ENV
 
-__all__ = ["toml_of", "job_env", "kill_when", "shard_workers"]
+__all__ = ["toml_of", "job_env", "kill_when", "shard_workers", "run_killing_one_worker"]
 
 
 def toml_of(data: dict) -> str:
@@ -82,3 +83,33 @@ def shard_workers() -> list[psutil.Process]:
         if "embed shard" in cmd or "shard_task" in cmd:
             found.append(p)
     return found
+
+
+def run_killing_one_worker(run: Callable[[], object], going: Callable[[], bool]) -> tuple[object, list[str]]:
+    """``run()`` while a thread SIGKILLs one shard worker once ``going()`` (e.g. the server has answered enough
+    requests); returns run's result and the killed worker's command line (empty if none was found in time)."""
+    killed: list[str] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not going():
+            time.sleep(0.05)
+        while not stop.is_set() and not killed:
+            for p in shard_workers():
+                try:
+                    title = " ".join(p.cmdline()).strip()
+                    p.send_signal(signal.SIGKILL)
+                    killed.append(title)
+                    return
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        result = run()
+    finally:
+        stop.set()
+        t.join(10)
+    return result, killed

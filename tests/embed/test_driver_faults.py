@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from corpus_gen import assert_vectors_match, make_corpus, read_dead_letters, read_output, write_rows
 from fixtures_ray import KEY_ENV, base_config
-from procs import job_env, kill_when, shard_workers as _shard_workers, toml_of
+from procs import job_env, kill_when, run_killing_one_worker, toml_of
 from jinabatch.local_api import fakemodel
 from jinabatch.config import parse_config
 from jinabatch.embed.plan import plan_corpus
@@ -161,35 +157,13 @@ def killed_worker_run(ray_local, jina_key, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("killed-worker")
     corpus = make_corpus(tmp / "corpus", files=2, rows_per_file=400, row_group_size=100)
     out = tmp / "out"
-    killed: list[str] = []
-    stop = threading.Event()
     with LocalServer(ServerSettings(api_keys=frozenset({jina_key}), latency_ms=100)) as srv, \
             pytest.MonkeyPatch.context() as mp:
         mp.setenv(KEY_ENV, jina_key)
         cfg = parse_config(base_config(tmp / "corpus", out, srv.url, corpus={"rows_per_shard": 400},
                                        jina={"max_inputs_per_request": 10}, limits={"concurrency": 4}))
 
-        def killer() -> None:
-            while not stop.is_set() and srv.stats()["ok"] < 6:
-                time.sleep(0.05)
-            while not stop.is_set() and not killed:
-                for p in _shard_workers():
-                    try:
-                        title = " ".join(p.cmdline()).strip()
-                        p.send_signal(signal.SIGKILL)
-                        killed.append(title)
-                        return
-                    except psutil.Error:
-                        pass
-                time.sleep(0.05)
-
-        t = threading.Thread(target=killer, daemon=True)
-        t.start()
-        try:
-            rep = run_embed(cfg, progress=False)
-        finally:
-            stop.set()
-            t.join(10)
+        rep, killed = run_killing_one_worker(lambda: run_embed(cfg, progress=False), lambda: srv.stats()["ok"] >= 6)
         yield {"report": rep, "server": srv.stats(), "corpus": corpus, "out": out, "killed": killed}
 
 

@@ -5,9 +5,6 @@ server must return for its row's text.
 """
 from __future__ import annotations
 
-import signal
-import threading
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +15,7 @@ from jinabatch.embed.driver import run_embed
 from jinabatch.embed.runlog import read_progress
 from jinabatch.local_api import fakemodel
 from jinabatch.storage import Storage
-from procs import shard_workers
+from procs import run_killing_one_worker
 
 pytestmark = pytest.mark.slow
 WORDS = "river stone cloud pepper engine violin harbor meadow lantern quartz falcon orchard".split()
@@ -47,29 +44,8 @@ def test_one_giant_row_group_is_cut_into_shards_that_both_workers_run(ray_local,
     srv = make_jina_server(latency_ms=40)  # a shard takes long enough for side-by-side work to show
     out = tmp_path / "out"
     cfg = embed_config(tmp_path / "c", out, srv.url, corpus={"columns": [], "rows_per_shard": 5000})
-    killed: list[str] = []
-    stop = threading.Event()
-
-    def killer() -> None:  # once the run is going, SIGKILL one shard worker mid-shard
-        while not stop.is_set() and srv.stats()["ok"] < 40:
-            time.sleep(0.05)
-        while not stop.is_set() and not killed:
-            for p in shard_workers():
-                try:
-                    killed.append(" ".join(p.cmdline()))
-                    p.send_signal(signal.SIGKILL)
-                    return
-                except Exception:
-                    pass
-            time.sleep(0.05)
-
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    try:
-        rep = run_embed(cfg, progress=False)
-    finally:
-        stop.set()
-        t.join(10)
+    # once the run is going, SIGKILL one shard worker mid-shard
+    rep, killed = run_killing_one_worker(lambda: run_embed(cfg, progress=False), lambda: srv.stats()["ok"] >= 40)
     assert rep.finished and rep.shards_total == rep.shards_done == 40 and rep.rows_embedded == 200_000
     _check(out, table)
     assert killed, "no shard worker was killed"
