@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from ..config import CorpusSettings
 from ..errors import ConfigError
+from ..jina.tokens import plan_batches
 
 if TYPE_CHECKING:
     from ..jina.client import JinaClient
@@ -48,15 +49,7 @@ def document_windows(table: pa.Table, rows: list[int], cs: CorpusSettings, clien
     for chunk_rows in by_doc.values():
         if order is not None:
             chunk_rows = sorted(chunk_rows, key=lambda i: (order[i] is None, order[i] if order[i] is not None else 0))
-        window: list[int] = []
-        tokens = 0
-        for i in chunk_rows:
-            est = client.estimator.estimate_one(texts[i])
-            if window and (tokens + est > cap or len(window) >= client.max_inputs):
-                windows.append(window)
-                window, tokens = [], 0
-            window.append(i)
-            tokens += est
-        if window:
-            windows.append(window)
+        groups = plan_batches([texts[i] for i in chunk_rows], max_inputs=client.max_inputs, max_tokens=cap,
+                              estimate=client.estimator.estimate_one)  # consecutive, so chunks stay in order
+        windows += [[chunk_rows[g] for g in group] for group in groups]
     return windows
