@@ -121,6 +121,7 @@ class _Batch:
         self.dead: dict[int, str] = {}
         self.tasks: list[asyncio.Task] = []
         self.held = 0  # rows waiting in the carried partial request: not sent yet
+        self.texts: list[str] = []  # the text column as Python strings (set when the batch is checked)
 
     def _part(self, i: int) -> tuple[RowBatch, int]:
         k = int(np.searchsorted(self._starts, i, side="right")) - 1
@@ -196,7 +197,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
             on_rows(len(good) + len(b.dead))
 
     async def run_group(members: list[tuple[_Batch, int]], label: str | None = None) -> None:
-        texts = [b.table.column(cs.text_column)[i].as_py() for b, i in members]
+        texts = [b.texts[i] for b, i in members]
         vectors, ok, bad, tokens = await _embed_rows(client, texts, truncate)
         for k, pos in enumerate(ok):
             b, i = members[pos]
@@ -244,6 +245,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
                 break
             b = _Batch(rows_in)
             ids, texts = b.table.column(cs.id_column).to_pylist(), b.table.column(cs.text_column).to_pylist()
+            b.texts = texts
             docs = b.table.column(cs.document_column).to_pylist() if late else None
             keep: list[int] = []
             alone: list[tuple[int, str]] = []  # over the limit by estimate: one request each, the API decides
@@ -280,13 +282,12 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
             if late:
                 groups = [([(b, i) for i in rows], None) for rows in document_windows(b.table, keep, cs, client)]
             else:
-                held = [(hb, i, hb.table.column(cs.text_column)[i].as_py()) for hb, i in carry]
                 for hb, _ in carry:
                     hb.held -= 1
+                cand = carry + [(b, i) for i in keep]
                 carry.clear()
-                cand = held + [(b, i, texts[i]) for i in keep]
-                groups = [([cand[g][:2] for g in group], None)
-                          for group in client.plan_batches([t for _, _, t in cand])]
+                groups = [([cand[g] for g in group], None)
+                          for group in client.plan_batches([hb.texts[i] for hb, i in cand])]
                 if groups:  # the last one waits for the next batch's rows (or the end of the shard)
                     carry.extend(groups.pop()[0])
                     for hb, _ in carry:
