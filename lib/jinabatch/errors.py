@@ -18,7 +18,9 @@
     │   └── RetriesExhausted     the retry budget ran out (names the last cause and the attempts)
     └── LoadError                Milvus import / verification failed (carries Milvus's reason)
 
-The Jina part of the tree is filled in by ``jinabatch.jina.client``; this module holds the classes.
+The Jina part of the tree is filled in by ``jinabatch.jina.client``; this module holds the classes. Every one
+pickles with its message and attributes (``status``, ``retry_after``, ``attempts``...), so a shard task hands its
+error to the driver as the error itself, across Ray.
 """
 from __future__ import annotations
 
@@ -29,8 +31,18 @@ __all__ = [
 ]
 
 
+def _restore(cls: type, args: tuple, state: dict) -> "JinaBatchError":
+    e = cls.__new__(cls, *args)
+    e.args = args
+    e.__dict__.update(state)
+    return e
+
+
 class JinaBatchError(Exception):
     """Base of every error jinabatch raises on purpose."""
+
+    def __reduce__(self):  # keyword-only attributes survive pickling (Exception's default passes args only)
+        return (_restore, (type(self), self.args, self.__dict__))
 
 
 class ConfigError(JinaBatchError):

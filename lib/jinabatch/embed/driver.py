@@ -40,7 +40,7 @@ from .report_html import warm_up
 from .resume import find_finished
 from .runlog import MANIFEST, RunLog
 from .task import shard_task
-from .worker import ShardResult
+from .result import ShardResult
 
 __all__ = ["run_embed"]
 
@@ -199,10 +199,11 @@ def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: 
                 try:
                     r = ray.get(ref)
                 except Exception as e:  # the task crashed past Ray's retries
-                    r = vars(ShardResult(s.index, s.name, s.rows, 0, 0, status="failed",
-                                         error=f"{type(e).__name__}: {e}", error_type=type(e).__name__))
+                    r = ShardResult.failed(s, e)
                 fatal = fatal or _collect(rep, s, r)
-                runlog.shard_finished({"key": "key0", **r, "shard_key": s.key, "fingerprint": config.fingerprint()})
+                runlog.shard_finished({**{k: v for k, v in vars(r).items() if k != "error"}, "error": r.error_text,
+                                       "error_type": r.error_type, "shard_key": s.key,
+                                       "fingerprint": config.fingerprint()})
                 coordinator.set_remaining.remote(len(queue) + len(running))
             if fatal is not None and running:
                 for ref in running:
@@ -225,27 +226,24 @@ def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: 
     return t_first, t_end, fatal
 
 
-def _collect(rep: EmbedReport, s: Shard, r: dict[str, Any]) -> JinaBatchError | None:
+def _collect(rep: EmbedReport, s: Shard, r: ShardResult) -> JinaBatchError | None:
     """Fold one shard's result into the report; return an error that must stop the run."""
-    rep.tokens += r["tokens"]
-    rep.raw_tokens += r.get("raw_tokens", 0.0)
-    rep.requests += r["requests"]
-    rep.retries += r["retries"]
-    rep.http_429 += r["http_429"]
-    if r["status"] == "done":
+    rep.tokens += r.tokens
+    rep.raw_tokens += r.raw_tokens
+    rep.requests += r.requests
+    rep.retries += r.retries
+    rep.http_429 += r.http_429
+    if r.status == "done":
         rep.shards_done += 1
-        if r.get("node"):
-            rep.shards_by_node[r["node"]] = rep.shards_by_node.get(r["node"], 0) + 1
-        rep.add_rows(r["rows_in"], r["rows_embedded"], r["rows_dead_letter"], r["reasons"], r["rows_truncated"])
-        rep.rows_reused += r.get("rows_reused", 0)
+        if r.node:
+            rep.shards_by_node[r.node] = rep.shards_by_node.get(r.node, 0) + 1
+        rep.add_rows(r.rows_in, r.rows_embedded, r.rows_dead_letter, r.reasons, r.rows_truncated)
+        rep.rows_reused += r.rows_reused
         return None
     rep.shards_failed += 1
     first = s.pieces[0]
-    rep.failures.append({"shard": s.name, "file": first.file, "row": first.row_start, "error_type": r["error_type"],
-                         "error": r["error"]})
+    rep.failures.append({"shard": s.name, "file": first.file, "row": first.row_start, "error_type": r.error_type,
+                         "error": r.error_text})
     log.error("%s (%d piece(s) from %s row %d) failed: %s", s.name, len(s.pieces), first.file, first.row_start,
-              r["error"])
-    by_name = {c.__name__: c for c in FATAL}
-    if r["error_type"] in by_name:
-        return by_name[r["error_type"]](r["error"])
-    return None
+              r.error_text)
+    return r.error if isinstance(r.error, FATAL) else None

@@ -31,7 +31,7 @@ from ..jina.tokens import BYTES_PER_TOKEN, SPECIAL_TOKENS, TokenEstimator
 from ..storage import Storage
 from .plan import Plan, Shard
 from .task import request_token_budget
-from .worker import READ_BATCH_ROWS
+from .rows import READ_BATCH_ROWS
 
 __all__ = ["Estimate", "estimate_run", "key_count", "STARTUP_SECONDS"]
 

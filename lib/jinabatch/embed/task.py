@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
 
 import pyarrow as pa
 
@@ -110,11 +109,10 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
 
 
 def shard_task(config: Config, shard: Shard, out: str, id_field: pa.Field, carried: list[pa.Field],
-               base_url: str, key: str | list[str], coordinator) -> dict[str, Any]:
-    """Ray task body. Known errors come back as a failed result (typed, picklable) instead of raising."""
+               base_url: str, key: str | list[str], coordinator) -> ShardResult:
+    """Ray task body. Known errors come back as a failed result carrying the error (picklable) instead of raising."""
     keys = [key] if isinstance(key, str) else list(key)
     try:
-        return vars(asyncio.run(_run_shard(config, shard, out, id_field, carried, base_url, keys, coordinator)))
+        return asyncio.run(_run_shard(config, shard, out, id_field, carried, base_url, keys, coordinator))
     except JinaBatchError as e:
-        return vars(ShardResult(shard.index, shard.name, shard.rows, 0, 0, status="failed",
-                                error=str(e), error_type=type(e).__name__))
+        return ShardResult.failed(shard, e)
