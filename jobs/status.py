@@ -15,7 +15,7 @@ import time
 
 from _cli import run_main, setup_logging
 
-from jinabatch.embed.status import format_status, read_status
+from jinabatch.observe.status import format_status, read_status
 from jinabatch.storage import Storage
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from jinabatch.embed.runlog import RunLog
+from jinabatch.observe.runlog import RunLog
 
 LIMITS = {"rpm": 600, "tpm": 600_000, "concurrency": 8}
 T0 = 1_780_000_000.0

@@ -4,7 +4,8 @@ The public face. Subpackages follow the data flow (docs/architecture.md):
 
 * ``jinabatch.jina``      — the Jina API side: client, wire format, token estimate, limiter, model table,
                             the pymilvus-compatible ``JinaEmbeddingFunction``
-* ``jinabatch.embed``     — the embed stage: corpus plan, shard worker, shard files, coordinator, driver, report
+* ``jinabatch.embed``     — the embed stage: corpus plan, shard worker, shard files, coordinator, driver
+* ``jinabatch.observe``   — watching a run: run log, typed records, reports, progress, status, _report.html
 * ``jinabatch.load``      — the load stage: schema from shards, collections and aliases, import/upsert,
                             the embedded Milvus server, search
 * ``jinabatch.local_api`` — the local stand-in for the Jina API (server + deterministic model + sample
@@ -22,7 +23,7 @@ from .errors import __all__ as _errors_all
 _LAZY = {
     "JinaClient": ".jina.client", "Secret": ".jina.client", "JinaEmbeddingFunction": ".jina.facade",
     "MODELS": ".jina.models", "ModelSpec": ".jina.models", "get_model": ".jina.models",
-    "plan_corpus": ".embed.plan", "run_embed": ".embed.driver", "EmbedReport": ".embed.report",
+    "plan_corpus": ".embed.plan", "run_embed": ".embed.driver", "EmbedReport": ".observe.report",
     "run_load": ".load.stage", "LoadReport": ".load.stage", "search": ".load.search",
     "compare": ".load.compare",
 }

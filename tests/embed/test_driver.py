@@ -18,7 +18,7 @@ import pytest
 from corpus_gen import CARRIED, DIMS, MODEL, TASK, assert_vectors_match, make_corpus, read_output
 from jinabatch.embed.driver import run_embed
 from jinabatch.errors import ConfigError
-from jinabatch.embed.runlog import RunLog
+from jinabatch.observe.runlog import RunLog
 from jinabatch.embed.shards import read_shard_meta
 from jinabatch.storage import Storage
 

@@ -1,14 +1,13 @@
 """The embed stage: corpus → plan of shards → a Ray task per shard (worker) under the coordinator's share
-of the key's budget → one Parquet file per shard, dead letters, manifest and report (driver)."""
+of the key's budget → one Parquet file per shard and its dead letters; the driver books the run through
+``jinabatch.observe``."""
 from .._lazy import lazy_exports
 
 _LAZY = {
     "run_embed": ".driver", "request_token_budget": ".task", "Coordinator": ".coordinator",
     "Plan": ".plan", "Shard": ".plan", "Piece": ".plan", "plan_corpus": ".plan", "list_corpus": ".corpus",
     "CorpusFile": ".corpus",
-    "process_shard": ".worker", "ShardResult": ".worker", "EmbedReport": ".report", "ShardWriter": ".shards",
-    "RunLog": ".runlog", "make_progress": ".progress", "read_status": ".status", "format_status": ".status",
-    "write_report_html": ".report_html",
+    "process_shard": ".worker", "ShardResult": ".result", "ShardWriter": ".shards", "triage": ".triage",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 __all__ = list(_LAZY)

@@ -34,11 +34,11 @@ from .chunking import check_late_chunking
 from .coordinator import Coordinator
 from .estimate import estimate_run
 from .plan import Plan, Shard, plan_corpus
-from .progress import make_progress
-from .report import EmbedReport
-from .report_html import warm_up
+from ..observe.progress import make_progress
+from ..observe.report import EmbedReport
+from ..observe.report_html import warm_up
 from .resume import find_finished
-from .runlog import MANIFEST, RunLog
+from ..observe.runlog import MANIFEST, RunLog
 from .task import shard_task
 from .result import ShardResult
 

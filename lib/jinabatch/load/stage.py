@@ -288,7 +288,7 @@ def _release_quietly(client, name: str) -> None:
 def _write_html(out: Storage) -> None:
     """Redraw ``_report.html`` with the load's part; a failure to draw never fails the load."""
     try:
-        from ..embed.report_html import write_report_html
+        from ..observe.report_html import write_report_html
 
         log.info("report: %s", write_report_html(out))
     except Exception as e:

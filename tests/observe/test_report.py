@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jinabatch.embed.report import EmbedReport, utilization
+from jinabatch.observe.report import EmbedReport, utilization
 from jinabatch.storage import Storage
 
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from runlog_sim import T0, Clock, simulate
-from jinabatch.embed.chunklog import ChunkLog
-from jinabatch.embed.runlog import MANIFEST, PROGRESS, TIMESERIES, RunLog, read_progress, read_timeseries
+from jinabatch.observe.chunklog import ChunkLog
+from jinabatch.observe.runlog import MANIFEST, PROGRESS, TIMESERIES, RunLog, read_progress, read_timeseries
 from jinabatch.storage import Storage
 
 

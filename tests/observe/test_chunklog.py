@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jinabatch.embed.chunklog import ChunkLog, scan
+from jinabatch.observe.chunklog import ChunkLog, scan
 from jinabatch.storage import Storage
 
 

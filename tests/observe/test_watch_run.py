@@ -15,10 +15,10 @@ import pytest
 from corpus_gen import make_corpus
 from fixtures_ray import KEY_ENV, base_config
 from jinabatch.embed.driver import run_embed
-from jinabatch.embed.runlog import RunLog, read_progress, read_timeseries
+from jinabatch.observe.runlog import RunLog, read_progress, read_timeseries
 from jinabatch.jina.probe import PROBE_TEXT
 from jinabatch.local_api import fakemodel
-from jinabatch.embed.status import read_status
+from jinabatch.observe.status import read_status
 from jinabatch.storage import Storage
 from test_report_html import EXTERNAL, chart_specs, chart_values
 

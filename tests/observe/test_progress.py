@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from jinabatch.embed.progress import BarProgress, LineProgress, Progress, format_duration, make_progress
+from jinabatch.observe.progress import BarProgress, LineProgress, Progress, format_duration, make_progress
 
 LIMITS = {"rpm": 600, "tpm": 600_000}
 
