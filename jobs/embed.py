@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rep.summary())
         print(f"report: {Storage.open(cfg.output.path).uri_of('_report.html')}")
         if not rep.finished:
-            print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps(rep.failures)[:500]}; "
+            print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps([f.to_json() for f in rep.failures])[:500]}; "
                   "rerun the same command to retry them", file=sys.stderr)
             return 1
         return 0

@@ -21,7 +21,6 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import asdict
 
 from _cli import run_main, setup_logging
 
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.serve:
             return _serve(cfg)
         rep = run_load(cfg, rollback=args.rollback, progress=not args.no_progress and sys.stderr.isatty())
-        print(json.dumps(asdict(rep)))
+        print(json.dumps(rep.to_json()))
         return 0
 
     return run_main(go)

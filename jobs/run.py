@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embed: {rep.summary()}", flush=True)
         report_html = Storage.open(cfg.output.path, cfg.storage).uri_of("_report.html")
         if not rep.finished:
-            print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps(rep.failures)[:500]}; "
+            print(f"error: {rep.shards_failed} shard(s) failed: {json.dumps([f.to_json() for f in rep.failures])[:500]}; "
                   "rerun to retry them (finished shards are kept)", file=sys.stderr)
             return 1
         queries = args.query or (SAMPLE_QUERIES if "sample" in cfg.corpus.path else [])

@@ -34,14 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             st = read_status(out)
             if args.json:
-                print(json.dumps(st, sort_keys=True), flush=True)
+                print(json.dumps(st.to_json(), sort_keys=True), flush=True)
             else:
                 if clear:
                     sys.stdout.write("\x1b[H\x1b[2J")
                 elif args.watch:
                     print(f"--- {time.strftime('%H:%M:%S')}")
                 print(format_status(st), flush=True)
-            if not args.watch or st["state"] != "running" or st["stale"]:
+            if not args.watch or st.state != "running" or st.stale:
                 return 0
             time.sleep(args.watch)
 

@@ -95,7 +95,7 @@ def test_the_time_series_and_shard_log_name_keys_by_index_and_add_up_per_key(poo
     """With a pool, each sample carries every key's counters (summing to the sample's totals, never going down)
     and each shard record names the key it used as key0/key1; the last sample's per-key tokens are the
     report's (the endpoint check's one request per key included)."""
-    from jinabatch.observe.runlog import read_progress, read_timeseries
+    from jinabatch.observe.records import read_progress, read_timeseries
     from jinabatch.jina.probe import PROBE_TEXT
     from jinabatch.local_api import fakemodel
     from jinabatch.storage import Storage

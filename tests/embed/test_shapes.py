@@ -12,7 +12,7 @@ import pytest
 
 from corpus_gen import assert_vectors_match, read_output
 from jinabatch.embed.driver import run_embed
-from jinabatch.observe.runlog import read_progress
+from jinabatch.observe.records import read_progress
 from jinabatch.local_api import fakemodel
 from jinabatch.storage import Storage
 from procs import run_killing_one_worker

@@ -10,7 +10,7 @@ import pytest
 from browser import SKIP_REASON, chromium, render
 from runlog_sim import Clock, simulate
 from jinabatch.observe.report_html import MAX_BARS, MAX_POINTS, render_report_html, series_rows, write_report_html
-from jinabatch.observe.runlog import read_progress, read_timeseries
+from jinabatch.observe.records import read_progress, read_timeseries
 from jinabatch.storage import Storage
 
 EXTERNAL = re.compile(r"""<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)

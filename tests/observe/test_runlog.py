@@ -9,7 +9,8 @@ import pytest
 
 from runlog_sim import T0, Clock, simulate
 from jinabatch.observe.chunklog import ChunkLog
-from jinabatch.observe.runlog import MANIFEST, PROGRESS, TIMESERIES, RunLog, read_progress, read_timeseries
+from jinabatch.observe.records import MANIFEST, PROGRESS, TIMESERIES, read_progress, read_timeseries
+from jinabatch.observe.runlog import RunLog
 from jinabatch.storage import Storage
 
 

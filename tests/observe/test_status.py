@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runlog_sim import Clock, simulate
-from jinabatch.observe.runlog import MANIFEST
+from jinabatch.observe.records import MANIFEST
 from jinabatch.observe.status import STALE_AFTER_S, format_status, read_status
 from jinabatch.storage import Storage
 
@@ -101,7 +101,8 @@ def test_watch_refreshes_until_the_run_finishes(tmp_path):
 def test_on_s3_the_logs_manifest_status_and_html_live_in_the_bucket(s3_bucket):
     """A run on s3:// (SeaweedFS): chunk objects, compaction, read back from another process by URI."""
     from jinabatch.observe.chunklog import ChunkLog
-    from jinabatch.observe.runlog import PROGRESS, TIMESERIES, RunLog
+    from jinabatch.observe.records import PROGRESS, TIMESERIES
+    from jinabatch.observe.runlog import RunLog
 
     uri = f"s3://{s3_bucket()}/runs/one"
     out = Storage.open(uri)

@@ -15,7 +15,8 @@ import pytest
 from corpus_gen import make_corpus
 from fixtures_ray import KEY_ENV, base_config
 from jinabatch.embed.driver import run_embed
-from jinabatch.observe.runlog import RunLog, read_progress, read_timeseries
+from jinabatch.observe.records import read_progress, read_timeseries
+from jinabatch.observe.runlog import RunLog
 from jinabatch.jina.probe import PROBE_TEXT
 from jinabatch.local_api import fakemodel
 from jinabatch.observe.status import read_status

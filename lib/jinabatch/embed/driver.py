@@ -22,46 +22,49 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
 
 import pyarrow as pa
 
 from ..config import Config
 from ..errors import AuthError, BadRowError, BillingError, ConfigError, JinaBatchError
+from ..jina.keys import KeyPool
+from ..observe.progress import make_progress
+from ..observe.records import Counters, Limits, Manifest, PlanEstimate, PlanSummary, RunMeta, ShardRecord
+from ..observe.report import EmbedReport, ShardFailure
+from ..observe.report_html import warm_up
+from ..observe.runlog import RunLog
 from ..runtime import jina_endpoint, ray_session
 from ..storage import Storage
 from .chunking import check_late_chunking
 from .coordinator import Coordinator
 from .estimate import estimate_run
 from .plan import Plan, Shard, plan_corpus
-from ..observe.progress import make_progress
-from ..observe.report import EmbedReport
-from ..observe.report_html import warm_up
 from .resume import find_finished
-from ..observe.runlog import MANIFEST, RunLog
-from .task import shard_task
 from .result import ShardResult
+from .task import shard_task
 
 __all__ = ["run_embed"]
 
 log = logging.getLogger("jinabatch.embed")
 FATAL = (AuthError, BadRowError, BillingError, ConfigError)  # stop the whole run: every shard would fail alike
+WARM_UP_AFTER_S = 3.0  # _report.html's one-time costs, paid once the workers wait on the API
 
 
 def _check_settings(config: Config) -> None:
-    if config.ray.workers > config.limits.concurrency * len(config.jina.api_key_envs):  # per key of the pool
+    keys = len(config.jina.api_key_envs)
+    if config.ray.workers > config.limits.concurrency * keys:  # per key of the pool
         raise ConfigError(f"ray.workers ({config.ray.workers}) is more than limits.concurrency "
-                          f"({config.limits.concurrency}) × keys ({len(config.jina.api_key_envs)}): every worker "
+                          f"({config.limits.concurrency}) × keys ({keys}): every worker "
                           "needs at least one request in flight; lower ray.workers or raise limits.concurrency")
     if config.jina.late_chunking:
         check_late_chunking(config.corpus)
 
 
 def _check_output(config: Config, out: Storage) -> None:
-    manifest = out.read_json(MANIFEST)
-    if not manifest or manifest.get("fingerprint") == config.fingerprint():
+    manifest = Manifest.read(out)
+    if manifest is None or manifest.fingerprint == config.fingerprint():
         return
-    had, now = manifest.get("embedding") or {}, config.embedding_key()
+    had, now = manifest.embedding or {}, config.embedding_key()
     diff = [f"{k} {had.get(k)!r} there, {now.get(k)!r} here" for k in now if k in had and had.get(k) != now.get(k)]
     if had.get("served_by") == "local stand-in" and now.get("served_by") != "local stand-in":
         why = ("its vectors come from the local stand-in (jina.base_url = \"local\"), not from the real model — they "
@@ -69,31 +72,50 @@ def _check_output(config: Config, out: Storage) -> None:
     else:
         why = "; ".join(diff) or "other corpus or shard settings (columns, rows_per_shard, id/text column)"
     raise ConfigError(f"{out.uri}: holds shards made with other settings ({why}; fingerprint "
-                      f"{manifest.get('fingerprint')}, this config {config.fingerprint()}); set output.path to a new "
+                      f"{manifest.fingerprint}, this config {config.fingerprint()}); set output.path to a new "
                       "folder (e.g. for a backfill, with output.previous pointing at this one) or delete the old one")
 
 
-def _runlog_meta(config: Config, plan: Plan, todo: list[Shard], estimate: dict[str, Any] | None) -> dict[str, Any]:
+def _limits(config: Config) -> Limits:
     lim = config.limits
-    return {"fingerprint": config.fingerprint(), "embedding": config.embedding_key(),
-            "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency},
-            "keys": [f"key{i}" for i in range(len(config.jina.api_key_envs))],
-            "price_per_million_tokens": config.jina.price_per_million_tokens, "workers": config.ray.workers,
-            "plan": {"files": len(plan.files), "shards_total": len(plan.shards), "rows_total": plan.rows,
-                     "shards_todo": len(todo), **({"estimate": estimate} if estimate else {})}}
+    return Limits(rpm=lim.rpm, tpm=lim.tpm, concurrency=lim.concurrency)
+
+
+def _run_meta(config: Config, plan: Plan, out: Storage, todo: list[Shard]) -> RunMeta:
+    estimate = estimate_run(config, plan, out, todo).to_dict() if todo else None
+    return RunMeta(fingerprint=config.fingerprint(), embedding=config.embedding_key(), limits=_limits(config),
+                   keys=[f"key{i}" for i in range(len(config.jina.api_key_envs))],
+                   price_per_million_tokens=config.jina.price_per_million_tokens, workers=config.ray.workers,
+                   plan=PlanSummary(files=len(plan.files), shards_total=len(plan.shards), rows_total=plan.rows,
+                                    shards_todo=len(todo), estimate=estimate and PlanEstimate.of(estimate)))
 
 
 def _new_report(config: Config, plan: Plan, out: Storage) -> EmbedReport:
-    j, lim = config.jina, config.limits
-    return EmbedReport(shards_total=len(plan.shards), limits={"rpm": lim.rpm, "tpm": lim.tpm,
-                       "concurrency": lim.concurrency}, workers=config.ray.workers, model=j.model,
+    j = config.jina
+    return EmbedReport(shards_total=len(plan.shards), limits=_limits(config), workers=config.ray.workers, model=j.model,
                        task=config.embedding_key()["task"], dimensions=j.dim, embedding_type=j.embedding_type,
                        id_column=config.corpus.id_column, columns=list(config.corpus.columns),
-                       fingerprint=config.fingerprint(), output=out.uri, embedding=config.embedding_key())
+                       fingerprint=config.fingerprint(), output=out.uri, embedding=config.embedding_key(),
+                       incremental=plan.reuse.to_dict() if plan.reuse is not None else None)
 
 
-def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
-    """Run the embed stage; returns the report (also written to ``output.path/_report.json``)."""
+def _skip_finished(config: Config, plan: Plan, out: Storage, rep: EmbedReport) -> tuple[list[Shard], list[ShardRecord]]:
+    """(shards to do, records of those already done — folded into ``rep``); stale files of an earlier plan deleted."""
+    resume = find_finished(config, plan, out, known=RunLog.read_done(out))
+    if resume.stale:
+        log.info("removing %d stale file(s) of an earlier plan from %s", len(resume.stale), out.uri)
+        out.delete_many(resume.stale)
+    skipped = [resume.done[s.index] for s in plan.shards if s.index in resume.done]
+    for r in skipped:
+        rep.add_rows(r.rows_in, r.rows_embedded, r.rows_dead_letter, r.reasons, r.rows_truncated)
+        rep.rows_reused += r.rows_reused
+    rep.shards_skipped = len(skipped)
+    return [s for s in plan.shards if s.index not in resume.done], skipped
+
+
+def run_embed(config: Config, *, progress: bool | str = True) -> EmbedReport:
+    """Run the embed stage; returns the report (also written to ``output.path/_report.json``). ``progress``: as
+    ``jinabatch.observe.progress.make_progress`` takes it (True: a bar on a terminal, lines elsewhere)."""
     t_start = time.monotonic()
     _check_settings(config)
     out = Storage.open(config.output.path, config.storage)
@@ -110,140 +132,149 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
         plan = plan_corpus(config, out, ray_context=need_ray)
         _check_output(config, out)
         rep = _new_report(config, plan, out)
-        if plan.reuse is not None:
-            rep.incremental = plan.reuse.to_dict()
-        resume = find_finished(config, plan, out, known=RunLog.read_done(out))
-        if resume.stale:
-            log.info("removing %d stale file(s) of an earlier plan from %s", len(resume.stale), out.uri)
-            out.delete_many(resume.stale)
-        todo: list[Shard] = []
-        skipped: list[dict[str, Any]] = []
-        for s in plan.shards:
-            meta = resume.done.get(s.index)
-            if meta:
-                embedded = int(meta.get("rows", meta.get("rows_embedded", 0)))
-                dead, truncated = int(meta.get("rows_dead_letter", 0)), int(meta.get("rows_truncated", 0))
-                rep.add_rows(s.rows, embedded, dead, meta.get("reasons", {}), truncated)
-                rep.rows_reused += int(meta.get("rows_reused", 0))
-                rep.shards_skipped += 1
-                skipped.append({"shard": s.index, "name": s.name, "rows_in": s.rows, "rows_embedded": embedded,
-                                "rows_dead_letter": dead, "rows_truncated": truncated,
-                                "reasons": meta.get("reasons", {}), "rows_reused": int(meta.get("rows_reused", 0)),
-                                "shard_key": s.key,
-                                "fingerprint": config.fingerprint()})
-            else:
-                todo.append(s)
-        estimate = estimate_run(config, plan, out, todo).to_dict() if todo else None
-        runlog = RunLog(out, _runlog_meta(config, plan, todo, estimate))
+        todo, skipped = _skip_finished(config, plan, out, rep)
+        runlog = RunLog(out, _run_meta(config, plan, out, todo))
         runlog.start(skipped)
-        if not todo:  # everything is done already: no server, no Ray
-            rep.duration_s = round(time.monotonic() - t_start, 3)
-            rep.finished = True
-            rep.write(out)
-            runlog.finish(rep.to_dict(), "finished")
-            return rep
-        with runlog.failing(rep.to_dict):  # a failure to start a service also ends the manifest as "failed"
-            if out.abort_multipart_uploads():
-                log.info("aborted uploads an earlier run's killed workers left under %s", out.uri)
-            base_url, key = stack.enter_context(jina_endpoint(config.jina, config.limits, probe=True))
-            need_ray()
-            t_first, t_end, fatal = _schedule(config, plan, out, todo, rep, base_url, key, progress, runlog,
-                                              rows_before=sum(s["rows_in"] for s in skipped))
+        window, fatal = 0.0, None
+        if todo:  # else everything is done already: no server, no Ray
+            with runlog.failing(lambda: rep):  # a failure to start a service also ends the manifest as "failed"
+                if out.abort_multipart_uploads():
+                    log.info("aborted uploads an earlier run's killed workers left under %s", out.uri)
+                base_url, keys = stack.enter_context(jina_endpoint(config.jina, config.limits, probe=True))
+                need_ray()
+                run = _Schedule(config, plan, out, rep, runlog, progress, rows_before=sum(r.rows_in for r in skipped))
+                window, fatal = run.run(todo, base_url, keys)
     rep.duration_s = round(time.monotonic() - t_start, 3)
-    rep.finish_rates((t_end - t_first) if t_first else 0.0, tpm=config.limits.tpm, rpm=config.limits.rpm)
+    rep.finish_rates(window, tpm=config.limits.tpm, rpm=config.limits.rpm)
     rep.finished = rep.shards_failed == 0 and fatal is None
     rep.rows_in = plan.rows  # the corpus's rows, also when shards failed
     rep.write(out)
-    runlog.finish(rep.to_dict(), "finished" if rep.finished else "failed")
+    runlog.finish(rep, "finished" if rep.finished else "failed")
     if fatal is not None:
         raise fatal
     return rep
 
 
-def _schedule(config: Config, plan: Plan, out: Storage, todo: list[Shard], rep: EmbedReport, base_url: str, key,
-              progress: bool | str, runlog: RunLog, rows_before: int) -> tuple[float | None, float, JinaBatchError | None]:
-    """Run ``todo`` on Ray, ≤ ray.workers at a time; fold results into ``rep``. (first start, end, fatal error)"""
+def _coordinator_totals(coordinator) -> tuple[Counters, dict[str, Counters]]:
+    """What the coordinator counted so far, in all and per key (``key0``...)."""
     import ray
 
-    lim = config.limits
-    id_field = pa.field(config.corpus.id_column, plan.id_type)
-    carried = [pa.field(c, t) for c, t in plan.column_types.items()]
-    coordinator = ray.remote(num_cpus=0)(Coordinator).remote(
-        lim.rpm, lim.tpm, lim.concurrency, config.ray.workers, lim.target)
-    task = ray.remote(shard_task)
-    task_opts = {"num_cpus": config.ray.num_cpus_per_task, "max_retries": config.ray.max_retries,
-                 "retry_exceptions": False, "scheduling_strategy": "SPREAD"}  # use every node's network
-    key_ref = ray.put(key.get())  # object store only: never in task specs or job metadata
-    queue, running = list(reversed(todo)), {}
-    bar = make_progress(progress, plan.rows, limits={"rpm": lim.rpm, "tpm": lim.tpm}, rows_before=rows_before)
-    t_first, fatal, spent = None, None, None
-    warm: threading.Thread | None = None
-    try:
-        while queue or running:
-            while queue and len(running) < config.ray.workers and fatal is None:
-                s = queue.pop()
-                coordinator.set_remaining.remote(len(queue) + len(running) + 1)
-                running[task.options(name=f"embed {s.name}", **task_opts).remote(
-                    config, s, out.uri, id_field, carried, base_url, key_ref, coordinator)] = s
-                runlog.shard_started(s.index, s.name)
-                t_first = t_first or time.monotonic()
-            if not running:
-                break
-            if warm is None and time.monotonic() - t_first > 3:  # _report.html's one-time costs (~1.8 s CPU) once
-                # the workers are up and waiting on the API, rather than during their start or after the last shard
-                warm = threading.Thread(target=warm_up, name="report-page-warm-up", daemon=True)
-                warm.start()
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            for ref in ready:
-                s = running.pop(ref)
-                try:
-                    r = ray.get(ref)
-                except Exception as e:  # the task crashed past Ray's retries
-                    r = ShardResult.failed(s, e)
-                fatal = fatal or _collect(rep, s, r)
-                runlog.shard_finished({**{k: v for k, v in vars(r).items() if k != "error"}, "error": r.error_text,
-                                       "error_type": r.error_type, "shard_key": s.key,
-                                       "fingerprint": config.fingerprint()})
-                coordinator.set_remaining.remote(len(queue) + len(running))
-            if fatal is not None and running:
-                for ref in running:
-                    ray.cancel(ref, force=True)
-            t = ray.get(coordinator.totals.remote())
-            runlog.tick(t, t["keys"], len(running))
-            bar.update(t, shards_done=rep.shards_done + rep.shards_skipped, shards_total=len(plan.shards),
-                       workers_active=len(running))
-        spent = ray.get(coordinator.totals.remote())
-        runlog.tick(spent, spent["keys"], 0)
-    finally:
-        bar.close()
-    t_end = time.monotonic()
-    if spent:  # what the key was billed, dead attempts included (results only hold finished ones)
-        rep.tokens, rep.requests = max(rep.tokens, spent["tokens"]), max(rep.requests, spent["requests"])
-        rep.retries, rep.http_429 = max(rep.retries, spent["retries"]), max(rep.http_429, spent["http_429"])
-        rep.add_keys(spent["keys"], probe=key.probe_spend)  # per key (key0...), plus the endpoint check
-    if out.abort_multipart_uploads():
-        log.info("aborted uploads that killed workers left under %s", out.uri)
-    return t_first, t_end, fatal
+    t = ray.get(coordinator.totals.remote())
+    return Counters.of(t), {k: Counters.of(c) for k, c in t["keys"].items()}
 
 
-def _collect(rep: EmbedReport, s: Shard, r: ShardResult) -> JinaBatchError | None:
-    """Fold one shard's result into the report; return an error that must stop the run."""
-    rep.tokens += r.tokens
-    rep.raw_tokens += r.raw_tokens
-    rep.requests += r.requests
-    rep.retries += r.retries
-    rep.http_429 += r.http_429
-    if r.status == "done":
-        rep.shards_done += 1
-        if r.node:
-            rep.shards_by_node[r.node] = rep.shards_by_node.get(r.node, 0) + 1
-        rep.add_rows(r.rows_in, r.rows_embedded, r.rows_dead_letter, r.reasons, r.rows_truncated)
-        rep.rows_reused += r.rows_reused
-        return None
-    rep.shards_failed += 1
-    first = s.pieces[0]
-    rep.failures.append({"shard": s.name, "file": first.file, "row": first.row_start, "error_type": r.error_type,
-                         "error": r.error_text})
-    log.error("%s (%d piece(s) from %s row %d) failed: %s", s.name, len(s.pieces), first.file, first.row_start,
-              r.error_text)
-    return r.error if isinstance(r.error, FATAL) else None
+class _Schedule:
+    """One run of shard tasks on Ray, at most ``ray.workers`` at a time, each result folded into the report and
+    the run log as it comes; progress and the run log's samples from the coordinator every half second."""
+
+    def __init__(self, config: Config, plan: Plan, out: Storage, rep: EmbedReport, runlog: RunLog,
+                 progress: bool | str, rows_before: int):
+        self.config, self.plan, self.out, self.rep, self.runlog = config, plan, out, rep, runlog
+        self.bar = make_progress(progress, plan.rows, limits=_limits(config), rows_before=rows_before)
+        self.running: dict = {}  # Ray object ref -> shard
+        self.fatal: JinaBatchError | None = None
+        self._warm: threading.Thread | None = None
+
+    def run(self, todo: list[Shard], base_url: str, keys: KeyPool) -> tuple[float, JinaBatchError | None]:
+        """Embed ``todo``; returns (seconds from the first task to the end, the error that stopped the run)."""
+        import ray
+
+        lim, cfg = self.config.limits, self.config
+        coordinator = ray.remote(num_cpus=0)(Coordinator).remote(
+            lim.rpm, lim.tpm, lim.concurrency, cfg.ray.workers, lim.target)
+        task = ray.remote(shard_task)
+        options = {"num_cpus": cfg.ray.num_cpus_per_task, "max_retries": cfg.ray.max_retries,
+                   "retry_exceptions": False, "scheduling_strategy": "SPREAD"}  # use every node's network
+        fields = (pa.field(cfg.corpus.id_column, self.plan.id_type),
+                  [pa.field(c, t) for c, t in self.plan.column_types.items()])
+        key_ref = ray.put(keys.get())  # object store only: never in task specs or job metadata
+        queue, t_first = list(reversed(todo)), None
+        try:
+            while queue or self.running:
+                while queue and len(self.running) < cfg.ray.workers and self.fatal is None:
+                    s = queue.pop()
+                    coordinator.set_remaining.remote(len(queue) + len(self.running) + 1)
+                    self.running[task.options(name=f"embed {s.name}", **options).remote(
+                        cfg, s, self.out.uri, *fields, base_url, key_ref, coordinator)] = s
+                    self.runlog.shard_started(s.index, s.name)
+                    t_first = t_first or time.monotonic()
+                if not self.running:
+                    break
+                self._warm_up_page(t_first)
+                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    self._finished(self.running.pop(ref), ref)
+                    coordinator.set_remaining.remote(len(queue) + len(self.running))
+                if self.fatal is not None:
+                    for ref in self.running:
+                        ray.cancel(ref, force=True)
+                self._tick(coordinator)
+            spent = self._tick(coordinator)  # what the key was billed, dead attempts included
+        finally:
+            self.bar.close()
+        t_end = time.monotonic()
+        self._bill(*spent, probe=keys.probe_spend)
+        if self.out.abort_multipart_uploads():
+            log.info("aborted uploads that killed workers left under %s", self.out.uri)
+        return (t_end - t_first) if t_first else 0.0, self.fatal
+
+    def _finished(self, s: Shard, ref) -> None:
+        import ray
+
+        try:
+            r: ShardResult = ray.get(ref)
+        except Exception as e:  # the task crashed past Ray's retries
+            r = ShardResult.failed(s, e)
+        self._collect(s, r)
+        self.runlog.shard_finished(ShardRecord(
+            shard=r.shard, name=r.name, status=r.status, rows_in=r.rows_in, rows_embedded=r.rows_embedded,
+            rows_dead_letter=r.rows_dead_letter, rows_truncated=r.rows_truncated, rows_reused=r.rows_reused,
+            reasons=r.reasons, tokens=r.tokens, requests=r.requests, retries=r.retries, http_429=r.http_429,
+            raw_tokens=r.raw_tokens, node=r.node, key=r.key, seconds=r.seconds, error=r.error_text,
+            error_type=r.error_type, shard_key=s.key, fingerprint=self.config.fingerprint()))
+
+    def _collect(self, s: Shard, r: ShardResult) -> None:
+        """Fold one shard's result into the report; keep an error that must stop the run."""
+        rep = self.rep
+        rep.tokens += r.tokens
+        rep.raw_tokens += r.raw_tokens
+        rep.requests += r.requests
+        rep.retries += r.retries
+        rep.http_429 += r.http_429
+        if r.status == "done":
+            rep.shards_done += 1
+            if r.node:
+                rep.shards_by_node[r.node] = rep.shards_by_node.get(r.node, 0) + 1
+            rep.add_rows(r.rows_in, r.rows_embedded, r.rows_dead_letter, r.reasons, r.rows_truncated)
+            rep.rows_reused += r.rows_reused
+            return
+        rep.shards_failed += 1
+        first = s.pieces[0]
+        rep.failures.append(ShardFailure(shard=s.name, file=first.file, row=first.row_start, error_type=r.error_type,
+                                         error=r.error_text))
+        log.error("%s (%d piece(s) from %s row %d) failed: %s", s.name, len(s.pieces), first.file, first.row_start,
+                  r.error_text)
+        if isinstance(r.error, FATAL) and self.fatal is None:
+            self.fatal = r.error
+
+    def _tick(self, coordinator) -> tuple[Counters, dict[str, Counters]]:
+        totals, per_key = _coordinator_totals(coordinator)
+        self.runlog.tick(totals, per_key, len(self.running))
+        self.bar.update(totals, shards_done=self.rep.shards_done + self.rep.shards_skipped,
+                        shards_total=len(self.plan.shards), workers_active=len(self.running))
+        return totals, per_key
+
+    def _bill(self, spent: Counters, per_key: dict[str, Counters], probe: list[dict[str, int]]) -> None:
+        """The report's totals are what the coordinator counted (dead attempts too) where that is more, per key
+        too (key0...), plus the endpoint check's requests."""
+        rep = self.rep
+        rep.tokens, rep.requests = max(rep.tokens, spent.tokens), max(rep.requests, spent.requests)
+        rep.retries, rep.http_429 = max(rep.retries, spent.retries), max(rep.http_429, spent.http_429)
+        rep.add_keys(per_key, probe=probe)
+
+    def _warm_up_page(self, t_first: float) -> None:
+        """_report.html's one-time costs (~1.8 s CPU), once the workers are up and waiting on the API rather than
+        during their start or after the last shard."""
+        if self._warm is None and time.monotonic() - t_first > WARM_UP_AFTER_S:
+            self._warm = threading.Thread(target=warm_up, name="report-page-warm-up", daemon=True)
+            self._warm.start()

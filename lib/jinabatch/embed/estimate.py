@@ -28,10 +28,11 @@ import pyarrow.parquet as pq
 
 from ..config import LOCAL_BASE_URL, Config
 from ..jina.tokens import BYTES_PER_TOKEN, SPECIAL_TOKENS, TokenEstimator
+from ..observe.report import EmbedReport
 from ..storage import Storage
 from .plan import Plan, Shard
-from .task import request_token_budget
 from .rows import READ_BATCH_ROWS
+from .task import request_token_budget
 
 __all__ = ["Estimate", "estimate_run", "key_count", "STARTUP_SECONDS"]
 
@@ -87,13 +88,13 @@ def _ratio(config: Config, out: Storage, texts: list[str], raw: float) -> tuple[
 
         return local_token_count(texts) / raw, "local model"
     sources = [out]
-    prev = getattr(config.output, "previous", None)
+    prev = config.output.previous
     if prev:
         sources.append(Storage.open(prev, config.storage))
     for src in sources:
-        rep = src.read_json("_report.json") or {}
-        if rep.get("token_ratio") and rep.get("model") == config.jina.model:
-            return float(rep["token_ratio"]), "previous run"
+        rep = EmbedReport.read(src)
+        if rep is not None and rep.token_ratio and rep.model == config.jina.model:
+            return rep.token_ratio, "previous run"
     return TokenEstimator().ratio, "prior"
 
 

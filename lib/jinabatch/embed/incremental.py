@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from ..config import Config, StorageSettings
 from ..errors import ConfigError
+from ..observe.report import EmbedReport
 from ..storage import Storage
 from .corpus import CorpusFile
 from .dedup import DUPLICATES, LOCAL_MAX_ROWS, SHUFFLE_BATCH_BYTES
@@ -71,12 +72,12 @@ class Reuse:
         return asdict(self)
 
 
-def _prev_report(config: Config, prev: Storage) -> dict[str, Any]:
-    rep = prev.read_json("_report.json")
-    if not rep:
+def _prev_report(config: Config, prev: Storage) -> EmbedReport:
+    rep = EmbedReport.read(prev)
+    if rep is None:
         raise ConfigError(f"output.previous = {prev.uri}: no _report.json there; point it at the output folder of a "
                           "finished embed run")
-    if not rep.get("finished"):
+    if not rep.finished:
         raise ConfigError(f"output.previous = {prev.uri}: that run did not finish; finish it (rerun its embed) or "
                           "point output.previous at a finished output")
     return rep
@@ -85,15 +86,15 @@ def _prev_report(config: Config, prev: Storage) -> dict[str, Any]:
 def check_previous(config: Config, prev: Storage) -> str:
     """"" when ``prev`` can lend vectors to this config, else why not (everything is then embedded again)."""
     rep = _prev_report(config, prev)
-    had, now = rep.get("embedding") or {}, config.embedding_key()
+    had, now = rep.embedding, config.embedding_key()
     diff = [f"{k} {had.get(k)!r} → {now[k]!r}" for k in now if had.get(k) != now[k]]
     if diff:
         return "the embedding key changed (" + "; ".join(diff) + "): every row is embedded again"
     if config.jina.late_chunking:
         return "late chunking embeds a chunk in its document's context, so a chunk's vector changes with its " \
                "neighbours: every row is embedded again"
-    if rep.get("id_column") != config.corpus.id_column:
-        return f"the id column changed ({rep.get('id_column')!r} → {config.corpus.id_column!r}): every row is embedded again"
+    if rep.id_column != config.corpus.id_column:
+        return f"the id column changed ({rep.id_column!r} → {config.corpus.id_column!r}): every row is embedded again"
     return ""
 
 

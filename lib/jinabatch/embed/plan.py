@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import Config
+from ..observe.report import EmbedReport
 from ..storage import FileStat, Storage
 from .corpus import CorpusFile, inspect_files, list_corpus
 from .dedup import LOCAL_MAX_ROWS, find_duplicates
@@ -138,8 +139,8 @@ def _settings(config: Config) -> dict[str, Any]:
     s = {"id": c.id_column, "text": c.text_column, "columns": list(c.columns), "rows_per_shard": c.rows_per_shard}
     if config.output.previous:  # the join depends on what the previous output holds and how it was made
         prev = Storage.open(config.output.previous, config.storage)
-        rep = prev.read_json("_report.json") or {}
-        s["previous"] = {"uri": prev.uri, "fingerprint": rep.get("fingerprint"), "rows": rep.get("rows_embedded"),
+        rep = EmbedReport.read(prev)
+        s["previous"] = {"uri": prev.uri, "fingerprint": rep and rep.fingerprint, "rows": rep and rep.rows_embedded,
                          "embedding": config.embedding_key()}
     return s
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Config
+from ..observe.records import ShardRecord
 from ..storage import Storage
-from .plan import Plan
+from .plan import Plan, Shard
 from .shards import DEAD_LETTER, SHARDS, read_shard_meta, shard_path
 
 __all__ = ["Resume", "find_finished"]
@@ -24,13 +25,29 @@ __all__ = ["Resume", "find_finished"]
 
 @dataclass
 class Resume:
-    done: dict[int, dict[str, Any]] = field(default_factory=dict)  # shard index -> footer (or run-log record)
+    done: dict[int, ShardRecord] = field(default_factory=dict)  # shard index -> its "skipped" record for this run
     stale: list[str] = field(default_factory=list)  # paths under the output to delete before the run
 
 
-def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, dict[str, Any]] | None = None,
+def _skipped(shard: Shard, fingerprint: str, *, embedded: int, dead: int, truncated: int, reused: int,
+             reasons: dict[str, int]) -> ShardRecord:
+    """The record a rerun logs for ``shard``, finished before: its counts, under this plan's key and settings."""
+    return ShardRecord(shard=shard.index, name=shard.name, status="skipped", rows_in=shard.rows, rows_embedded=embedded,
+                       rows_dead_letter=dead, rows_truncated=truncated, rows_reused=reused, reasons=reasons,
+                       shard_key=shard.key, fingerprint=fingerprint)
+
+
+def _from_footer(shard: Shard, fingerprint: str, meta: dict[str, Any]) -> ShardRecord:
+    """The record of a shard finished by a run whose log did not say so, from its footer (``ShardWriter.commit``)."""
+    return _skipped(shard, fingerprint, embedded=int(meta["rows"]), dead=int(meta.get("rows_dead_letter", 0)),
+                    truncated=int(meta.get("rows_truncated", 0)), reused=int(meta.get("rows_reused", 0)),
+                    reasons=meta.get("reasons", {}))
+
+
+def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, ShardRecord] | None = None,
                   threads: int = 32) -> Resume:
-    """Which of ``plan``'s shards are finished in ``out``; ``known``: shard -> run-log record (has "shard_key")."""
+    """Which of ``plan``'s shards are finished in ``out``, as the records a rerun logs for them ("skipped"), and
+    which files are stale; ``known``: shard -> its latest run-log record saying it was done."""
     known = known or {}
     by_name = {s.name: s for s in plan.shards}
     files = {f.path.rsplit("/", 1)[-1].removesuffix(".parquet"): f for f in out.list(SHARDS)
@@ -44,8 +61,9 @@ def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, dic
             res.stale.append(shard_path(name))
             continue
         rec = known.get(shard.index)
-        if rec and rec.get("shard_key") == shard.key and rec.get("fingerprint") == fingerprint:
-            res.done[shard.index] = rec
+        if rec and rec.shard_key == shard.key and rec.fingerprint == fingerprint:
+            res.done[shard.index] = _skipped(shard, fingerprint, embedded=rec.rows_embedded, dead=rec.rows_dead_letter,
+                                             truncated=rec.rows_truncated, reused=rec.rows_reused, reasons=rec.reasons)
         else:
             check.append(shard)
 
@@ -56,7 +74,7 @@ def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, dic
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for shard, meta in pool.map(footer, check):
             if meta and meta.get("shard_key") == shard.key and meta.get("fingerprint") == fingerprint:
-                res.done[shard.index] = meta
+                res.done[shard.index] = _from_footer(shard, fingerprint, meta)
             else:
                 res.stale.append(shard_path(shard.name))
     for path in list(res.stale):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from pymilvus import DataType, MilvusClient
 
 from ..config import StorageSettings
 from ..errors import LoadError
+from ..observe.report import REPORT, EmbedReport
 from ..storage import Storage
 
 __all__ = ["Shard", "Column", "LoadInput", "read_output", "build_schema", "VECTOR_FIELD", "MAX_VARCHAR"]
@@ -89,7 +90,7 @@ class LoadInput:
     """The checked output folder: everything the load needs to know before touching Milvus."""
 
     storage: Storage  # the output folder or prefix
-    report: dict[str, Any]
+    report: EmbedReport
     shards: list[Shard]
     id_field: Column
     columns: list[Column]  # carried columns, in shard order
@@ -98,7 +99,6 @@ class LoadInput:
     model: str
     task: str | None
     fingerprint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uri(self) -> str:
@@ -113,20 +113,20 @@ def _varchar_len(longest: int) -> int:
     return min(n, MAX_VARCHAR)
 
 
-def _read_report(out: Storage) -> dict[str, Any]:
-    rp = out.uri_of("_report.json")
+def _read_report(out: Storage) -> EmbedReport:
+    rp = out.uri_of(REPORT)
     try:
-        report = out.read_json("_report.json")
+        report = out.read_json(REPORT)
     except json.JSONDecodeError as e:
         raise LoadError(f"{rp}: not valid JSON ({e}); rerun the embed stage") from None
     if report is None:
-        raise LoadError(f"{rp}: no embed report; run the embed stage first (python jobs/embed.py CONFIG)")
+        raise LoadError(f"{rp}: no embed report; run the embed stage first (jinabatch embed CONFIG)")
     if not report.get("finished"):
-        raise LoadError(f"{rp}: the embed run did not finish (finished != true); rerun jobs/embed.py to complete it")
+        raise LoadError(f"{rp}: the embed run did not finish (finished != true); rerun the embed stage to complete it")
     for key in ("rows_embedded", "dimensions", "id_column", "model"):
         if key not in report:
-            raise LoadError(f"{rp}: missing {key!r}; the folder was not written by this version of the embed stage")
-    return report
+            raise LoadError(f"{rp}: missing {key!r}; the folder was not written by the embed stage")
+    return EmbedReport.model_validate(report)
 
 
 def read_output(path: str | Path | Storage, storage: StorageSettings | None = None) -> LoadInput:
@@ -137,7 +137,7 @@ def read_output(path: str | Path | Storage, storage: StorageSettings | None = No
     files = [f.path for f in out.list("shards", recursive=False, pattern="shard-*.parquet")]
     if not files:
         raise LoadError(f"{out.uri_of('shards')}: no shard-*.parquet files; run the embed stage first")
-    dim, id_name = int(report["dimensions"]), str(report["id_column"])
+    dim, id_name = report.dimensions, report.id_column
     shards, first_schema = [], None
     for sub in files:
         f = out.uri_of(sub)
@@ -162,18 +162,17 @@ def read_output(path: str | Path | Storage, storage: StorageSettings | None = No
         if meta.get("dimensions") not in (None, dim):
             raise LoadError(f"{f}: dimensions {meta['dimensions']} but _report.json says {dim}; "
                             "the folder mixes two runs — use a fresh output.path")
-        if meta.get("model") not in (None, report["model"]):
-            raise LoadError(f"{f}: model {meta['model']!r} but _report.json says {report['model']!r}; "
+        if meta.get("model") not in (None, report.model):
+            raise LoadError(f"{f}: model {meta['model']!r} but _report.json says {report.model!r}; "
                             "the folder mixes two runs — use a fresh output.path")
         shards.append(Shard(out, sub, pf.metadata.num_rows, meta))
     rows = sum(s.rows for s in shards)
-    if rows != int(report["rows_embedded"]):
+    if rows != report.rows_embedded:
         raise LoadError(f"{out.uri}: the shards hold {rows} rows but _report.json says rows_embedded = "
-                        f"{report['rows_embedded']}; a shard is missing or stale — rerun the embed stage")
+                        f"{report.rows_embedded}; a shard is missing or stale — rerun the embed stage")
     id_col, columns = _scan_columns(shards, first_schema, id_name)
     return LoadInput(storage=out, report=report, shards=shards, id_field=id_col, columns=columns, dim=dim,
-                     rows=rows, model=str(report["model"]), task=report.get("task"),
-                     fingerprint=report.get("fingerprint"))
+                     rows=rows, model=report.model, task=report.task, fingerprint=report.fingerprint or None)
 
 
 def _scan_columns(shards: list[Shard], schema: pa.Schema, id_name: str) -> tuple[Column, list[Column]]:

@@ -31,13 +31,15 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from tqdm import tqdm
 
 from ..config import Config, MilvusSettings
 from ..errors import ConfigError, LoadError, StorageError
+from ..observe.report import LoadReport
+from ..observe.report_html import write_report_html
 from ..storage import Storage
 from .importfiles import ImportFiles
 from .milvus import (
@@ -71,26 +73,6 @@ __all__ = ["LoadReport", "run_load"]
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LoadReport:
-    collection: str  # the alias users query
-    physical: str  # the collection it now points at
-    rows: int
-    mode: str  # "bulk" | "insert" | "rollback"
-    seconds: float
-    previous: str | None  # where the alias pointed before
-    dropped: list[str] = field(default_factory=list)
-    uri: str = ""
-    verified_ids: int = 0
-    server: str = ""  # e.g. "Milvus v2.3.5-lite (no nullable fields)"
-    carried: dict[str, str] = field(default_factory=dict)  # column -> how it is held ("nullable field", ...)
-    phases: list[dict] = field(default_factory=list)  # {"phase", "seconds"} per step, in order (for _report.html)
-    imports: list[dict] = field(default_factory=list)  # {"t": s into the fill, "rows"} per finished import/batch
-    # bulk import: where the server read the files ("read_from", "placement") and, when copies were made for
-    # it, {"files", "how", "seconds", "removed"} under "copies" (jinabatch.load.importfiles)
-    import_files: dict[str, Any] = field(default_factory=dict)
-
-
 def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
              target: Target | None = None) -> LoadReport:
     """Load ``config.output.path`` into Milvus behind the alias ``config.milvus.collection`` (or roll back).
@@ -109,7 +91,7 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
             report = _load(target, inp, ms, progress)
     report.seconds = round(time.monotonic() - t0, 3)
     report.uri = target.uri
-    out.write_json("_load_report.json", asdict(report))
+    report.write(out)
     _write_html(out)
     return report
 
@@ -217,8 +199,9 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
         _release_quietly(client, previous)
     dropped = _tidy(client, alias, name, ms.keep_previous)
     mark("tidy")
-    return LoadReport(alias, name, inp.rows, BULK if mode == BULK_COPIES else mode, 0.0, previous, dropped,
-                      verified_ids=checked, server=info.describe(), carried=carried, phases=phases, imports=imports,
+    return LoadReport(collection=alias, physical=name, rows=inp.rows, mode=BULK if mode == BULK_COPIES else mode,
+                      seconds=0.0, previous=previous, dropped=dropped, verified_ids=checked, server=info.describe(),
+                      carried=carried, phases=phases, imports=imports,
                       import_files=files.describe() if files is not None else {})
 
 
@@ -268,7 +251,8 @@ def _rollback(target: Target, alias: str) -> LoadReport:
     point_alias(client, alias, back.name)
     _release_quietly(client, current)
     log.info("rolled back alias %s: %s -> %s", alias, current, back.name)
-    return LoadReport(alias, back.name, int(back.props.get(PROP + "rows", 0)), "rollback", 0.0, current)
+    return LoadReport(collection=alias, physical=back.name, rows=int(back.props.get(PROP + "rows", 0)), mode="rollback",
+                      seconds=0.0, previous=current)
 
 
 def _drop_quietly(client, name: str) -> None:
@@ -288,8 +272,6 @@ def _release_quietly(client, name: str) -> None:
 def _write_html(out: Storage) -> None:
     """Redraw ``_report.html`` with the load's part; a failure to draw never fails the load."""
     try:
-        from ..observe.report_html import write_report_html
-
         log.info("report: %s", write_report_html(out))
     except Exception as e:
         log.warning("could not write _report.html: %s: %s", type(e).__name__, e)

@@ -1,12 +1,19 @@
-"""The embed stage's ``_report.json``: counts that reconcile and rates against the key's budget."""
+"""The reports a run leaves: the embed stage's ``_report.json`` (``EmbedReport``: counts that reconcile, rates
+against the key's budget) and the load stage's ``_load_report.json`` (``LoadReport``), typed records
+(``jinabatch.observe.records``) written by their stage and read by status and ``_report.html``."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..storage import Storage
+from pydantic import Field
 
-__all__ = ["EmbedReport", "utilization"]
+from ..storage import Storage
+from .records import KeyCounters, Limits, Record
+
+__all__ = ["EmbedReport", "LoadReport", "ShardFailure", "Phase", "ImportPoint", "utilization", "REPORT",
+           "LOAD_REPORT"]
+
+REPORT, LOAD_REPORT = "_report.json", "_load_report.json"
 
 
 def utilization(tokens: int, requests: int, seconds: float, *, tpm: int, rpm: int) -> tuple[float, str]:
@@ -18,21 +25,32 @@ def utilization(tokens: int, requests: int, seconds: float, *, tpm: int, rpm: in
     return (t, "tpm") if t >= r else (r, "rpm")
 
 
-@dataclass
-class EmbedReport:
+class ShardFailure(Record):
+    """A failed shard in the report: its name, where its first piece starts, and the error."""
+
+    shard: str
+    file: str
+    row: int
+    error_type: str | None = None
+    error: str | None = None
+
+
+class EmbedReport(Record):
+    """``_report.json``: what the embed run did, as a whole and per key; ``rows_in`` is the corpus's rows."""
+
     rows_in: int = 0
     rows_embedded: int = 0
     rows_dead_letter: int = 0
     rows_truncated: int = 0
     rows_reused: int = 0  # vectors carried over from output.previous instead of sent
     incremental: dict[str, Any] | None = None  # with output.previous: previous, reused, changed, new, dropped, note
-    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    dead_letter_reasons: dict[str, int] = Field(default_factory=dict)
     shards_total: int = 0
     shards_skipped: int = 0
     shards_done: int = 0
     shards_failed: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    shards_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> shards it embedded
+    failures: list[ShardFailure] = Field(default_factory=list)
+    shards_by_node: dict[str, int] = Field(default_factory=dict)  # Ray node id -> shards it embedded
     tokens: int = 0
     raw_tokens: float = 0.0  # the uncalibrated estimate (UTF-8 bytes / 4 + 2 per row) of the rows sent
     token_ratio: float | None = None  # tokens / raw_tokens: what the next plan's estimate is calibrated with
@@ -45,19 +63,25 @@ class EmbedReport:
     requests_per_min: float = 0.0
     utilization: float = 0.0
     binding_limit: str = "tpm"
-    limits: dict[str, Any] = field(default_factory=dict)
-    keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # key0, key1...: counters, utilization
+    limits: Limits = Field(default_factory=Limits)  # each key's
+    keys: dict[str, KeyCounters] = Field(default_factory=dict)  # key0, key1...: counters, utilization
     workers: int = 0
     model: str = ""
     task: str | None = None
     dimensions: int = 0
     embedding_type: str = ""
-    embedding: dict[str, Any] = field(default_factory=dict)  # the embedding key (config.embedding_key())
+    embedding: dict[str, Any] = Field(default_factory=dict)  # the embedding key (config.embedding_key())
     id_column: str = "id"
-    columns: list[str] = field(default_factory=list)
+    columns: list[str] = Field(default_factory=list)
     fingerprint: str = ""
     output: str = ""
     finished: bool = False
+
+    @classmethod
+    def read(cls, out: Storage) -> "EmbedReport | None":
+        """The report under ``out`` (None if there is none)."""
+        data = out.read_json(REPORT)
+        return None if data is None else cls.model_validate(data)
 
     def add_rows(self, rows_in: int, embedded: int, dead: int, reasons: dict[str, int], truncated: int = 0) -> None:
         self.rows_in += rows_in
@@ -70,11 +94,11 @@ class EmbedReport:
     def add_keys(self, per_key: dict[str, dict[str, Any]], *, probe: list[dict[str, int]] | None = None) -> None:
         """Counters per key of the pool (``key0``, ``key1``…), plus what checking each key before the run
         cost (one tiny request each), which is added to the totals too: the report matches the bill."""
-        self.keys = {k: dict(c) for k, c in per_key.items()}
+        self.keys = {k: KeyCounters.of(c) for k, c in per_key.items()}
         for i, p in enumerate(probe or []):
-            c = self.keys.setdefault(f"key{i}", {"rows": 0, "tokens": 0, "requests": 0, "http_429": 0, "retries": 0})
-            c["tokens"] += p["tokens"]
-            c["requests"] += p["requests"]
+            c = self.keys.setdefault(f"key{i}", KeyCounters())
+            c.tokens += p["tokens"]
+            c.requests += p["requests"]
             self.tokens += p["tokens"]
             self.requests += p["requests"]
 
@@ -88,19 +112,17 @@ class EmbedReport:
         u, which = utilization(self.tokens, self.requests, window_s, tpm=tpm, rpm=rpm)
         self.utilization, self.binding_limit = round(u, 4), which
         for c in self.keys.values():  # [limits] is each key's budget
-            u, which = utilization(c["tokens"], c["requests"], window_s, tpm=tpm, rpm=rpm)
-            c["utilization"], c["binding_limit"] = round(u, 4), which
+            u, which = utilization(c.tokens, c.requests, window_s, tpm=tpm, rpm=rpm)
+            c.utilization, c.binding_limit = round(u, 4), which
 
     @property
     def reconciled(self) -> bool:
         return self.rows_in == self.rows_embedded + self.rows_dead_letter
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def write(self, out: Storage) -> str:
-        out.write_json("_report.json", self.to_dict())
-        return out.uri_of("_report.json")
+        """Write ``_report.json`` under ``out``; returns its URI."""
+        out.write_json(REPORT, self.to_json())
+        return out.uri_of(REPORT)
 
     def summary(self) -> str:
         inc = self.incremental
@@ -112,6 +134,46 @@ class EmbedReport:
                 f"{self.shards_done} shards done, {self.shards_skipped} skipped, {self.shards_failed} failed; "
                 f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
                 f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"
-                + (" (per key: " + ", ".join(f"{k} {c.get('utilization', 0):.1%}, {c['http_429']} 429s"
+                + (" (per key: " + ", ".join(f"{k} {c.utilization:.1%}, {c.http_429} 429s"
                                             for k, c in self.keys.items()) + ")" if len(self.keys) > 1 else "")
                 + f"; {self.duration_s:.1f}s")
+
+
+class Phase(Record):
+    phase: str  # create, copy files, fill, flush + index, load, verify, alias switch, remove copies, tidy
+    seconds: float
+
+
+class ImportPoint(Record):
+    t: float  # seconds into the fill
+    rows: int  # rows that import task (or upsert batches of that second) added
+
+
+class LoadReport(Record):
+    """``_load_report.json``: where the alias points after the load (or a rollback), and how it got there."""
+
+    collection: str  # the alias users query
+    physical: str  # the collection it now points at
+    rows: int
+    mode: str  # "bulk" | "insert" | "rollback"
+    seconds: float
+    previous: str | None  # where the alias pointed before
+    dropped: list[str] = Field(default_factory=list)
+    uri: str = ""
+    verified_ids: int = 0
+    server: str = ""  # e.g. "Milvus v2.3.5-lite (no nullable fields)"
+    carried: dict[str, str] = Field(default_factory=dict)  # column -> how it is held ("nullable field", ...)
+    phases: list[Phase] = Field(default_factory=list)  # each step's seconds, in order
+    imports: list[ImportPoint] = Field(default_factory=list)  # rows loaded over time
+    # bulk import: where the server read the files ("read_from", "placement") and, when copies were made for
+    # it, {"files", "how", "seconds", "removed"} under "copies" (jinabatch.load.importfiles.ImportFiles.describe)
+    import_files: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def read(cls, out: Storage) -> "LoadReport | None":
+        """The load report under ``out`` (None if the load has not run)."""
+        data = out.read_json(LOAD_REPORT)
+        return None if data is None else cls.model_validate(data)
+
+    def write(self, out: Storage) -> None:
+        out.write_json(LOAD_REPORT, self.to_json())

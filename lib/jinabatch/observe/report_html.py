@@ -17,10 +17,13 @@ import html
 import json
 import logging
 from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..storage import Storage
-from .runlog import MANIFEST, read_progress, read_timeseries
+from .progress import format_duration
+from .records import Limits, Manifest, Sample, ShardRecord, read_progress, read_timeseries
+from .report import EmbedReport, LoadReport
 
 log = logging.getLogger(__name__)
 
@@ -29,46 +32,49 @@ __all__ = ["write_report_html", "render_report_html", "series_rows", "HTML_NAME"
 HTML_NAME = "_report.html"
 MAX_POINTS = 600  # points per line chart: a 10-hour run is bucketed to a minute or so
 MAX_BARS = 2000  # shards drawn one by one on the timeline; above, shards finished per bucket per node
+_COUNTED = ("tokens", "requests", "rows", "http_429", "retries")  # the counters charted as deltas
 
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def series_rows(samples: list[dict[str, Any]], max_points: int = MAX_POINTS) -> list[dict[str, Any]]:
-    """Per-bucket deltas and per-minute rates from cumulative samples: the ``tokens``, ``requests``, ``rows``,
-    ``http_429``, ``retries`` of the rows add up to the last sample's counters (less the first's)."""
+def series_rows(samples: Sequence[Sample | Mapping[str, Any]], max_points: int = MAX_POINTS) -> list[dict[str, Any]]:
+    """Chart rows from cumulative samples: per-bucket deltas and per-minute rates. The ``tokens``, ``requests``,
+    ``rows``, ``http_429``, ``retries`` of the rows add up to the last sample's counters (less the first's)."""
+    samples = [Sample.of(s) for s in samples]
     if len(samples) < 2:
         return []
-    span = samples[-1]["t"] - samples[0]["t"]
+    first = samples[0]
+    span = samples[-1].t - first.t
     bucket = max(span / max_points, 1e-9)
     rows: list[dict[str, Any]] = []
     cur: dict[str, Any] | None = None
     for a, b in zip(samples, samples[1:]):
-        idx = int((b["t"] - samples[0]["t"]) / bucket) if span > 0 else 0
+        idx = int((b.t - first.t) / bucket) if span > 0 else 0
         if cur is None or cur["_idx"] != idx:
-            cur = {"_idx": idx, "time": _iso(b["t"]), "seconds": 0.0, "workers": 0,
-                   **{k: 0 for k in ("tokens", "requests", "rows", "http_429", "retries")}, "keys": {}}
+            cur = {"_idx": idx, "time": _iso(b.t), "seconds": 0.0, "workers": 0, **dict.fromkeys(_COUNTED, 0),
+                   "keys": {}}
             rows.append(cur)
-        cur["seconds"] += b["t"] - a["t"]
-        cur["time"], cur["workers"] = _iso(b["t"]), b.get("workers", 0)
-        for k in ("tokens", "requests", "rows", "http_429", "retries"):
-            cur[k] += b.get(k, 0) - a.get(k, 0)
-        for key, c in (b.get("keys") or {}).items():
-            prev = (a.get("keys") or {}).get(key, {})
-            cur["keys"][key] = cur["keys"].get(key, 0) + c.get("tokens", 0) - prev.get("tokens", 0)
-    rows.insert(0, {"_idx": -1, "time": _iso(samples[0]["t"]), "seconds": 0.0, "workers": samples[0].get("workers", 0),
-                    **{k: 0 for k in ("tokens", "requests", "rows", "http_429", "retries")}, "keys": {}})
+        cur["seconds"] += b.t - a.t
+        cur["time"], cur["workers"] = _iso(b.t), b.workers
+        for k in _COUNTED:
+            cur[k] += getattr(b, k) - getattr(a, k)
+        for key, c in (b.keys or {}).items():
+            prev = (a.keys or {}).get(key)
+            cur["keys"][key] = cur["keys"].get(key, 0) + c.tokens - (prev.tokens if prev else 0)
+    rows.insert(0, {"_idx": -1, "time": _iso(first.t), "seconds": 0.0, "workers": first.workers,
+                    **dict.fromkeys(_COUNTED, 0), "keys": {}})
     for r in rows:  # the first row marks where the run starts (nothing done yet)
         r.pop("_idx")
         per_min = 60.0 / r["seconds"] if r["seconds"] > 0 else 0.0
-        for k in ("tokens", "requests", "rows", "http_429", "retries"):
+        for k in _COUNTED:
             r[f"{k}_per_min"] = round(r[k] * per_min, 2)
         r["keys_per_min"] = {k: round(v * per_min, 2) for k, v in r.pop("keys").items()}
     return rows
 
 
-def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: dict[str, Any],
+def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: Limits,
             n_keys: int) -> dict[str, dict[str, Any]]:
     import altair as alt
 
@@ -89,9 +95,9 @@ def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: 
         return alt.layer(line, rule)
 
     if series:
-        specs["tokens"] = against("tokens_per_min", "tokens / min", (limits.get("tpm") or 0) * n_keys, "TPM").properties(
+        specs["tokens"] = against("tokens_per_min", "tokens / min", limits.tpm * n_keys, "TPM").properties(
             title="Tokens per minute against the TPM limit").to_dict()
-        specs["requests"] = against("requests_per_min", "requests / min", (limits.get("rpm") or 0) * n_keys,
+        specs["requests"] = against("requests_per_min", "requests / min", limits.rpm * n_keys,
                                     "RPM").properties(title="Requests per minute against the RPM limit").to_dict()
         labels = "datum.label == 'http_429_per_min' ? '429 answers' : 'retries'"
         specs["errors"] = base.transform_fold(["http_429_per_min", "retries_per_min"], as_=["what", "per_min"]).mark_line(
@@ -109,7 +115,7 @@ def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: 
                        for k, v in r["keys_per_min"].items()]
             specs["keys"] = alt.Chart(alt.Data(values=per_key)).mark_line(interpolate="step-before").encode(
                 x=x, y=alt.Y("tokens_per_min:Q", title="tokens / min"), color="key:N").properties(
-                width=width, height=200, title=f"Tokens per minute per key (each key's TPM limit {limits.get('tpm'):,})"
+                width=width, height=200, title=f"Tokens per minute per key (each key's TPM limit {limits.tpm:,})"
             ).to_dict()
     if shards:
         if len(shards) <= MAX_BARS:
@@ -130,15 +136,14 @@ def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: 
     return specs
 
 
-def _shard_bars(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _shard_bars(records: Sequence[ShardRecord | Mapping[str, Any]]) -> list[dict[str, Any]]:
     bars = []
-    for r in records:
-        if r.get("status") not in ("done", "failed") or r.get("started") is None:
+    for r in map(ShardRecord.of, records):
+        if r.status not in ("done", "failed") or r.started is None:
             continue
-        bars.append({"shard": r.get("name") or str(r["shard"]), "worker": f"slot {int(r.get('lane', 0)):02d}",
-                     "node": (r.get("node") or "?")[:12], "status": r["status"], "start": _iso(r["started"]),
-                     "end": _iso(r["finished"]), "rows": r.get("rows_in", 0), "tokens": r.get("tokens", 0),
-                     "seconds": r.get("seconds", 0.0)})
+        bars.append({"shard": r.name or str(r.shard), "worker": f"slot {r.lane or 0:02d}", "node": (r.node or "?")[:12],
+                     "status": r.status, "start": _iso(r.started), "end": _iso(r.finished), "rows": r.rows_in,
+                     "tokens": r.tokens, "seconds": r.seconds})
     return bars
 
 
@@ -151,75 +156,62 @@ def _n(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:,.1f}" if isinstance(v, float) else str(v)
 
 
-def _embed_table(rep: dict[str, Any], man: dict[str, Any]) -> str:
-    from .progress import format_duration
-
-    price = man.get("price_per_million_tokens")
-    req = rep.get("requests") or 0
-    rows = [("state", man.get("state", "?")), ("model", f"{rep.get('model')} ({rep.get('dimensions')} dims, "
-                                                         f"task {rep.get('task')}, {rep.get('embedding_type')})"),
-            ("rows in", _n(rep.get("rows_in", 0))), ("rows embedded", _n(rep.get("rows_embedded", 0))),
-            ("rows dead-lettered", _n(rep.get("rows_dead_letter", 0)) + (
-                f" ({', '.join(f'{k}: {v:,}' for k, v in sorted(rep['dead_letter_reasons'].items()))})"
-                if rep.get("dead_letter_reasons") else "")),
-            ("shards", f"{rep.get('shards_done', 0):,} done, {rep.get('shards_skipped', 0):,} skipped, "
-                       f"{rep.get('shards_failed', 0):,} failed of {rep.get('shards_total', 0):,}"),
-            ("tokens", _n(rep.get("tokens", 0))), ("requests", _n(req)),
-            ("429 answers", f"{rep.get('http_429', 0):,}" + (f" ({rep.get('http_429', 0) / req:.2%})" if req else "")),
-            ("retries", _n(rep.get("retries", 0))),
-            ("utilization", f"{rep.get('utilization', 0):.1%} of {str(rep.get('binding_limit', 'tpm')).upper()} "
-                            f"({rep.get('tokens_per_min', 0):,.0f} tokens/min, {rep.get('requests_per_min', 0):,.0f} "
-                            "requests/min)"),
-            ("limits", ", ".join(f"{k} {v:,}" for k, v in (rep.get("limits") or {}).items() if isinstance(v, int))
-             + (f" per key × {len(man['keys'])} keys" if len(man.get("keys") or []) > 1 else "")),
-            ("workers", rep.get("workers")),
-            ("duration", f"{format_duration(rep.get('duration_s'))} (embedding {format_duration(rep.get('embed_window_s'))})"),
-            ("cost", f"${rep.get('tokens', 0) * price / 1e6:,.4f} at ${price:g} per 1M tokens" if price is not None
+def _embed_table(rep: EmbedReport, man: Manifest) -> str:
+    price, req = man.price_per_million_tokens, rep.requests
+    reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(rep.dead_letter_reasons.items()))
+    rows = [("state", man.state), ("model", f"{rep.model} ({rep.dimensions} dims, task {rep.task}, {rep.embedding_type})"),
+            ("rows in", _n(rep.rows_in)), ("rows embedded", _n(rep.rows_embedded)),
+            ("rows dead-lettered", _n(rep.rows_dead_letter) + (f" ({reasons})" if reasons else "")),
+            ("shards", f"{rep.shards_done:,} done, {rep.shards_skipped:,} skipped, {rep.shards_failed:,} failed of "
+                       f"{rep.shards_total:,}"),
+            ("tokens", _n(rep.tokens)), ("requests", _n(req)),
+            ("429 answers", f"{rep.http_429:,}" + (f" ({rep.http_429 / req:.2%})" if req else "")),
+            ("retries", _n(rep.retries)),
+            ("utilization", f"{rep.utilization:.1%} of {rep.binding_limit.upper()} ({rep.tokens_per_min:,.0f} "
+                            f"tokens/min, {rep.requests_per_min:,.0f} requests/min)"),
+            ("limits", ", ".join(f"{k} {v:,}" for k, v in rep.limits.model_dump().items())
+             + (f" per key × {len(man.keys)} keys" if len(man.keys) > 1 else "")),
+            ("workers", rep.workers),
+            ("duration", f"{format_duration(rep.duration_s)} (embedding {format_duration(rep.embed_window_s)})"),
+            ("cost", f"${rep.tokens * price / 1e6:,.4f} at ${price:g} per 1M tokens" if price is not None
              else "set jina.price_per_million_tokens to see it")]
-    if man.get("plan", {}).get("estimate"):
-        est = man["plan"]["estimate"]
-        rows.append(("plan's estimate", f"{est.get('tokens', 0):,} tokens, {format_duration(est.get('seconds'))}"))
+    if (est := man.plan.estimate) is not None:
+        rows.append(("plan's estimate", f"{est.tokens:,} tokens, {format_duration(est.seconds)}"))
     return _table(rows)
 
 
-def _load_part(load: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+def _load_part(load: LoadReport) -> tuple[str, dict[str, dict[str, Any]]]:
     import altair as alt
 
-    from .progress import format_duration
-
-    rows = [("alias", load.get("collection")), ("now points at", load.get("physical")),
-            ("was", load.get("previous") or "-"), ("mode", load.get("mode")), ("rows", _n(load.get("rows", 0))),
-            ("ids verified vector by vector", _n(load.get("verified_ids", 0))),
-            ("took", format_duration(load.get("seconds"))), ("dropped", ", ".join(load.get("dropped") or []) or "-")]
-    files = load.get("import_files") or {}
-    if files.get("read_from"):
-        copies = files.get("copies")
+    rows = [("alias", load.collection), ("now points at", load.physical), ("was", load.previous or "-"),
+            ("mode", load.mode), ("rows", _n(load.rows)), ("ids verified vector by vector", _n(load.verified_ids)),
+            ("took", format_duration(load.seconds)), ("dropped", ", ".join(load.dropped) or "-")]
+    files = load.import_files
+    if files:
+        copies = files.get("copies")  # only when copies were made
         rows.append(("server read the files from", files["read_from"] + (
-            f" ({copies['files']} copies: {copies['how']}, {'removed' if copies.get('removed') else 'NOT removed'} "
+            f" ({copies['files']} copies: {copies['how']}, {'removed' if copies['removed'] else 'NOT removed'} "
             "after the load)" if copies else " (in place, no copy)")))
     specs: dict[str, dict[str, Any]] = {}
-    phases = load.get("phases") or []
-    if phases:
+    if load.phases:
         vals, t = [], 0.0
-        for p in phases:
-            name, secs = p["phase"], float(p["seconds"])
-            vals.append({"phase": name, "start": round(t, 3), "end": round(t + secs, 3), "seconds": secs})
-            t += secs
+        for p in load.phases:
+            vals.append({"phase": p.phase, "start": round(t, 3), "end": round(t + p.seconds, 3), "seconds": p.seconds})
+            t += p.seconds
         specs["load_phases"] = alt.Chart(alt.Data(values=vals)).mark_bar().encode(
             x=alt.X("start:Q", title="seconds into the load"), x2="end:Q",
             y=alt.Y("phase:N", sort=None, title=None), tooltip=["phase:N", alt.Tooltip("seconds:Q", format=".2f")],
             color=alt.Color("phase:N", legend=None)).properties(
             width=760, height=30 * len(vals), title="Load phases (alias switched at the end)").to_dict()
-    tasks = load.get("imports") or []
-    if tasks:
+    if load.imports:
         acc, vals = 0, []
-        for i, tk in enumerate(tasks, 1):
-            acc += int(tk.get("rows", 0))
-            vals.append({"seconds": tk.get("t", 0.0), "rows": acc, "tasks": i})
+        for i, tk in enumerate(load.imports, 1):
+            acc += tk.rows
+            vals.append({"seconds": tk.t, "rows": acc, "tasks": i})
         specs["load_imports"] = alt.Chart(alt.Data(values=vals)).mark_line(point=True, interpolate="step-after").encode(
             x=alt.X("seconds:Q", title="seconds into the fill"), y=alt.Y("rows:Q", title="rows in the collection"),
             tooltip=["tasks:Q", alt.Tooltip("rows:Q", format=",")]).properties(
-            width=760, height=200, title=f"{'Import tasks' if load.get('mode') == 'bulk' else 'Upsert batches'} "
+            width=760, height=200, title=f"{'Import tasks' if load.mode == 'bulk' else 'Upsert batches'} "
                                          "completed: rows loaded over time").to_dict()
     return _table(rows), specs
 
@@ -242,25 +234,26 @@ def warm_up() -> None:
         log.debug("report page warm-up failed: %s: %s", type(e).__name__, e)
 
 
-def render_report_html(report: dict[str, Any] | None, manifest: dict[str, Any] | None,
-                       samples: list[dict[str, Any]], records: list[dict[str, Any]],
-                       load: dict[str, Any] | None = None) -> str:
-    """The page as a string (no I/O)."""
+def render_report_html(report: EmbedReport | Mapping[str, Any] | None, manifest: Manifest | Mapping[str, Any] | None,
+                       samples: Sequence[Sample | Mapping[str, Any]], records: Sequence[ShardRecord | Mapping[str, Any]],
+                       load: LoadReport | Mapping[str, Any] | None = None) -> str:
+    """The page as a string (no I/O): the embed part from the report, the manifest, the run's samples and shard
+    records; the load part when ``load`` (the load report) is given."""
     import vl_convert
 
-    rep, man = report or {}, manifest or {}
-    limits = rep.get("limits") or man.get("limits") or {}
-    n_keys = max(1, len(man.get("keys") or []))
+    rep = EmbedReport() if report is None else EmbedReport.of(report)
+    man = Manifest() if manifest is None else Manifest.of(manifest)
+    limits = rep.limits if rep.limits != Limits() else man.limits
     series = series_rows(samples)
-    specs = _charts(series, _shard_bars(records), limits, n_keys)
-    body = [f"<h1>jinabatch embed report</h1><p class=note>{html.escape(str(rep.get('output') or ''))} — run "
-            f"{html.escape(str(man.get('run') or '?'))}</p>", "<h2>Embed</h2>", _embed_table(rep, man)]
+    specs = _charts(series, _shard_bars(records), limits, max(1, len(man.keys)))
+    body = [f"<h1>jinabatch embed report</h1><p class=note>{html.escape(rep.output)} — run "
+            f"{html.escape(man.run or '?')}</p>", "<h2>Embed</h2>", _embed_table(rep, man)]
     if not series:
         body.append("<p class=note>No requests in this run (every shard was already done), so no time series.</p>")
     for name in specs:
         body.append(f'<div class=chart id="chart-{name}"></div>')
     if load:
-        table, load_specs = _load_part(load)
+        table, load_specs = _load_part(LoadReport.of(load))
         body += ["<h2>Load into Milvus</h2>", table] + [f'<div class=chart id="chart-{n}"></div>' for n in load_specs]
         specs.update(load_specs)
     data = json.dumps(specs, separators=(",", ":")).replace("</", "<\\/")
@@ -273,14 +266,14 @@ def render_report_html(report: dict[str, Any] | None, manifest: dict[str, Any] |
             "</body></html>\n")
 
 
-def write_report_html(out: Storage, *, report: dict[str, Any] | None = None,
-                      manifest: dict[str, Any] | None = None) -> str:
-    """Read what the run (and the load, if it ran) wrote and write ``_report.html`` beside it; returns its URI."""
-    report = report if report is not None else out.read_json("_report.json")
-    manifest = manifest if manifest is not None else out.read_json(MANIFEST)
-    run = (manifest or {}).get("run")
+def write_report_html(out: Storage, *, report: EmbedReport | None = None, manifest: Manifest | None = None) -> str:
+    """Read what the run (and the load, if it ran) wrote — ``report`` and ``manifest`` when the caller holds them
+    already — and write ``_report.html`` beside it; returns its URI."""
+    report = report if report is not None else EmbedReport.read(out)
+    manifest = manifest if manifest is not None else Manifest.read(out)
+    run = manifest.run if manifest is not None else None
     samples = read_timeseries(out, run) if run else []
     records = read_progress(out, run) if run else []
-    page = render_report_html(report, manifest, samples, records, out.read_json("_load_report.json"))
+    page = render_report_html(report, manifest, samples, records, LoadReport.read(out))
     out.write_bytes(HTML_NAME, page.encode())
     return out.uri_of(HTML_NAME)

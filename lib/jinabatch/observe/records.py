@@ -1,0 +1,268 @@
+"""The records a run writes, each typed once for its writer and every reader, and where they live.
+
+Under the output root (a folder or an ``s3://`` prefix)::
+
+    _manifest.json        Manifest      the run's snapshot (RunLog writes it; status and _report.html read it)
+    _progress/*.jsonl     ShardRecord   one line per finished, failed or skipped shard (RunLog; resume, the page)
+    _timeseries/*.jsonl   Sample        cumulative counters every few seconds (RunLog; the page)
+
+(``_report.json`` and ``_load_report.json`` are ``jinabatch.observe.report``'s ``EmbedReport`` and ``LoadReport``.)
+
+Every record is a pydantic model: fields and defaults are declared here, a reader gets a value for every field
+(a record of an older writer that lacks one gets its default; unknown fields are ignored). Records are written
+as JSON (``to_json``; log lines leave null fields out) and also read like that JSON — ``record["rows_in"]``,
+``record.get("key")`` — for tools and tests that treat them as the JSON they are; the library reads attributes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..storage import Storage
+from .chunklog import ChunkLog
+
+__all__ = [
+    "Record", "Counters", "KeyCounters", "ShardRecord", "Sample", "Limits", "PlanEstimate", "PlanSummary", "RunMeta",
+    "ShardCounts", "RowCounts", "Rates", "RunningShard", "Failure", "ReportSummary", "Manifest",
+    "MANIFEST", "PROGRESS", "TIMESERIES", "COUNTERS", "read_progress", "read_timeseries",
+]
+
+MANIFEST, PROGRESS, TIMESERIES = "_manifest.json", "_progress", "_timeseries"
+COUNTERS = ("rows", "tokens", "requests", "http_429", "retries")
+
+R = TypeVar("R", bound="Record")
+
+
+class Record(BaseModel):
+    """Base of every record: a pydantic model that also reads like the JSON it is written as."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    _drop_nulls: ClassVar[bool] = False  # log lines leave null fields out (one a shard or a sample: it adds up)
+
+    @classmethod
+    def of(cls: type[R], value: "Record | Mapping[str, Any]") -> R:
+        """``value`` as this record: itself, or validated from another record's fields or a mapping (its JSON)."""
+        if isinstance(value, cls):
+            return value
+        return cls.model_validate(value, from_attributes=isinstance(value, Record))
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written for it."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=self._drop_nulls)
+
+    def __getitem__(self, name: str) -> Any:
+        """The value of field ``name`` (or its JSON alias), nested records as plain dicts."""
+        fields = type(self).model_fields
+        attr = name if name in fields else next((k for k, f in fields.items() if f.alias == name), None)
+        if attr is None:
+            raise KeyError(name)
+        return self.model_dump(by_alias=True, include={attr})[fields[attr].alias or attr]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
+class Counters(Record):
+    """Cumulative counters of a run, or of one key of the pool (``key0``...)."""
+
+    rows: int = 0
+    tokens: int = 0
+    requests: int = 0
+    http_429: int = 0
+    retries: int = 0
+
+
+class KeyCounters(Counters):
+    """One key's counters in the report, with its share of its own budget."""
+
+    utilization: float = 0.0
+    binding_limit: str = "tpm"
+
+
+class ShardRecord(Record):
+    """One line of ``_progress/``: a shard finished (``done``), ``failed`` or was ``skipped`` as already done."""
+
+    _drop_nulls = True
+
+    shard: int
+    name: str | None = None
+    status: Literal["done", "failed", "skipped"] = "done"
+    run: str = ""  # the run that wrote it (RunLog.run)
+    rows_in: int = 0
+    rows_embedded: int = 0
+    rows_dead_letter: int = 0
+    rows_truncated: int = 0
+    rows_reused: int = 0
+    reasons: dict[str, int] = Field(default_factory=dict)  # dead-letter reason -> rows
+    tokens: int = 0
+    requests: int = 0
+    retries: int = 0
+    http_429: int = 0
+    raw_tokens: float = 0.0
+    node: str | None = None
+    key: str | None = None  # key0, key1... (never the value)
+    seconds: float = 0.0
+    error: str | None = None
+    error_type: str | None = None
+    shard_key: str | None = None  # the plan's key of the shard's pieces: resume trusts only a matching record
+    fingerprint: str | None = None  # the config fingerprint it was made under
+    started: float | None = None  # epoch seconds
+    finished: float | None = None
+    lane: int | None = None  # the worker slot it ran in (the page's timeline)
+
+
+class Sample(Counters):
+    """One line of ``_timeseries/``: the run's cumulative counters at ``t`` (and each key's, with a pool)."""
+
+    _drop_nulls = True
+
+    run: str = ""
+    t: float
+    elapsed: float = 0.0
+    workers: int = 0  # shard tasks running
+    shards_done: int = 0
+    shards_failed: int = 0
+    keys: dict[str, Counters] | None = None  # only with a pool: one key's counters are the run's
+
+
+class Limits(Record):
+    rpm: int = 0
+    tpm: int = 0
+    concurrency: int = 0
+
+
+class PlanEstimate(Record):
+    """The plan's estimate for the shards to do (``embed.estimate.Estimate``: these fields are read back, the
+    others kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tokens: int = 0
+    seconds: float | None = None
+
+
+class PlanSummary(Record):
+    files: int = 0
+    shards_total: int = 0
+    rows_total: int = 0
+    shards_todo: int = 0
+    estimate: PlanEstimate | None = None
+
+
+class RunMeta(Record):
+    """What the driver tells the run log about the run before it starts (kept in the manifest)."""
+
+    fingerprint: str | None = None
+    embedding: dict[str, Any] | None = None  # Config.embedding_key()
+    limits: Limits = Field(default_factory=Limits)  # each key's
+    keys: list[str] = Field(default_factory=list)  # key0, key1...
+    workers: int | None = None
+    price_per_million_tokens: float | None = None
+    plan: PlanSummary = Field(default_factory=PlanSummary)
+
+
+class ShardCounts(Record):
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    running: int = 0
+    failed: int = 0
+    pending: int = 0
+
+
+class RowCounts(Record):
+    """Rows of the run: ``in_`` / ``embedded`` / ``dead_letter`` of finished and skipped shards; ``processed`` by
+    this run's tasks so far (the coordinator's count), ``so_far`` with the skipped ones."""
+
+    total: int = 0
+    skipped: int = 0
+    processed: int = 0
+    so_far: int = 0
+    in_: int = Field(0, alias="in")
+    embedded: int = 0
+    dead_letter: int = 0
+
+
+class Rates(Record):
+    """Per-minute rates over the recent window of samples (all 0 before two samples)."""
+
+    window_s: float = 0.0
+    tokens_per_min: float = 0.0
+    requests_per_min: float = 0.0
+    rows_per_s: float = 0.0
+    http_429_per_min: float = 0.0
+
+
+class RunningShard(Record):
+    shard: int
+    name: str | None = None
+    node: str | None = None
+    since: str = ""  # ISO time it started
+
+
+class Failure(Record):
+    shard: str | int  # its name (its index when it has none)
+    error: str
+
+
+class ReportSummary(Record):
+    """The headline of ``_report.json`` in the final manifest."""
+
+    rows_in: int = 0
+    rows_embedded: int = 0
+    rows_dead_letter: int = 0
+    tokens: int = 0
+    requests: int = 0
+    http_429: int = 0
+    retries: int = 0
+    duration_s: float = 0.0
+    tokens_per_min: float = 0.0
+    utilization: float = 0.0
+    binding_limit: str = "tpm"
+    finished: bool = False
+
+
+class Manifest(RunMeta):
+    """``_manifest.json``: the snapshot people and tools read (its size does not grow with the shard count)."""
+
+    format: int = 1
+    state: str = "unknown"  # running | finished | failed
+    run: str = ""
+    started_at: str = ""
+    updated_at: str = ""
+    updated_ts: float | None = None
+    elapsed_s: float = 0.0
+    shards: ShardCounts = Field(default_factory=ShardCounts)
+    rows: RowCounts = Field(default_factory=RowCounts)
+    tokens: int = 0
+    requests: int = 0
+    http_429: int = 0
+    retries: int = 0
+    per_key: dict[str, Counters] = Field(default_factory=dict)
+    workers_active: int = 0
+    rate: Rates = Field(default_factory=Rates)
+    running: list[RunningShard] = Field(default_factory=list)
+    failures: list[Failure] = Field(default_factory=list)  # the last few
+    logs: dict[str, str] = Field(default_factory=dict)  # where the logs are, and their format
+    report: ReportSummary | None = None  # once finished
+
+    @classmethod
+    def read(cls, out: Storage) -> "Manifest | None":
+        """The manifest under ``out`` (None if there is none)."""
+        data = out.read_json(MANIFEST)
+        return None if data is None else cls.model_validate(data)
+
+
+def read_progress(out: Storage, run: str | None = None) -> list[ShardRecord]:
+    """Shard records in write order (of one run if ``run`` is given)."""
+    return [r for r in map(ShardRecord.model_validate, ChunkLog.read(out, PROGRESS)) if run is None or r.run == run]
+
+
+def read_timeseries(out: Storage, run: str | None = None) -> list[Sample]:
+    """Samples in time order (of one run if ``run`` is given)."""
+    return [s for s in map(Sample.model_validate, ChunkLog.read(out, TIMESERIES)) if run is None or s.run == run]
