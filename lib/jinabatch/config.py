@@ -11,11 +11,13 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -24,11 +26,12 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .jina.models import get_model
+from .models import ModelSpec, get_model
 
 __all__ = [
     "Config", "CorpusSettings", "JinaSettings", "LimitsSettings", "RaySettings", "OutputSettings",
-    "MilvusSettings", "IndexSettings", "StorageSettings", "load_config", "parse_config", "DEFAULT_BASE_URL", "LOCAL_BASE_URL",
+    "MilvusSettings", "IndexSettings", "StorageSettings", "load_config", "parse_config", "key_envs", "DEFAULT_BASE_URL",
+    "LOCAL_BASE_URL",
 ]
 
 DEFAULT_BASE_URL = "https://api.jina.ai/v1"
@@ -65,10 +68,21 @@ class CorpusSettings(_Section):
         return self
 
 
+def key_envs(value: str | Sequence[str]) -> tuple[str, ...]:
+    """``jina.api_key_env`` as the names of the pool's variables in order (``key0``, ``key1``...): one name for a
+    single key, a list for a pool."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("name the environment variable holding the key, or a list of them for a key pool")
+    return tuple(value)
+
+
 class JinaSettings(_Section):
     base_url: str = DEFAULT_BASE_URL
-    # the variable holding the key; a list of variables = a pool of keys, [limits] being each key's budget
-    api_key_env: str | list[str] = "JINAAI_API_KEY"
+    # the variable holding the key, or a list of variables = a pool of keys, [limits] being each key's budget;
+    # held as the tuple of names either way
+    api_key_env: Annotated[tuple[str, ...], BeforeValidator(key_envs)] = ("JINAAI_API_KEY",)
     model: str = "jina-embeddings-v3"
     task: str | None = "retrieval.passage"
     dimensions: int | None = None  # None = the model's default width (TOML has no null: omit the key)
@@ -91,18 +105,17 @@ class JinaSettings(_Section):
 
     @field_validator("api_key_env")
     @classmethod
-    def _key_envs(cls, v: str | list[str]) -> str | list[str]:
-        names = [v] if isinstance(v, str) else v
-        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+    def _key_envs(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if not names or not all(n.strip() for n in names):
             raise ValueError("name the environment variable holding the key, or a list of them for a key pool")
         if len(set(names)) != len(names):
-            raise ValueError(f"a variable is named twice in {names}: each key of a pool needs its own variable")
-        return v
+            raise ValueError(f"a variable is named twice in {list(names)}: each key of a pool needs its own variable")
+        return names
 
     @property
-    def api_key_envs(self) -> list[str]:
-        """The variables of the pool's keys, in order (key0, key1, ...); one for a single key."""
-        return [self.api_key_env] if isinstance(self.api_key_env, str) else list(self.api_key_env)
+    def api_key_envs(self) -> tuple[str, ...]:
+        """The same as ``api_key_env`` (the pool's variables in order)."""
+        return self.api_key_env
 
     @model_validator(mode="after")
     def _fits_model(self) -> "JinaSettings":
@@ -122,11 +135,13 @@ class JinaSettings(_Section):
         return self
 
     @property
-    def spec(self):
+    def spec(self) -> ModelSpec:
+        """The model's entry in the model table."""
         return get_model(self.model)
 
     @property
     def dim(self) -> int:
+        """The width of the vectors: ``dimensions``, or the model's default or fixed width."""
         return self.spec.check_dimensions(self.dimensions if self.spec.takes_dimensions else None)
 
 

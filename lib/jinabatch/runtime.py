@@ -37,7 +37,7 @@ def jina_endpoint(j: JinaSettings, limits: LimitsSettings | None = None, *,
         return
     from .local_api.server import LocalServer, ServerSettings
 
-    keys = KeyPool([Secret("jina_local_" + secrets.token_hex(16)) for _ in j.api_key_envs])
+    keys = KeyPool([Secret("jina_local_" + secrets.token_hex(16)) for _ in j.api_key_env])
     settings = ServerSettings(api_keys=frozenset(keys.get()), **(
         {"rpm": limits.rpm, "tpm": limits.tpm, "concurrency": limits.concurrency} if limits else {}))
     server = LocalServer(settings).start()

@@ -10,7 +10,7 @@ import pytest
 from jinabatch.local_api import fakemodel
 from jinabatch.errors import (AuthError, BillingError, InvalidRequest, RateLimited, ResponseError,
                               ServerError)
-from jinabatch.jina.models import get_model
+from jinabatch.models import get_model
 from jinabatch.jina.wire import build_body, decode_response, error_for_status, parse_retry_after, short_text
 
 V3, V2 = get_model("jina-embeddings-v3"), get_model("jina-embeddings-v2-base-en")

@@ -51,7 +51,7 @@ WARM_UP_AFTER_S = 3.0  # _report.html's one-time costs, paid once the workers wa
 
 
 def _check_settings(config: Config) -> None:
-    keys = len(config.jina.api_key_envs)
+    keys = len(config.jina.api_key_env)
     if config.ray.workers > config.limits.concurrency * keys:  # per key of the pool
         raise ConfigError(f"ray.workers ({config.ray.workers}) is more than limits.concurrency "
                           f"({config.limits.concurrency}) × keys ({keys}): every worker "
@@ -84,7 +84,7 @@ def _limits(config: Config) -> Limits:
 def _run_meta(config: Config, plan: Plan, out: Storage, todo: list[Shard]) -> RunMeta:
     estimate = estimate_run(config, plan, out, todo).to_dict() if todo else None
     return RunMeta(fingerprint=config.fingerprint(), embedding=config.embedding_key(), limits=_limits(config),
-                   keys=[f"key{i}" for i in range(len(config.jina.api_key_envs))],
+                   keys=[f"key{i}" for i in range(len(config.jina.api_key_env))],
                    price_per_million_tokens=config.jina.price_per_million_tokens, workers=config.ray.workers,
                    plan=PlanSummary(files=len(plan.files), shards_total=len(plan.shards), rows_total=plan.rows,
                                     shards_todo=len(todo), estimate=estimate and PlanEstimate.of(estimate)))

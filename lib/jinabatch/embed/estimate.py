@@ -34,7 +34,7 @@ from .plan import Plan, Shard
 from .rows import READ_BATCH_ROWS
 from .task import request_token_budget
 
-__all__ = ["Estimate", "estimate_run", "key_count", "STARTUP_SECONDS"]
+__all__ = ["Estimate", "estimate_run", "STARTUP_SECONDS"]
 
 SAMPLE_GROUPS = 64
 SAMPLE_ROWS_PER_GROUP = 2000
@@ -58,11 +58,6 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def key_count(config: Config) -> int:
-    env = config.jina.api_key_env
-    return len(env) if isinstance(env, (list, tuple)) else 1
 
 
 def _sample(plan: Plan, text_column: str, settings) -> list[str]:
@@ -128,7 +123,7 @@ def estimate_run(config: Config, plan: Plan, out: Storage, todo: list[Shard]) ->
     spec = config.jina.spec
     max_inputs = min(config.jina.max_inputs_per_request or spec.max_inputs, spec.max_inputs)
     requests = _requests(todo, max(tokens_per_row, 1e-9), request_token_budget(config), max_inputs)
-    keys = key_count(config)
+    keys = len(config.jina.api_key_env)
     lim = config.limits
     t_tokens = tokens / (lim.tpm * lim.target * keys) * 60
     t_requests = requests / (lim.rpm * lim.target * keys) * 60

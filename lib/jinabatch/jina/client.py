@@ -126,8 +126,7 @@ class JinaClient:
             raise ConfigError(f"jina.base_url must be an http(s) URL ending in /v1; got {url!r}")
         self.base_url = url
         self._key = resolve_api_key(api_key, settings.api_key_env)
-        self._key_env = self._key.name or (settings.api_key_env if isinstance(settings.api_key_env, str)
-                                           else settings.api_key_env[0])
+        self._key_env = self._key.name or settings.api_key_env[0]
         for name, v in (("rpm", rpm), ("tpm", tpm)):
             if v is not None and not v > 0:
                 raise ConfigError(f"JinaClient: {name} must be > 0 (a limit per minute); got {v!r}")

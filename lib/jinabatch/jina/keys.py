@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from ..config import key_envs
 from ..errors import AuthError
 
 __all__ = ["Secret", "KeyPool", "resolve_api_key", "resolve_keys", "FALLBACK_KEY_ENV"]
@@ -79,10 +80,6 @@ class KeyPool(Sequence[Secret]):
         raise TypeError("API keys are not picklable; pass the names of their environment variables instead")
 
 
-def _names(key_env: str | Sequence[str]) -> list[str]:
-    return [key_env] if isinstance(key_env, str) else list(key_env)
-
-
 def resolve_api_key(api_key: str | Secret | KeyPool | None, key_env: str | Sequence[str] = "JINAAI_API_KEY") -> Secret:
     """The key from the argument, else the first variable of ``key_env``, else ``$JINA_API_KEY`` (one key).
 
@@ -91,14 +88,14 @@ def resolve_api_key(api_key: str | Secret | KeyPool | None, key_env: str | Seque
         return api_key[0]
     if isinstance(api_key, Secret):
         return api_key
-    name = _names(key_env)[0]
+    name = key_envs(key_env)[0]
     if api_key and api_key.strip():
         return Secret(api_key.strip())
     value = os.environ.get(name)
     if not (value and value.strip()) and os.environ.get(FALLBACK_KEY_ENV, "").strip():
         name, value = FALLBACK_KEY_ENV, os.environ[FALLBACK_KEY_ENV]
     if not value or not value.strip():
-        names = " or ".join(dict.fromkeys([_names(key_env)[0], FALLBACK_KEY_ENV]))
+        names = " or ".join(dict.fromkeys([key_envs(key_env)[0], FALLBACK_KEY_ENV]))
         raise AuthError(f"no Jina API key: set {names} in the environment (or pass api_key=...); "
                         "get a key at https://jina.ai/embeddings")
     return Secret(value.strip(), name=name)
@@ -107,7 +104,7 @@ def resolve_api_key(api_key: str | Secret | KeyPool | None, key_env: str | Seque
 def resolve_keys(key_env: str | Sequence[str]) -> KeyPool:
     """Every key ``jina.api_key_env`` names. One name: as ``resolve_api_key`` (``JINA_API_KEY`` as fallback);
     a list: each variable must be set, and no two may hold the same key (it would double its budget)."""
-    names = _names(key_env)
+    names = key_envs(key_env)
     if len(names) == 1:
         return KeyPool([resolve_api_key(None, names[0])])
     missing = [n for n in names if not os.environ.get(n, "").strip()]

@@ -69,7 +69,7 @@ def check_endpoint(settings: JinaSettings, base_url: str,
 
 def _check_key(http: httpx.Client, url: str, body: dict, key: Secret, settings: JinaSettings, *,
                label: str) -> dict[str, int]:
-    env = key.name or settings.api_key_envs[0]
+    env = key.name or settings.api_key_env[0]
     for attempt in (1, 2):
         try:
             resp = http.post(url, json=body, headers={"Authorization": f"Bearer {key.get()}"})

@@ -32,7 +32,7 @@ from ..errors import (
     ResponseError,
     ServerError,
 )
-from .models import ModelSpec
+from ..models import ModelSpec
 
 __all__ = ["STAND_IN_HEADER", "build_body", "decode_response", "row_width", "error_for_status", "parse_retry_after", "limit_named",
            "short_text", "DTYPES"]

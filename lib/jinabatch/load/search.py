@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import Config, JinaSettings
 from ..errors import ConfigError, LoadError
-from ..jina.models import get_model
+from ..models import get_model
 from ..runtime import jina_endpoint
 from .milvus import PROP, Target, alias_target, connect
 from .schema import VECTOR_FIELD
