@@ -87,15 +87,10 @@ def list_corpus(cs: CorpusSettings, settings: StorageSettings | None = None,
         else:
             files = root.list(pattern=pattern, hidden=False)
     if exclude is not None:  # the job's own output folder may sit inside the corpus folder
-        files = [f for f in files if not _inside(root, f, exclude)]
+        files = [f for f in files if not exclude.contains(root, f.path)]
     if not files:
         raise CorpusError(f"corpus.path = {path!r}: no files found (give a Parquet file, a folder of them, or a glob)")
     return root, sorted(files, key=lambda f: f.path)
-
-
-def _inside(root: Storage, f: FileStat, exclude: Storage) -> bool:
-    full = root.path(f.path)
-    return exclude.kind == root.kind and (full == exclude.root or full.startswith(exclude.root + "/"))
 
 
 def open_parquet(root: Storage, sub: str) -> pq.ParquetFile:
@@ -108,7 +103,7 @@ def open_parquet(root: Storage, sub: str) -> pq.ParquetFile:
     except FileNotFoundError:
         raise CorpusError(f"{uri}: the file disappeared while planning; rerun when the corpus is stable") from None
     except (pa.ArrowInvalid, OSError) as e:
-        if root.kind != "local" and not isinstance(e, pa.ArrowInvalid):
+        if root.remote and not isinstance(e, pa.ArrowInvalid):
             raise StorageError(f"{uri}: cannot read it: {e}") from None
         raise CorpusError(f"{uri}: not a readable Parquet file ({e}); remove it from corpus.path "
                           "or convert it to Parquet") from None
@@ -155,7 +150,7 @@ def inspect_files(root: Storage, stats: list[FileStat], cs: CorpusSettings, thre
         pf = open_parquet(root, stats[i].path)
         return pf.schema_arrow, pf.metadata
 
-    workers = 1 if len(stats) < 4 else (threads if root.kind != "local" else min(threads, 4))
+    workers = 1 if len(stats) < 4 else (threads if root.remote else min(threads, 4))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         footers = list(pool.map(footer, range(len(stats))))
     files: list[CorpusFile] = []

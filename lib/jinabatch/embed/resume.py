@@ -70,7 +70,7 @@ def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, Sha
     def footer(shard):
         return shard, read_shard_meta(out, shard_path(shard.name))
 
-    workers = max(1, min(threads, len(check))) if out.kind != "local" else max(1, min(8, len(check)))
+    workers = max(1, min(threads if out.remote else 8, len(check)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for shard, meta in pool.map(footer, check):
             if meta and meta.get("shard_key") == shard.key and meta.get("fingerprint") == fingerprint:

@@ -16,7 +16,6 @@ footer matches. The API key is never written anywhere here.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,20 +50,12 @@ def embedding_array(vectors: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(v.reshape(-1)))
 
 
-def _clean_stale(out: Storage, sub: str) -> None:
-    """Remove temp files a killed attempt left beside a local final path."""
-    if out.kind == "local":
-        final = Path(out.path(sub))
-        for stale in final.parent.glob(final.name + ".tmp-*"):
-            stale.unlink(missing_ok=True)
-
-
 class ShardWriter:
     """Streams one shard's rows to a local temp file; ``commit`` moves it to its final path in one step."""
 
     def __init__(self, out: Storage, name: str, id_field: pa.Field, carried: list[pa.Field], meta: dict[str, Any]):
         self.out, self.sub = out, shard_path(name)
-        _clean_stale(out, self.sub)
+        out.clean_temps(self.sub)  # what a killed attempt left
         self.tmp = out.local_temp(self.sub)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         id_field, carried = shard_fields(id_field, carried)  # types Milvus import reads (embed.columns)

@@ -46,7 +46,7 @@ from typing import Any
 from ..config import MilvusSettings
 from ..errors import JinaBatchError
 from ..storage import Storage, is_remote
-from .schema import LoadInput, Shard
+from .schema import LoadInput, ShardFile
 from .staging import write_meta_copy
 
 __all__ = ["ImportFile", "ImportFiles", "placement", "DEFAULT_IMPORT_ROOT",
@@ -74,12 +74,6 @@ def placement(ms: MilvusSettings, output: str) -> str | None:
     return DOWNLOAD if ms.uri == "embedded" else None
 
 
-def _server_path(storage: Storage, sub: str) -> str:
-    """What the server reads for ``sub``: an absolute local path, or the object key inside the bucket."""
-    path = storage.path(sub)
-    return path if storage.kind == "local" else path.partition("/")[2]
-
-
 @dataclass(frozen=True)
 class ImportFile:
     source: str  # the shard's URI (for messages)
@@ -95,6 +89,7 @@ class ImportFiles:
         if where is None:  # fill_mode inserts in this case; reaching here is a bug
             raise JinaBatchError(f"no bulk import path from {inp.uri} to Milvus at {ms.uri}")
         self.shards, self.dynamic, self.placement = inp.shards, tuple(dynamic), where
+        self.reads_keys = where in (IN_BUCKET, COPY)  # a server on a bucket reads object keys, else local paths
         out = inp.storage
         if where == COPY:
             root = ms.import_root or DEFAULT_IMPORT_ROOT
@@ -105,20 +100,20 @@ class ImportFiles:
             self.dest = out.child("_import", collection)
         else:
             self.dest = None  # the shards are read where they are
-        self.how = self._how(out)
+        self.how = self._how(out, where)
         self.written: list[str] = []
         self.seconds = 0.0
         self.removed: bool | None = None  # None: nothing to remove yet
         self.left: list[str] = []  # copies that could not be removed
 
-    def _how(self, out: Storage) -> str | None:
+    def _how(self, out: Storage, where: str) -> str | None:
         if self.dest is None:
             return None
         if self.dynamic:
             return "import copies with $meta, written"
-        if out.kind == "s3" and self.dest.kind == "s3" and out.settings.endpoint == self.dest.settings.endpoint:
-            return "server-side copy"
-        return "upload" if self.dest.kind == "s3" else "download" if out.kind != "local" else "copy"
+        if where == DOWNLOAD:
+            return "download"
+        return "server-side copy" if self.dest.copies_server_side(out) else "upload"
 
     @property
     def copying(self) -> bool:
@@ -131,11 +126,16 @@ class ImportFiles:
             return self.dest.uri
         return self.shards[0].storage.uri_of("shards")
 
+    def _server_path(self, storage: Storage, sub: str) -> str:
+        """What the server reads for ``sub``: the object key inside its bucket, or an absolute local path."""
+        return storage.object_key(sub) if self.reads_keys else storage.path(sub)
+
     @property
     def files(self) -> list[ImportFile]:
+        """What to import, in shard order."""
         if self.dest is None:
-            return [ImportFile(s.uri, _server_path(s.storage, s.sub), s.rows) for s in self.shards]
-        return [ImportFile(s.uri, _server_path(self.dest, s.name), s.rows) for s in self.shards]
+            return [ImportFile(s.uri, self._server_path(s.storage, s.sub), s.rows) for s in self.shards]
+        return [ImportFile(s.uri, self._server_path(self.dest, s.name), s.rows) for s in self.shards]
 
     def remove_stale(self, alias: str) -> list[str]:
         """Remove copies a killed load of ``alias`` left beside this load's folder (``{alias}__*/``: a finished or
@@ -153,8 +153,7 @@ class ImportFiles:
                     stale.setdefault(folder, []).append(f.path)
             for folder, subs in stale.items():
                 parent.delete_many(subs)
-                if parent.kind == "local":
-                    Path(parent.path(folder)).rmdir()
+                parent.remove_dirs(folder)
                 log.info("removed %d import cop%s a killed load left in %s", len(subs),
                          "y" if len(subs) == 1 else "ies", parent.uri_of(folder))
             return sorted(stale)
@@ -167,12 +166,8 @@ class ImportFiles:
         if self.dest is None:
             return
         t0 = time.monotonic()
-        if self.dest.kind == "local":
-            Path(self.dest.root).mkdir(parents=True, exist_ok=True)
-        elif self.dest.kind == "s3":
-            self.dest._s3_client()  # one client for the threads below (its lazy creation is not thread-safe)
 
-        def one(shard: Shard) -> None:
+        def one(shard: ShardFile) -> None:
             if self.dynamic:
                 write_meta_copy(shard, self.dest, shard.name, self.dynamic)
             else:
@@ -193,12 +188,7 @@ class ImportFiles:
         todo = list(self.left or self.written)
         try:
             self.dest.delete_many(todo)
-            if self.dest.kind == "local":
-                for d in (Path(self.dest.root), Path(self.dest.root).parent):  # the parent only if empty
-                    try:
-                        d.rmdir()
-                    except OSError:
-                        pass
+            self.dest.remove_dirs(levels=2)  # its folder, and the parent (_import/) if nothing else is there
             self.left = []
         except Exception as e:  # never hide the load's own outcome
             self.left = todo

@@ -40,14 +40,14 @@ from pymilvus import MilvusClient
 from ..config import MilvusSettings, StorageSettings
 from ..errors import ConfigError, LoadError
 from .importfiles import ImportFile
-from .schema import VECTOR_FIELD, Shard
+from .schema import VECTOR_FIELD, ShardFile
 from .server import EmbeddedServer, embedded_uri
 from .staging import dynamic_values
 
 __all__ = [
     "Target", "connect", "physical_name", "Physical", "physicals", "verified_chain", "alias_target", "point_alias",
     "check_alias_free",
-    "bulk_import", "upsert_shards", "MAX_IMPORT_TASKS", "MAX_RPC_MB", "PROP",
+    "bulk_import", "upsert_shards", "error_reason", "MAX_IMPORT_TASKS", "MAX_RPC_MB", "PROP",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,12 @@ def _open(uri: str, kind: str, token: str | None) -> Target:
     try:
         client = MilvusClient(uri=uri, token=token or "", timeout=30)
     except Exception as e:
-        raise LoadError(f"cannot connect to Milvus at {uri}: {_reason(e)}; check milvus.uri "
+        raise LoadError(f"cannot connect to Milvus at {uri}: {error_reason(e)}; check milvus.uri "
                         "(and the token in the milvus.token_env variable if the server needs one)") from None
     return Target(client, uri, kind, token)
 
 
-def _reason(e: BaseException) -> str:
+def error_reason(e: BaseException) -> str:
     """Milvus's own message without the pymilvus wrapper noise."""
     msg = getattr(e, "message", None) or str(e)
     return re.sub(r"\s+", " ", msg).strip()
@@ -220,7 +220,7 @@ def bulk_import(target: Target, collection: str, files: Sequence[ImportFile],
             try:
                 running[_submit(target, collection, f.path)] = f
             except Exception as e:
-                raise LoadError(f"{f.source}: Milvus refused the import of {f.path}: {_reason(e)}") from None
+                raise LoadError(f"{f.source}: Milvus refused the import of {f.path}: {error_reason(e)}") from None
         time.sleep(POLL_SECONDS)
         for task, f in list(running.items()):
             st = _state(target, task)
@@ -247,7 +247,7 @@ def bulk_import(target: Target, collection: str, files: Sequence[ImportFile],
 
 # --- batched upsert (Milvus Lite, or mode = "insert") -------------------------------------------------
 
-def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim: int, batch_mb: float,
+def upsert_shards(target: Target, collection: str, shards: Sequence[ShardFile], dim: int, batch_mb: float,
                   progress: Callable[[int], None] | None = None, dynamic: Sequence[str] = ()) -> int:
     """Stream shards in upsert batches of about ``batch_mb`` MB; returns rows sent. ``dynamic``: columns that
     are keys of the dynamic field (left out of a row where null)."""
@@ -264,7 +264,7 @@ def upsert_shards(target: Target, collection: str, shards: Sequence[Shard], dim:
                     target.client.upsert(collection, _rows(part, dim, dynamic))
                 except Exception as e:
                     raise LoadError(f"{shard.uri}: Milvus rejected rows {start}..{start + part.num_rows} of a "
-                                    f"batch: {_reason(e)}") from None
+                                    f"batch: {error_reason(e)}") from None
                 rows += part.num_rows
                 if progress:
                     progress(part.num_rows)

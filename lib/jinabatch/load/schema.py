@@ -42,7 +42,7 @@ from ..errors import LoadError
 from ..observe.report import REPORT, EmbedReport
 from ..storage import Storage
 
-__all__ = ["Shard", "Column", "LoadInput", "read_output", "build_schema", "VECTOR_FIELD", "MAX_VARCHAR"]
+__all__ = ["ShardFile", "Column", "LoadInput", "read_output", "build_schema", "VECTOR_FIELD", "MAX_VARCHAR"]
 
 VECTOR_FIELD = "embedding"
 MAX_VARCHAR = 65_535  # Milvus's cap on VARCHAR max_length (bytes)
@@ -55,8 +55,9 @@ _META_KEY = b"jinabatch"
 
 
 @dataclass(frozen=True)
-class Shard:
-    """One shard file: ``sub`` is its path under ``storage`` (``shards/shard-00000.parquet``)."""
+class ShardFile:
+    """One shard file of an embed output as the load reads it: ``sub`` is its path under ``storage``
+    (``shards/shard-00000.parquet``), ``meta`` its footer, ``rows`` its row count."""
 
     storage: Storage
     sub: str
@@ -91,7 +92,7 @@ class LoadInput:
 
     storage: Storage  # the output folder or prefix
     report: EmbedReport
-    shards: list[Shard]
+    shards: list[ShardFile]
     id_field: Column
     columns: list[Column]  # carried columns, in shard order
     dim: int
@@ -165,7 +166,7 @@ def read_output(path: str | Path | Storage, storage: StorageSettings | None = No
         if meta.get("model") not in (None, report.model):
             raise LoadError(f"{f}: model {meta['model']!r} but _report.json says {report.model!r}; "
                             "the folder mixes two runs — use a fresh output.path")
-        shards.append(Shard(out, sub, pf.metadata.num_rows, meta))
+        shards.append(ShardFile(out, sub, pf.metadata.num_rows, meta))
     rows = sum(s.rows for s in shards)
     if rows != report.rows_embedded:
         raise LoadError(f"{out.uri}: the shards hold {rows} rows but _report.json says rows_embedded = "
@@ -175,7 +176,7 @@ def read_output(path: str | Path | Storage, storage: StorageSettings | None = No
                      rows=rows, model=report.model, task=report.task, fingerprint=report.fingerprint or None)
 
 
-def _scan_columns(shards: list[Shard], schema: pa.Schema, id_name: str) -> tuple[Column, list[Column]]:
+def _scan_columns(shards: list[ShardFile], schema: pa.Schema, id_name: str) -> tuple[Column, list[Column]]:
     """Map each non-vector column to a Milvus type; size VARCHARs and check ids are unique."""
     strings = [n for n in schema.names if n != VECTOR_FIELD
                and (pa.types.is_string(schema.field(n).type) or pa.types.is_large_string(schema.field(n).type))]

@@ -45,7 +45,7 @@ from .importfiles import ImportFiles
 from .milvus import (
     PROP,
     Target,
-    _reason,
+    error_reason,
     alias_target,
     bulk_import,
     check_alias_free,
@@ -188,7 +188,7 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
         if files is not None:
             files.cleanup()
         if isinstance(e, Exception) and not isinstance(e, (LoadError, ConfigError, StorageError)):
-            raise LoadError(f"loading {inp.uri} into {name} failed: {_reason(e)}; the alias {alias!r} was not "
+            raise LoadError(f"loading {inp.uri} into {name} failed: {error_reason(e)}; the alias {alias!r} was not "
                             "changed — fix the cause and rerun") from e
         raise
     log.info("alias %s -> %s (was %s)", alias, name, previous)
@@ -259,14 +259,14 @@ def _drop_quietly(client, name: str) -> None:
     try:
         client.drop_collection(name)
     except Exception as e:  # cleanup must not hide the real error
-        log.warning("could not drop %s: %s", name, _reason(e))
+        log.warning("could not drop %s: %s", name, error_reason(e))
 
 
 def _release_quietly(client, name: str) -> None:
     try:
         client.release_collection(name)
     except Exception as e:
-        log.warning("could not release %s: %s", name, _reason(e))
+        log.warning("could not release %s: %s", name, error_reason(e))
 
 
 def _write_html(out: Storage) -> None:

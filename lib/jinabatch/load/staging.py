@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..errors import LoadError
 from ..storage import Storage
-from .schema import Shard
+from .schema import ShardFile
 
 __all__ = ["DYNAMIC_FIELD", "write_meta_copy", "meta_json", "dynamic_values"]
 
@@ -43,7 +43,7 @@ def meta_json(values: dict, where: str) -> str:
     return json.dumps(values, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def write_meta_copy(shard: Shard, dest: Storage, sub: str, dynamic: Sequence[str]) -> None:
+def write_meta_copy(shard: ShardFile, dest: Storage, sub: str, dynamic: Sequence[str]) -> None:
     """Write ``shard`` to ``dest``/``sub`` as an import copy: the ``dynamic`` columns folded into ``$meta``.
     Built in a local file first and moved/uploaded once, so the copy appears complete or not at all."""
     pf = shard.open()
