@@ -5,6 +5,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
+JB     := $(VENV)/bin/jinabatch
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= configs/local.toml
 # Local runs and tests talk to a Ray they start themselves; token auth is for shared clusters.
@@ -33,19 +34,19 @@ browser:
 
 run: install
 	$(PY) jobs/sample_corpus.py --out out/sample/corpus
-	$(PY) jobs/run.py $(CONFIG)
+	$(JB) run $(CONFIG)
 
 plan: install
-	$(PY) jobs/plan.py $(CONFIG)
+	$(JB) plan $(CONFIG)
 
 embed: install
-	$(PY) jobs/embed.py $(CONFIG)
+	$(JB) embed $(CONFIG)
 
 load: install
-	$(PY) jobs/load.py $(CONFIG)
+	$(JB) load $(CONFIG)
 
 search: install
-	$(PY) jobs/search.py $(CONFIG) "$(Q)"
+	$(JB) search $(CONFIG) "$(Q)"
 
 test: install browser
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
@@ -63,7 +64,7 @@ bench-scale: install
 	$(PY) tests/bench/bench_scale.py $(BENCH_ARGS)
 
 serve: install
-	$(PY) jobs/serve.py
+	$(JB) serve
 
 clean:
 	rm -rf out .pytest_cache

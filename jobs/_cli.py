@@ -1,31 +1,17 @@
-"""Shared bits of the job entry points: logging, config loading, one-line failures with an exit code."""
+"""Shared by the job scripts: run from a plain checkout (nothing installed), the checkout's ``lib/`` is where
+``jinabatch`` is imported from. Every script here imports this first, then calls ``jinabatch.cli``."""
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))  # runs from a plain checkout too
-
-from jinabatch.errors import JinaBatchError  # noqa: E402
-
-EXIT_ERROR, EXIT_CRASH = 1, 2
+LIB = str(Path(__file__).resolve().parents[1] / "lib")
+if LIB not in sys.path:
+    sys.path.insert(0, LIB)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "ray", "pymilvus", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def run(command: str) -> int:
+    """``jinabatch COMMAND`` with this script's arguments: the same code as the installed command."""
+    from jinabatch.cli import main
 
-
-def run_main(fn) -> int:
-    """Call ``fn()``; a JinaBatchError becomes a one-line reason on stderr and exit code 1."""
-    try:
-        return fn() or 0
-    except JinaBatchError as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return main([command, *sys.argv[1:]])

@@ -1,14 +1,11 @@
-"""Run the local Jina-compatible embeddings server until SIGINT/SIGTERM.
+"""The local Jina-compatible embeddings server, in the foreground.
 
-    python jobs/serve.py --port 8080 --rpm 500 --tpm 1000000 --concurrency 5
-
-Prints the API base URL (``http://127.0.0.1:PORT/v1``) on one line. Keys come from ``--key``
-(repeatable) and/or ``$JINAAI_API_KEY`` (comma-separated); they are never printed. See
-``python jobs/serve.py --help`` and ``jinabatch.local_api.server``.
+`python jobs/serve.py ARGS...` is `jinabatch serve ARGS...` (`jinabatch serve --help`), from a checkout with or without
+the package installed.
 """
 import sys
 
-from jinabatch.local_api.server import main
+import _cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli.run("serve"))

@@ -20,7 +20,7 @@ from typing import Iterator
 from .config import LOCAL_BASE_URL, JinaSettings, LimitsSettings
 from .jina.keys import KeyPool, Secret, resolve_keys
 
-__all__ = ["jina_endpoint", "ray_session", "local_token_count"]
+__all__ = ["jina_endpoint", "ray_session", "local_token_count", "serve_stand_in"]
 
 log = logging.getLogger("jinabatch")
 
@@ -69,8 +69,17 @@ def local_token_count(texts: list[str]) -> int:
     return sum(count_tokens(t) for t in texts)
 
 
+def serve_stand_in(argv: list[str] | None = None) -> int:
+    """``jinabatch serve``: the bundled server in the foreground with its own flags (``argv``); the exit code."""
+    from .local_api.server import main
+
+    return main(argv)
+
+
 @contextlib.contextmanager
 def ray_session(config) -> Iterator[None]:
+    """Ray for the block: ``ray.address``'s cluster, or a local Ray started here (and shut down after); one
+    already running in this process is used as it is."""
     import ray
 
     if ray.is_initialized():

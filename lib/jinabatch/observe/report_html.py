@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..config import Config
 from ..storage import Storage
 from .progress import format_duration
 from .records import Limits, Manifest, Sample, ShardRecord, read_progress, read_timeseries
@@ -27,7 +28,8 @@ from .report import EmbedReport, LoadReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_report_html", "render_report_html", "series_rows", "HTML_NAME", "MAX_POINTS", "MAX_BARS"]
+__all__ = ["write_report_html", "render_report_html", "report_page", "series_rows", "warm_up", "HTML_NAME", "MAX_POINTS",
+           "MAX_BARS"]
 
 HTML_NAME = "_report.html"
 MAX_POINTS = 600  # points per line chart: a 10-hour run is bucketed to a minute or so
@@ -264,6 +266,11 @@ def render_report_html(report: EmbedReport | Mapping[str, Any] | None, manifest:
             "for(const [n,s] of Object.entries(specs)){vegaEmbed('#chart-'+n,s,{actions:false,renderer:'svg'})"
             ".catch(e=>{document.getElementById('chart-'+n).textContent='chart failed: '+e;});}</script>"
             "</body></html>\n")
+
+
+def report_page(config: Config) -> str:
+    """Where the run of ``config`` keeps its ``_report.html`` (a path or an ``s3://`` URI)."""
+    return Storage.open(config.output.path, config.storage).uri_of(HTML_NAME)
 
 
 def write_report_html(out: Storage, *, report: EmbedReport | None = None, manifest: Manifest | None = None) -> str:
