@@ -35,7 +35,7 @@ from .chunking import document_windows
 from .plan import Shard
 from .result import ShardResult
 from .rows import PendingRows, ShardInput, ShardOutput
-from .triage import triage
+from .triage import Triage, triage
 
 __all__ = ["ShardResult", "RequestPacker", "process_shard", "shard_meta"]
 
@@ -134,6 +134,26 @@ class _Requests:
             t.cancel()
 
 
+def _judge(config: Config, client: JinaClient, rows: ShardInput, b: PendingRows, res: ShardResult) -> Triage:
+    """The triage of group ``b`` with what needs no request already applied: dead letters, vectors carried over,
+    counts in ``res``. A row refused under ``on_too_long = "fail"`` stops the shard (BadRowError naming it)."""
+    cs, j = config.corpus, config.jina
+    documents = b.table.column(cs.document_column).to_pylist() if j.late_chunking else None
+    verdict = triage(b.ids, b.texts, b.positions, estimate=client.estimator.estimate_one, limit=j.spec.max_tokens,
+                     on_too_long=j.on_too_long, duplicates=rows.duplicates, reuse=rows.reuse, documents=documents,
+                     document_column=cs.document_column)
+    if verdict.refused:
+        i, why = verdict.refused
+        raise BadRowError(f"{b.where(i)}: {why}; set jina.on_too_long = \"truncate\" or \"skip\"")
+    b.dead.update(verdict.dead)
+    for i, loc in verdict.reused.items():
+        b.vectors[i] = rows.previous.get(loc)
+    res.rows_reused += len(verdict.reused)
+    res.rows_truncated += verdict.truncated
+    res.raw_tokens += verdict.raw_tokens
+    return verdict
+
+
 async def process_shard(config: Config, shard: Shard, client: JinaClient, out: Storage, *,
                         id_field: pa.Field, carried: list[pa.Field],
                         on_rows: Callable[[int], None] | None = None, max_pending: int = 64) -> ShardResult:
@@ -158,19 +178,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
     try:
         rows = ShardInput.open(config, shard, out, carried)
         while (b := await rows.next_group(cs)) is not None:
-            verdict = triage(b.ids, b.texts, b.positions, estimate=client.estimator.estimate_one,
-                             limit=j.spec.max_tokens, on_too_long=j.on_too_long, duplicates=rows.duplicates,
-                             reuse=rows.reuse, documents=b.table.column(cs.document_column).to_pylist()
-                             if j.late_chunking else None, document_column=cs.document_column)
-            if verdict.refused:
-                i, why = verdict.refused
-                raise BadRowError(f"{b.where(i)}: {why}; set jina.on_too_long = \"truncate\" or \"skip\"")
-            b.dead.update(verdict.dead)
-            for i, loc in verdict.reused.items():
-                b.vectors[i] = rows.previous.get(loc)
-            res.rows_reused += len(verdict.reused)
-            res.rows_truncated += verdict.truncated
-            res.raw_tokens += verdict.raw_tokens
+            verdict = _judge(config, client, rows, b, res)
             if j.late_chunking:  # a request is one document's window
                 batches = [[(b, i) for i in w] for w in document_windows(b.table, verdict.keep, cs, client)]
             else:

@@ -45,11 +45,11 @@ from .importfiles import ImportFiles
 from .milvus import (
     PROP,
     Target,
-    error_reason,
     alias_target,
     bulk_import,
     check_alias_free,
     connect,
+    error_reason,
     physical_name,
     physicals,
     point_alias,
@@ -128,20 +128,39 @@ def _create(client, name: str, inp: LoadInput, ms: MilvusSettings, alias: str, p
     return layout
 
 
+def _free_name(client, alias: str, inp: LoadInput) -> str:
+    """A new physical collection's name for this load (one not taken: two loads in one millisecond)."""
+    name = physical_name(alias, inp.model, inp.dim)
+    while client.has_collection(name):
+        time.sleep(0.002)
+        name = physical_name(alias, inp.model, inp.dim)
+    return name
+
+
+class _Phases:
+    """Each step's seconds, in order: ``mark(name)`` closes the step that ran since the previous mark."""
+
+    def __init__(self):
+        self.phases: list[dict[str, Any]] = []
+        self._last = time.monotonic()
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases.append({"phase": name, "seconds": round(now - self._last, 3)})
+        self._last = now
+
+
 def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) -> LoadReport:
     client, alias = target.client, ms.collection
     check_alias_free(client, alias)
-    name = physical_name(alias, inp.model, inp.dim)
-    while client.has_collection(name):  # two loads in one millisecond
-        time.sleep(0.002)
-        name = physical_name(alias, inp.model, inp.dim)
+    name = _free_name(client, alias, inp)
     info, before = server_info(target), alias_target(client, alias) or ""
     fill_mode(ms, info, choose_layout({c.name: c.nulls for c in inp.columns}, info), inp.uri)  # refuse now
-    phases, imports, mark = _timing()
+    steps = _Phases()
     files: ImportFiles | None = None
     try:
         layout = _create(client, name, inp, ms, alias, before, info)
-        mark("create")
+        steps.mark("create")
         info = replace(info, nullable=layout.nullable)  # what the created collection has
         carried = {c.name: layout.describe(c.name) for c in inp.columns}
         mode, note = fill_mode(ms, info, layout, inp.uri)
@@ -154,35 +173,17 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
             if files.copying:
                 files.remove_stale(alias)
                 files.prepare()
-                mark("copy files")
-        with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
-            t_fill = time.monotonic()
-
-            def filled(n: int) -> None:
-                bar.update(n)
-                t = round(time.monotonic() - t_fill, 3)
-                if imports and t - imports[-1]["t"] < 1.0 and mode not in (BULK, BULK_COPIES):  # one point a second
-                    imports[-1]["rows"] += n
-                else:
-                    imports.append({"t": t, "rows": n})
-
-            if files is not None:
-                bulk_import(target, name, files.files, filled)
-            else:
-                upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, filled, layout.dynamic)
-        mark("fill")
-        client.flush(name)
-        index = client.prepare_index_params()
-        index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric,
-                        params=dict(ms.index.params))
-        client.create_index(name, index)
-        mark("flush + index")
+                steps.mark("copy files")
+        imports = _fill(target, name, inp, ms, mode, layout, files, progress)
+        steps.mark("fill")
+        _index(client, name, ms)
+        steps.mark("flush + index")
         client.load_collection(name)
-        mark("load")
+        steps.mark("load")
         checked = verify(client, name, inp)
-        mark("verify")
+        steps.mark("verify")
         previous = point_alias(client, alias, name)
-        mark("alias switch")
+        steps.mark("alias switch")
     except BaseException as e:
         _drop_quietly(client, name)
         if files is not None:
@@ -194,28 +195,46 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
     log.info("alias %s -> %s (was %s)", alias, name, previous)
     if files is not None and files.copying:
         files.cleanup()
-        mark("remove copies")
+        steps.mark("remove copies")
     if previous and previous != name:
         _release_quietly(client, previous)
     dropped = _tidy(client, alias, name, ms.keep_previous)
-    mark("tidy")
+    steps.mark("tidy")
     return LoadReport(collection=alias, physical=name, rows=inp.rows, mode=BULK if mode == BULK_COPIES else mode,
                       seconds=0.0, previous=previous, dropped=dropped, verified_ids=checked, server=info.describe(),
-                      carried=carried, phases=phases, imports=imports,
+                      carried=carried, phases=steps.phases, imports=imports,
                       import_files=files.describe() if files is not None else {})
 
 
-def _timing():
-    """(phases, imports, mark): ``mark(name)`` records the seconds since the previous mark under ``name``."""
-    phases: list[dict] = []
-    last = [time.monotonic()]
+def _fill(target: Target, name: str, inp: LoadInput, ms: MilvusSettings, mode: str, layout: Layout,
+          files: ImportFiles | None, progress: bool) -> list[dict[str, Any]]:
+    """Fill collection ``name``: a bulk import of ``files`` or, without them, batched upserts of the shards.
+    Returns the rows loaded over time: a point per finished import task, or per second of upserts."""
+    imports: list[dict[str, Any]] = []
+    with tqdm(total=inp.rows, unit="rows", desc=f"load ({mode})", disable=not progress) as bar:
+        t_fill = time.monotonic()
 
-    def mark(name: str) -> None:
-        now = time.monotonic()
-        phases.append({"phase": name, "seconds": round(now - last[0], 3)})
-        last[0] = now
+        def filled(n: int) -> None:
+            bar.update(n)
+            t = round(time.monotonic() - t_fill, 3)
+            if imports and t - imports[-1]["t"] < 1.0 and files is None:  # one point a second
+                imports[-1]["rows"] += n
+            else:
+                imports.append({"t": t, "rows": n})
 
-    return phases, [], mark
+        if files is not None:
+            bulk_import(target, name, files.files, filled)
+        else:
+            upsert_shards(target, name, inp.shards, inp.dim, ms.insert_batch_mb, filled, layout.dynamic)
+    return imports
+
+
+def _index(client, name: str, ms: MilvusSettings) -> None:
+    """Flush what was filled and build the vector index of ``milvus.index``."""
+    client.flush(name)
+    index = client.prepare_index_params()
+    index.add_index(VECTOR_FIELD, index_type=ms.index.type, metric_type=ms.index.metric, params=dict(ms.index.params))
+    client.create_index(name, index)
 
 
 def _tidy(client, alias: str, current: str, keep_previous: int) -> list[str]:
