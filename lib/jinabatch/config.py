@@ -46,6 +46,8 @@ RESERVED_COLUMNS = ("embedding", "text_hash")  # written by the embed stage into
 
 
 class CorpusSettings(_Section):
+    """``[corpus]``: where the rows are and which columns to read and carry."""
+
     path: str = "data/corpus"  # a Parquet file, a folder of them, a glob, or an s3:// prefix
     id_column: str = "id"
     text_column: str = "text"
@@ -79,6 +81,8 @@ def key_envs(value: str | Sequence[str]) -> tuple[str, ...]:
 
 
 class JinaSettings(_Section):
+    """``[jina]``: the API, the model and its request settings, retries."""
+
     base_url: str = DEFAULT_BASE_URL
     # the variable holding the key, or a list of variables = a pool of keys, [limits] being each key's budget;
     # held as the tuple of names either way
@@ -157,6 +161,8 @@ class LimitsSettings(_Section):
 
 
 class RaySettings(_Section):
+    """``[ray]``: where the shard tasks run and how many at once."""
+
     address: str = ""  # "" starts a local Ray; otherwise a cluster address
     workers: int = Field(2, gt=0)  # shard tasks in flight
     num_cpus_per_task: float = Field(0.25, gt=0)
@@ -164,6 +170,8 @@ class RaySettings(_Section):
 
 
 class OutputSettings(_Section):
+    """``[output]``: where the shards go, and an earlier output to reuse vectors from."""
+
     path: str = "out/embeddings"
     # a finished output of an earlier run (local or s3://): rows whose (id, text) are unchanged under the same
     # embedding key carry their vectors over instead of being sent again
@@ -171,12 +179,16 @@ class OutputSettings(_Section):
 
 
 class IndexSettings(_Section):
+    """``[milvus.index]``: the vector index built after a load."""
+
     type: str = "HNSW"
     metric: Literal["COSINE", "IP", "L2"] = "COSINE"
     params: dict[str, Any] = Field(default_factory=lambda: {"M": 16, "efConstruction": 200})
 
 
 class MilvusSettings(_Section):
+    """``[milvus]``: the server to load into, the alias users query, and how files reach it."""
+
     uri: str = "embedded"  # "embedded" | "./file.db" (Milvus Lite) | "http://host:19530"
     token_env: str = "MILVUS_TOKEN"
     collection: str = "docs"
@@ -257,6 +269,8 @@ class StorageSettings(_Section):
 
 
 class Config(_Section):
+    """The whole job's settings, a section each (``load_config`` reads them from TOML)."""
+
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
     jina: JinaSettings = Field(default_factory=JinaSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
@@ -299,6 +313,7 @@ def _explain(err: ValidationError, source: str) -> str:
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate ``data`` (parsed TOML) into a ``Config``; ConfigError naming ``source`` and the dotted key."""
     try:
         return Config(**data, source=source)
     except ValidationError as e:

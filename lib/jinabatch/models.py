@@ -30,10 +30,12 @@ class ModelSpec:
 
     @property
     def takes_task(self) -> bool:
+        """True if the request may carry ``task``."""
         return bool(self.tasks)
 
     @property
     def takes_dimensions(self) -> bool:
+        """True if the request may carry ``dimensions``."""
         return bool(self.dims)
 
     def fields(self) -> frozenset[str]:

@@ -82,6 +82,8 @@ def _temp_name(sub: str) -> str:
 
 @dataclass(frozen=True)
 class FileStat:
+    """A file under the root: its path there, size and modification time."""
+
     path: str  # under the root, "/"-separated
     size: int
     mtime_ns: int
@@ -321,6 +323,7 @@ class LocalStorage(Storage):
 
     @classmethod
     def at(cls, path: str, settings: StorageSettings) -> "LocalStorage":
+        """The storage of the folder ``path`` (``~`` expanded, made absolute)."""
         root = str(Path(path).expanduser().resolve())
         return cls(root, pafs.LocalFileSystem(), root, settings)
 
@@ -381,6 +384,7 @@ class S3Storage(Storage):
 
     @classmethod
     def at(cls, bucket_and_prefix: str, settings: StorageSettings) -> "S3Storage":
+        """The storage of ``s3://BUCKET_AND_PREFIX`` (endpoint, region, timeouts and retries from ``settings``)."""
         fs = pafs.S3FileSystem(
             region=s3_region(settings), endpoint_override=s3_endpoint(settings),
             connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout,
@@ -485,6 +489,7 @@ class ArrowStorage(Storage):
 
     @classmethod
     def at(cls, uri: str, scheme: str, settings: StorageSettings) -> "ArrowStorage":
+        """The storage of ``uri`` through pyarrow's filesystem for its scheme, else fsspec's."""
         try:
             fs, root = pafs.FileSystem.from_uri(uri)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):

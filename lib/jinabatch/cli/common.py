@@ -25,6 +25,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
 
 
 def add_config(ap: argparse.ArgumentParser) -> None:
+    """The positional CONFIG (a TOML file)."""
     ap.add_argument("config", help="TOML settings (see configs/local.toml)")
 
 
@@ -47,6 +48,7 @@ def config_of(args: argparse.Namespace) -> Config:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Log lines with time, level and logger on stderr (DEBUG with ``verbose``); chatty libraries at WARNING."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in QUIET_LOGGERS:

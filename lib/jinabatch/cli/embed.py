@@ -14,6 +14,7 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``jinabatch embed ARGS``; returns the exit code."""
     ap = parser("embed", __doc__)
     add_config(ap)
     add_output(ap, previous=True)

@@ -61,6 +61,7 @@ def _serve(cfg: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``jinabatch load ARGS``; returns the exit code."""
     ap = parser("load", __doc__)
     add_config(ap)
     what = ap.add_mutually_exclusive_group()

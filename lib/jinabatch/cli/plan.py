@@ -18,6 +18,7 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``jinabatch plan ARGS``; returns the exit code."""
     ap = parser("plan", __doc__)
     add_config(ap)
     ap.add_argument("--json", action="store_true", help="one JSON object for tools")

@@ -22,6 +22,7 @@ SAMPLE_QUERIES = ["When was artificial intelligence founded?", "baking bread in 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``jinabatch run ARGS``; returns the exit code."""
     ap = parser("run", __doc__)
     add_config(ap)
     ap.add_argument("--query", action="append", help="search this after loading (repeatable)")

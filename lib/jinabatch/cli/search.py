@@ -42,6 +42,7 @@ def read_queries(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``jinabatch search ARGS``; returns the exit code."""
     ap = parser("search", __doc__)
     add_config(ap)
     ap.add_argument("query", nargs="*", help="the text(s) to search for")

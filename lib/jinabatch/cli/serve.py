@@ -11,6 +11,7 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``jinabatch serve ARGS`` (the local server's own flags); returns the exit code."""
     from ..runtime import serve_stand_in
 
     return serve_stand_in(argv)

@@ -19,6 +19,7 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``jinabatch status ARGS``; returns the exit code."""
     ap = parser("status", __doc__)
     ap.add_argument("output", help="the run's output.path (folder or s3://bucket/prefix)")
     ap.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",

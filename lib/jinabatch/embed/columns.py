@@ -46,6 +46,7 @@ _ACCEPTED = ("string, integer (not uint64), float, bool, date or timestamp")
 
 
 def is_date_like(t: pa.DataType) -> bool:
+    """True for date and timestamp types (written as ISO-8601 text in the shards)."""
     return pa.types.is_date(t) or pa.types.is_timestamp(t)
 
 

@@ -50,6 +50,8 @@ class CorpusFile:
 
 @dataclass
 class Inspection:
+    """What opening every footer found: the files in corpus order, the id type and the carried columns' types."""
+
     files: list[CorpusFile]
     id_type: pa.DataType
     column_types: dict[str, pa.DataType] = field(default_factory=dict)  # carried columns, in corpus.columns order

@@ -43,6 +43,8 @@ STARTUP_SECONDS = 8.0  # Ray start, the first shard's plan and ramp-up (measured
 
 @dataclass
 class Estimate:
+    """What the shards left to do will cost: rows, tokens, requests, seconds under the limits, money."""
+
     rows: int  # rows left to send (in unfinished shards, less those carried over from output.previous)
     shards: int
     tokens: int

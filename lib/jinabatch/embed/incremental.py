@@ -51,16 +51,20 @@ _SMALL = np.iinfo(np.int64).min
 
 
 def text_hash(text: str) -> int:
+    """The first 8 bytes of BLAKE2b of ``text``'s UTF-8, as a signed int64 (what ``text_hash`` columns hold)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little",
                           signed=True)
 
 
 def text_hashes(texts: list[str | None]) -> pa.Array:
+    """``text_hash`` of each text (null for a null text), as an int64 array."""
     return pa.array([None if t is None else text_hash(t) for t in texts], pa.int64())
 
 
 @dataclass
 class Reuse:
+    """The join against ``output.previous``: how many rows are reused, changed, new, dropped (and why none, if so)."""
+
     previous: str
     reused: int = 0
     changed: int = 0
@@ -263,6 +267,7 @@ class PrevVectors:
         self._cache: dict[int, np.ndarray] = {}
 
     def get(self, loc: int) -> np.ndarray:
+        """The previous output's vector at ``loc`` (its shard << 32 | its row there)."""
         shard, row = loc >> _LOC_BITS, loc & ((1 << _LOC_BITS) - 1)
         if shard not in self._cache:
             if len(self._cache) >= self.keep:

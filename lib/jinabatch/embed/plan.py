@@ -90,6 +90,8 @@ class Shard:
 
 @dataclass
 class Plan:
+    """The checked corpus and its shards: what the embed stage runs and ``_plan/`` keeps."""
+
     root: str  # the corpus root uri
     files: list[CorpusFile]
     shards: list[Shard]
@@ -128,6 +130,8 @@ def cut_shards(files: list[CorpusFile], rows_per_shard: int) -> list[Shard]:
 
 
 def corpus_fingerprint(root: Storage, stats: list[FileStat]) -> str:
+    """A hash of the corpus listing (every file's path, size and mtime under ``root``): a changed corpus is planned
+    again."""
     h = hashlib.sha256(root.uri.encode())
     for s in stats:
         h.update(f"\n{s.path}\t{s.fingerprint}".encode())

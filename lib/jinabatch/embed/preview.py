@@ -22,6 +22,8 @@ __all__ = ["Preview", "preview", "format_preview"]
 
 @dataclass
 class Preview:
+    """What ``jinabatch plan`` shows: the plan's counts, what a rerun skips, the estimate, the incremental counts."""
+
     corpus: str
     output: str
     files: int
@@ -43,6 +45,8 @@ class Preview:
 
 
 def preview(config: Config) -> tuple[Preview, Plan]:
+    """Plan the corpus (kept in ``_plan/``) and say what a run of ``config`` would do and cost; returns (that, the
+    plan)."""
     out = Storage.open(config.output.path, config.storage)
     out.check("output.path")
     with contextlib.ExitStack() as stack:
@@ -76,6 +80,7 @@ def _duration(seconds: float) -> str:
 
 
 def format_preview(p: Preview) -> str:
+    """The lines ``jinabatch plan`` prints for ``p``."""
     e = p.estimate
     lines = [
         f"corpus   {p.corpus}: {p.files:,} file(s), {p.rows:,} rows, {p.duplicates:,} duplicate id(s) "

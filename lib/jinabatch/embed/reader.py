@@ -26,6 +26,8 @@ __all__ = ["RowBatch", "read_shard"]
 
 @dataclass
 class RowBatch:
+    """A batch of a shard's rows and where they are from (see the module docstring)."""
+
     table: pa.Table
     file: str  # uri of the file the rows come from
     row0: int  # row of the first row within that file

@@ -25,6 +25,8 @@ __all__ = ["Resume", "find_finished"]
 
 @dataclass
 class Resume:
+    """What a rerun skips (records of the finished shards) and deletes first (stale files)."""
+
     done: dict[int, ShardRecord] = field(default_factory=dict)  # shard index -> its "skipped" record for this run
     stale: list[str] = field(default_factory=list)  # paths under the output to delete before the run
 

@@ -99,6 +99,8 @@ class ShardInput:
 
     @classmethod
     def open(cls, config: Config, shard: Shard, out: Storage, carried: list[pa.Field]) -> "ShardInput":
+        """Read the plan's duplicates and reuse for ``shard`` and start reading its rows (``carried``: the planned
+        types of the carried columns)."""
         cs = config.corpus
         late = config.jina.late_chunking
         reuse = read_reuse(out, shard.start, shard.stop)

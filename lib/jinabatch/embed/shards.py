@@ -35,10 +35,12 @@ DEAD_LETTER_SCHEMA_FIELDS = ("id", "source_file", "row", "reason", "text")
 
 
 def shard_path(name: str) -> str:
+    """``shards/NAME.parquet``: where shard ``name`` is under the output."""
     return f"{SHARDS}/{name}.parquet"
 
 
 def dead_letter_path(name: str) -> str:
+    """``dead_letter/NAME.parquet``: where shard ``name``'s dead letters are."""
     return f"{DEAD_LETTER}/{name}.parquet"
 
 
@@ -81,6 +83,8 @@ class ShardWriter:
         self.rows += len(ids)
 
     def commit(self, **extra: Any) -> str:
+        """Close the file with its footer (the meta, ``extra`` counts and its rows) and move it to its final path in
+        one step; returns its URI."""
         self.meta.update(extra, rows=self.rows)
         self._writer.add_key_value_metadata({META_KEY: json.dumps(self.meta, sort_keys=True).encode()})
         self._writer.close()

@@ -53,6 +53,8 @@ class Move:
 
 @dataclass
 class Comparison:
+    """One query's top-k from the alias and from the other collection, and how they differ."""
+
     query: str
     k: int
     hits: list[Hit]  # from the alias
@@ -64,6 +66,7 @@ class Comparison:
 
     @property
     def overlap_at_k(self) -> float:
+        """|ids in both top-k| / k (1.0 for two empty lists)."""
         n = max(len(self.hits), len(self.other_hits))
         return self.overlap / n if n else 1.0
 
@@ -75,6 +78,8 @@ class Comparison:
 
 @dataclass
 class CompareReport:
+    """Every query's comparison of the alias with another collection, each pinned to its own model."""
+
     alias: str
     current: Pinned  # the alias's collection
     other: Pinned

@@ -76,6 +76,8 @@ def placement(ms: MilvusSettings, output: str) -> str | None:
 
 @dataclass(frozen=True)
 class ImportFile:
+    """One file to import: where the shard is (for messages) and what the server reads."""
+
     source: str  # the shard's URI (for messages)
     path: str  # what the server reads: an absolute path or an object key in its bucket
     rows: int

@@ -119,6 +119,8 @@ _STAMP = re.compile(r"_(\d{8}T\d{9})$")
 
 @dataclass(frozen=True)
 class Physical:
+    """One of an alias's physical collections: its name, creation stamp and ``jinabatch.*`` properties."""
+
     name: str
     stamp: str
     props: dict[str, str]

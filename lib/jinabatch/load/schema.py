@@ -79,6 +79,8 @@ class ShardFile:
 
 @dataclass(frozen=True)
 class Column:
+    """A shard column as a Milvus field: its type, VARCHAR length, nulls seen, and corpus type if converted."""
+
     name: str
     dtype: DataType
     max_length: int | None = None  # VARCHAR only

@@ -37,6 +37,8 @@ _QUERY_TASK = {"retrieval.passage": "retrieval.query", "code.passage": "code.que
 
 @dataclass(frozen=True)
 class Hit:
+    """One search result: the row's id, its score and its carried columns."""
+
     id: Any
     score: float
     fields: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +149,7 @@ def _check_k(k: int) -> None:
 
 
 def search_target(target: Target, config: Config, text: str, k: int = 5) -> list[Hit]:
+    """The top ``k`` rows of the alias for ``text`` on an open ``target``."""
     return search_many(target, config, [text], k)[0]
 
 

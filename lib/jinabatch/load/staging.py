@@ -36,6 +36,8 @@ def dynamic_values(rb: pa.RecordBatch, dynamic: Sequence[str]) -> list[dict]:
 
 
 def meta_json(values: dict, where: str) -> str:
+    """The ``$meta`` value of one row: its non-null dynamic-field ``values`` as a JSON object (``where`` names the row
+    in errors)."""
     for k, v in values.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise LoadError(f"{where}: column {k!r} holds {v}, which Milvus cannot store; the embed stage writes "

@@ -41,6 +41,8 @@ def parse_version(text: str) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class ServerInfo:
+    """What the Milvus server is: "server" or "lite", its version, whether it has nullable fields."""
+
     kind: str  # "server" | "lite"
     version: str  # as the server (or the installed package) reports it
     nullable: bool  # has nullable scalar fields

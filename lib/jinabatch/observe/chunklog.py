@@ -31,6 +31,8 @@ _NAME = re.compile(r"^(?:c-(\d{8,})|s-(\d{8,})-(\d{8,}))\.jsonl$")
 
 @dataclass(frozen=True)
 class LogObject:
+    """One object of a log: a chunk (``lo == hi``) or a segment covering chunks ``lo..hi``."""
+
     path: str  # under the output root
     lo: int
     hi: int  # a chunk has lo == hi

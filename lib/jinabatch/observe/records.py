@@ -61,6 +61,7 @@ class Record(BaseModel):
         return self.model_dump(by_alias=True, include={attr})[fields[attr].alias or attr]
 
     def get(self, name: str, default: Any = None) -> Any:
+        """``self[name]``, or ``default`` when there is no such field."""
         try:
             return self[name]
         except KeyError:
@@ -131,6 +132,8 @@ class Sample(Counters):
 
 
 class Limits(Record):
+    """A key's ``[limits]``: requests and tokens per minute, concurrent requests."""
+
     rpm: int = 0
     tpm: int = 0
     concurrency: int = 0
@@ -147,6 +150,8 @@ class PlanEstimate(Record):
 
 
 class PlanSummary(Record):
+    """The plan as the manifest shows it: files, shards, rows, shards to do, the estimate."""
+
     files: int = 0
     shards_total: int = 0
     rows_total: int = 0
@@ -167,6 +172,8 @@ class RunMeta(Record):
 
 
 class ShardCounts(Record):
+    """Shards of the run by state."""
+
     total: int = 0
     done: int = 0
     skipped: int = 0
@@ -199,6 +206,8 @@ class Rates(Record):
 
 
 class RunningShard(Record):
+    """A shard task running now: which shard, on which node, since when."""
+
     shard: int
     name: str | None = None
     node: str | None = None
@@ -206,6 +215,8 @@ class RunningShard(Record):
 
 
 class Failure(Record):
+    """A failed shard in the manifest: its name and (the start of) its error."""
+
     shard: str | int  # its name (its index when it has none)
     error: str
 

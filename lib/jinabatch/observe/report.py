@@ -84,6 +84,7 @@ class EmbedReport(Record):
         return None if data is None else cls.model_validate(data)
 
     def add_rows(self, rows_in: int, embedded: int, dead: int, reasons: dict[str, int], truncated: int = 0) -> None:
+        """Count a shard's rows (and dead-letter reasons) into the totals."""
         self.rows_in += rows_in
         self.rows_embedded += embedded
         self.rows_dead_letter += dead
@@ -103,6 +104,8 @@ class EmbedReport(Record):
             self.requests += p["requests"]
 
     def finish_rates(self, window_s: float, *, tpm: int, rpm: int) -> None:
+        """Rates per minute and utilization over the embed window of ``window_s`` seconds, in all and per key; the
+        token ratio."""
         if self.raw_tokens > 0 and self.tokens > 0:
             self.token_ratio = round(self.tokens / self.raw_tokens, 4)
         self.embed_window_s = round(window_s, 3)
@@ -125,6 +128,7 @@ class EmbedReport(Record):
         return out.uri_of(REPORT)
 
     def summary(self) -> str:
+        """One line for people: rows, shards, tokens, requests, utilization, time."""
         inc = self.incremental
         reuse = ""
         if inc:
@@ -140,11 +144,15 @@ class EmbedReport(Record):
 
 
 class Phase(Record):
+    """A step of the load and its seconds."""
+
     phase: str  # create, copy files, fill, flush + index, load, verify, alias switch, remove copies, tidy
     seconds: float
 
 
 class ImportPoint(Record):
+    """Rows loaded ``t`` seconds into the fill."""
+
     t: float  # seconds into the fill
     rows: int  # rows that import task (or upsert batches of that second) added
 
@@ -176,4 +184,5 @@ class LoadReport(Record):
         return None if data is None else cls.model_validate(data)
 
     def write(self, out: Storage) -> None:
+        """Write ``_load_report.json`` under ``out``."""
         out.write_json(LOAD_REPORT, self.to_json())

@@ -112,6 +112,7 @@ class RunLog:
         self._io(now, force=True)
 
     def shard_started(self, shard: int, name: str, node: str | None = None) -> None:
+        """Shard ``shard`` (named ``name``) started on a free worker slot (the timeline's lane)."""
         lane = self._free_lanes.pop(0) if self._free_lanes else self._take_lane()
         since = self.clock()
         self.running[shard] = (RunningShard(shard=shard, name=name, node=node, since=_iso(since)), since, lane)
