@@ -226,12 +226,7 @@ class _Schedule:
         except Exception as e:  # the task crashed past Ray's retries
             r = ShardResult.failed(s, e)
         self._collect(s, r)
-        self.runlog.shard_finished(ShardRecord(
-            shard=r.shard, name=r.name, status=r.status, rows_in=r.rows_in, rows_embedded=r.rows_embedded,
-            rows_dead_letter=r.rows_dead_letter, rows_truncated=r.rows_truncated, rows_reused=r.rows_reused,
-            reasons=r.reasons, tokens=r.tokens, requests=r.requests, retries=r.retries, http_429=r.http_429,
-            raw_tokens=r.raw_tokens, node=r.node, key=r.key, seconds=r.seconds, error=r.error_text,
-            error_type=r.error_type, shard_key=s.key, fingerprint=self.config.fingerprint()))
+        self.runlog.shard_finished(r.record(shard_key=s.key, fingerprint=self.config.fingerprint()))
 
     def _collect(self, s: Shard, r: ShardResult) -> None:
         """Fold one shard's result into the report; keep an error that must stop the run."""
@@ -254,8 +249,8 @@ class _Schedule:
                                          error=r.error_text))
         log.error("%s (%d piece(s) from %s row %d) failed: %s", s.name, len(s.pieces), first.file, first.row_start,
                   r.error_text)
-        if isinstance(r.error, FATAL) and self.fatal is None:
-            self.fatal = r.error
+        if isinstance(r.exception, FATAL) and self.fatal is None:
+            self.fatal = r.exception
 
     def _tick(self, coordinator) -> tuple[Counters, dict[str, Counters]]:
         totals, per_key = _coordinator_totals(coordinator)

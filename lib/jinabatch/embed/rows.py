@@ -132,7 +132,7 @@ class ShardOutput:
         self.out, self.shard, self.id_type, self.cs, self.on_rows = out, shard, id_field.type, cs, on_rows
         self.writer = ShardWriter(out, shard.name, id_field, carried, meta)
         self.dead_rows: list[dict[str, Any]] = []
-        self.result = ShardResult(shard.index, shard.name, shard.rows)
+        self.result = ShardResult(shard=shard.index, name=shard.name, rows_in=shard.rows)
 
     def write(self, b: PendingRows) -> None:
         """Rows of ``b`` with a vector to the shard, the dead ones to the dead letters (every row is one or the other)."""

@@ -24,7 +24,7 @@ from ..storage import Storage
 from .chunklog import ChunkLog
 
 __all__ = [
-    "Record", "Counters", "KeyCounters", "ShardRecord", "Sample", "Limits", "PlanEstimate", "PlanSummary", "RunMeta",
+    "Record", "Counters", "KeyCounters", "Tally", "ShardOutcome", "ShardRecord", "Sample", "Limits", "PlanEstimate", "PlanSummary", "RunMeta",
     "ShardCounts", "RowCounts", "Rates", "RunningShard", "Failure", "ReportSummary", "Manifest",
     "MANIFEST", "PROGRESS", "TIMESERIES", "COUNTERS", "read_progress", "read_timeseries",
 ]
@@ -43,10 +43,11 @@ class Record(BaseModel):
 
     @classmethod
     def of(cls: type[R], value: "Record | Mapping[str, Any]") -> R:
-        """``value`` as this record: itself, or validated from another record's fields or a mapping (its JSON)."""
-        if isinstance(value, cls):
+        """``value`` as this record: itself, or this record's fields of another record (a subclass's too), or
+        validated from a mapping (its JSON)."""
+        if type(value) is cls:
             return value
-        return cls.model_validate(value, from_attributes=isinstance(value, Record))
+        return cls.model_validate(value.model_dump(by_alias=True) if isinstance(value, Record) else value)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object written for it."""
@@ -85,29 +86,40 @@ class KeyCounters(Counters):
     binding_limit: str = "tpm"
 
 
-class ShardRecord(Record):
+class Tally(Record):
+    """Rows and requests of a shard or of a whole run: ``rows_in == rows_embedded + rows_dead_letter`` once done."""
+
+    rows_in: int = 0
+    rows_embedded: int = 0
+    rows_dead_letter: int = 0
+    rows_truncated: int = 0  # kept although over the model's limit by estimate (the API truncated them)
+    rows_reused: int = 0  # vectors carried over from output.previous (no request)
+    tokens: int = 0  # billed (usage.total_tokens)
+    requests: int = 0  # HTTP attempts, retries included
+    retries: int = 0
+    http_429: int = 0
+    raw_tokens: float = 0.0  # uncalibrated estimate of what was sent: tokens / raw_tokens calibrates the next plan
+
+
+class ShardOutcome(Tally):
+    """What one shard did and where it ran. A shard task hands it to the driver as an ``embed.result.ShardResult``;
+    the run log keeps it as a ``ShardRecord``."""
+
+    shard: int  # the plan's shard index
+    name: str | None = None  # shard-NNNNN
+    status: Literal["done", "failed", "skipped"] = "done"
+    reasons: dict[str, int] = Field(default_factory=dict)  # dead-letter reason -> rows
+    node: str | None = None  # the Ray node that ran it
+    key: str | None = None  # the key of the pool it used: key0, key1... (never the value)
+    seconds: float = 0.0
+
+
+class ShardRecord(ShardOutcome):
     """One line of ``_progress/``: a shard finished (``done``), ``failed`` or was ``skipped`` as already done."""
 
     _drop_nulls = True
 
-    shard: int
-    name: str | None = None
-    status: Literal["done", "failed", "skipped"] = "done"
     run: str = ""  # the run that wrote it (RunLog.run)
-    rows_in: int = 0
-    rows_embedded: int = 0
-    rows_dead_letter: int = 0
-    rows_truncated: int = 0
-    rows_reused: int = 0
-    reasons: dict[str, int] = Field(default_factory=dict)  # dead-letter reason -> rows
-    tokens: int = 0
-    requests: int = 0
-    retries: int = 0
-    http_429: int = 0
-    raw_tokens: float = 0.0
-    node: str | None = None
-    key: str | None = None  # key0, key1... (never the value)
-    seconds: float = 0.0
     error: str | None = None
     error_type: str | None = None
     shard_key: str | None = None  # the plan's key of the shard's pieces: resume trusts only a matching record
@@ -221,19 +233,12 @@ class Failure(Record):
     error: str
 
 
-class ReportSummary(Record):
-    """The headline of ``_report.json`` in the final manifest."""
+class ReportSummary(Tally):
+    """The headline of ``_report.json`` (``EmbedReport`` is this and the rest), kept in the final manifest."""
 
-    rows_in: int = 0
-    rows_embedded: int = 0
-    rows_dead_letter: int = 0
-    tokens: int = 0
-    requests: int = 0
-    http_429: int = 0
-    retries: int = 0
     duration_s: float = 0.0
     tokens_per_min: float = 0.0
-    utilization: float = 0.0
+    utilization: float = 0.0  # of the binding limit, over the embed window
     binding_limit: str = "tpm"
     finished: bool = False
 

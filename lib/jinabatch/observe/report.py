@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from ..storage import Storage
-from .records import KeyCounters, Limits, Record
+from .records import KeyCounters, Limits, Record, ReportSummary
 
 __all__ = ["EmbedReport", "LoadReport", "ShardFailure", "Phase", "ImportPoint", "utilization", "REPORT",
            "LOAD_REPORT"]
@@ -35,14 +35,10 @@ class ShardFailure(Record):
     error: str | None = None
 
 
-class EmbedReport(Record):
-    """``_report.json``: what the embed run did, as a whole and per key; ``rows_in`` is the corpus's rows."""
+class EmbedReport(ReportSummary):
+    """``_report.json``: what the embed run did, as a whole and per key; ``rows_in`` is the corpus's rows; the
+    tokens and requests are what the keys were billed (dead attempts and the endpoint check included)."""
 
-    rows_in: int = 0
-    rows_embedded: int = 0
-    rows_dead_letter: int = 0
-    rows_truncated: int = 0
-    rows_reused: int = 0  # vectors carried over from output.previous instead of sent
     incremental: dict[str, Any] | None = None  # with output.previous: previous, reused, changed, new, dropped, note
     dead_letter_reasons: dict[str, int] = Field(default_factory=dict)
     shards_total: int = 0
@@ -51,18 +47,9 @@ class EmbedReport(Record):
     shards_failed: int = 0
     failures: list[ShardFailure] = Field(default_factory=list)
     shards_by_node: dict[str, int] = Field(default_factory=dict)  # Ray node id -> shards it embedded
-    tokens: int = 0
-    raw_tokens: float = 0.0  # the uncalibrated estimate (UTF-8 bytes / 4 + 2 per row) of the rows sent
     token_ratio: float | None = None  # tokens / raw_tokens: what the next plan's estimate is calibrated with
-    requests: int = 0
-    retries: int = 0
-    http_429: int = 0
-    duration_s: float = 0.0
     embed_window_s: float = 0.0
-    tokens_per_min: float = 0.0
     requests_per_min: float = 0.0
-    utilization: float = 0.0
-    binding_limit: str = "tpm"
     limits: Limits = Field(default_factory=Limits)  # each key's
     keys: dict[str, KeyCounters] = Field(default_factory=dict)  # key0, key1...: counters, utilization
     workers: int = 0
@@ -75,7 +62,6 @@ class EmbedReport(Record):
     columns: list[str] = Field(default_factory=list)
     fingerprint: str = ""
     output: str = ""
-    finished: bool = False
 
     @classmethod
     def read(cls, out: Storage) -> "EmbedReport | None":

@@ -211,7 +211,7 @@ class RunLog:
             per_key=self.per_key, workers_active=self.workers_active, rate=self.rates(),
             running=[r for r, _, _ in sorted(self.running.values(), key=lambda r: r[0].shard)],
             failures=list(self.failures), logs=LOGS,
-            report=None if self.report is None else ReportSummary.model_validate(self.report.model_dump()))
+            report=None if self.report is None else ReportSummary.of(self.report))
 
     def rates(self) -> Rates:
         """Per-minute rates over the recent window of samples (0 before two samples)."""

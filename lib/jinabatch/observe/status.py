@@ -17,19 +17,7 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..storage import Storage
 from .progress import format_duration
-from .records import (
-    MANIFEST,
-    Counters,
-    Failure,
-    Limits,
-    Manifest,
-    PlanEstimate,
-    Record,
-    ReportSummary,
-    RowCounts,
-    RunningShard,
-    ShardCounts,
-)
+from .records import MANIFEST, Manifest, PlanEstimate, Rates, ReportSummary
 from .report import EmbedReport
 
 __all__ = ["Status", "StatusRate", "read_status", "format_status", "STALE_AFTER_S"]
@@ -37,52 +25,28 @@ __all__ = ["Status", "StatusRate", "read_status", "format_status", "STALE_AFTER_
 STALE_AFTER_S = 120.0  # a "running" manifest older than this: the driver may be gone
 
 
-class StatusRate(Record):
-    """The current rates against the whole pool's limits (each key's limit × keys)."""
+class StatusRate(Rates):
+    """The current rates, and the pool's limits they are measured against (each key's limit × keys)."""
 
-    tokens_per_min: float = 0.0
     tpm_limit: int = 0
     tpm_utilization: float | None = None
-    requests_per_min: float = 0.0
     rpm_limit: int = 0
-    rows_per_s: float = 0.0
-    window_s: float = 0.0
 
 
-class Status(Record):
-    """What the status command shows, as data. ``age_s``: seconds since the manifest was written; ``stale``: a
-    "running" manifest that stopped updating (the driver may be gone); ``eta_s`` / ``spend_usd`` /
-    ``estimate_usd`` are None where unknown; ``report``: the finished run's headline."""
+class Status(Manifest):
+    """The manifest as seen at a moment: ``age_s`` since it was written, ``stale`` if a "running" one stopped
+    updating (the driver may be gone), ``eta_s``, ``rows_left``, ``spend_usd`` and the plan's ``estimate`` /
+    ``estimate_usd`` (None where unknown); tokens and requests are the report's (the bill) once the run is over."""
 
     output: str
-    state: str
-    run: str = ""
-    started_at: str = ""
-    updated_at: str = ""
     age_s: float | None = None
     stale: bool = False
-    elapsed_s: float = 0.0
-    shards: ShardCounts = Field(default_factory=ShardCounts)
-    rows: RowCounts = Field(default_factory=RowCounts)
-    tokens: int = 0
-    requests: int = 0
-    http_429: int = 0
-    retries: int = 0
     rate: StatusRate = Field(default_factory=StatusRate)
     eta_s: float | None = None
     rows_left: int = 0
-    price_per_million_tokens: float | None = None
     spend_usd: float | None = None
     estimate: PlanEstimate | None = None
     estimate_usd: float | None = None
-    limits: Limits = Field(default_factory=Limits)
-    keys: list[str] = Field(default_factory=list)
-    per_key: dict[str, Counters] = Field(default_factory=dict)
-    running: list[RunningShard] = Field(default_factory=list)
-    failures: list[Failure] = Field(default_factory=list)
-    workers: int | None = None
-    workers_active: int = 0
-    report: ReportSummary | None = None
 
 
 def read_status(out: Storage, *, now: float | None = None) -> Status:
@@ -101,20 +65,16 @@ def read_status(out: Storage, *, now: float | None = None) -> Status:
     eta = max(0.0, left / m.rate.rows_per_s - (age or 0.0)) if running and m.rate.rows_per_s else None
     billed = report or m  # the report has what the key was billed once the run is over
     price, est = m.price_per_million_tokens, m.plan.estimate
-    return Status(
-        output=out.uri, state=m.state, run=m.run, started_at=m.started_at, updated_at=m.updated_at, age_s=age,
-        stale=bool(running and age is not None and age > STALE_AFTER_S), elapsed_s=m.elapsed_s, shards=m.shards,
-        rows=m.rows, tokens=billed.tokens, requests=billed.requests, http_429=billed.http_429, retries=billed.retries,
-        rate=StatusRate(tokens_per_min=m.rate.tokens_per_min, tpm_limit=tpm_limit,
-                        tpm_utilization=round(m.rate.tokens_per_min / tpm_limit, 4) if tpm_limit else None,
-                        requests_per_min=m.rate.requests_per_min, rpm_limit=rpm_limit, rows_per_s=m.rate.rows_per_s,
-                        window_s=m.rate.window_s),
-        eta_s=None if eta is None else round(eta, 1), rows_left=left, price_per_million_tokens=price,
-        spend_usd=round(billed.tokens * price / 1e6, 9) if price is not None else None, estimate=est,
-        estimate_usd=round(est.tokens * price / 1e6, 9) if price is not None and est and est.tokens else None,
-        limits=m.limits, keys=m.keys, per_key=m.per_key, running=m.running, failures=m.failures, workers=m.workers,
-        workers_active=m.workers_active,
-        report=None if report is None else ReportSummary.model_validate(report.model_dump()))
+    seen = {
+        "tokens": billed.tokens, "requests": billed.requests, "http_429": billed.http_429, "retries": billed.retries,
+        "report": None if report is None else ReportSummary.of(report),
+        "rate": StatusRate(**dict(iter(m.rate)), tpm_limit=tpm_limit, rpm_limit=rpm_limit,
+                           tpm_utilization=round(m.rate.tokens_per_min / tpm_limit, 4) if tpm_limit else None)}
+    return Status(**{**dict(iter(m)), **seen}, output=out.uri, age_s=age,
+                  stale=bool(running and age is not None and age > STALE_AFTER_S),
+                  eta_s=None if eta is None else round(eta, 1), rows_left=left,
+                  spend_usd=round(billed.tokens * price / 1e6, 9) if price is not None else None, estimate=est,
+                  estimate_usd=round(est.tokens * price / 1e6, 9) if price is not None and est and est.tokens else None)
 
 
 def _since(iso: str | None, now: float) -> str:
