@@ -82,12 +82,12 @@ def _limits(config: Config) -> Limits:
 
 
 def _run_meta(config: Config, plan: Plan, out: Storage, todo: list[Shard]) -> RunMeta:
-    estimate = estimate_run(config, plan, out, todo).to_dict() if todo else None
+    estimate = PlanEstimate.of(estimate_run(config, plan, out, todo).to_dict()) if todo else None
     return RunMeta(fingerprint=config.fingerprint(), embedding=config.embedding_key(), limits=_limits(config),
                    keys=[f"key{i}" for i in range(len(config.jina.api_key_env))],
                    price_per_million_tokens=config.jina.price_per_million_tokens, workers=config.ray.workers,
                    plan=PlanSummary(files=len(plan.files), shards_total=len(plan.shards), rows_total=plan.rows,
-                                    shards_todo=len(todo), estimate=estimate and PlanEstimate.of(estimate)))
+                                    shards_todo=len(todo), estimate=estimate))
 
 
 def _new_report(config: Config, plan: Plan, out: Storage) -> EmbedReport:

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 MANIFEST, PROGRESS, TIMESERIES = "_manifest.json", "_progress", "_timeseries"
-COUNTERS = ("rows", "tokens", "requests", "http_429", "retries")
+COUNTERS = ("rows", "tokens", "requests", "http_429", "retries")  # the fields of Counters
 
 R = TypeVar("R", bound="Record")
 

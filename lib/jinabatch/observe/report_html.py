@@ -23,7 +23,7 @@ from typing import Any
 from ..config import Config
 from ..storage import Storage
 from .progress import format_duration
-from .records import Limits, Manifest, Sample, ShardRecord, read_progress, read_timeseries
+from .records import COUNTERS, Limits, Manifest, Sample, ShardRecord, read_progress, read_timeseries
 from .report import EmbedReport, LoadReport
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ __all__ = ["write_report_html", "render_report_html", "report_page", "series_row
 HTML_NAME = "_report.html"
 MAX_POINTS = 600  # points per line chart: a 10-hour run is bucketed to a minute or so
 MAX_BARS = 2000  # shards drawn one by one on the timeline; above, shards finished per bucket per node
-_COUNTED = ("tokens", "requests", "rows", "http_429", "retries")  # the counters charted as deltas
 
 
 def _iso(t: float) -> str:
@@ -55,22 +54,22 @@ def series_rows(samples: Sequence[Sample | Mapping[str, Any]], max_points: int =
     for a, b in zip(samples, samples[1:]):
         idx = int((b.t - first.t) / bucket) if span > 0 else 0
         if cur is None or cur["_idx"] != idx:
-            cur = {"_idx": idx, "time": _iso(b.t), "seconds": 0.0, "workers": 0, **dict.fromkeys(_COUNTED, 0),
+            cur = {"_idx": idx, "time": _iso(b.t), "seconds": 0.0, "workers": 0, **dict.fromkeys(COUNTERS, 0),
                    "keys": {}}
             rows.append(cur)
         cur["seconds"] += b.t - a.t
         cur["time"], cur["workers"] = _iso(b.t), b.workers
-        for k in _COUNTED:
+        for k in COUNTERS:
             cur[k] += getattr(b, k) - getattr(a, k)
         for key, c in (b.keys or {}).items():
             prev = (a.keys or {}).get(key)
             cur["keys"][key] = cur["keys"].get(key, 0) + c.tokens - (prev.tokens if prev else 0)
     rows.insert(0, {"_idx": -1, "time": _iso(first.t), "seconds": 0.0, "workers": first.workers,
-                    **dict.fromkeys(_COUNTED, 0), "keys": {}})
+                    **dict.fromkeys(COUNTERS, 0), "keys": {}})
     for r in rows:  # the first row marks where the run starts (nothing done yet)
         r.pop("_idx")
         per_min = 60.0 / r["seconds"] if r["seconds"] > 0 else 0.0
-        for k in _COUNTED:
+        for k in COUNTERS:
             r[f"{k}_per_min"] = round(r[k] * per_min, 2)
         r["keys_per_min"] = {k: round(v * per_min, 2) for k, v in r.pop("keys").items()}
     return rows

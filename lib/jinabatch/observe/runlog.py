@@ -29,7 +29,6 @@ from ..errors import StorageError
 from ..storage import Storage
 from .chunklog import ChunkLog
 from .records import (
-    COUNTERS,
     MANIFEST,
     PROGRESS,
     TIMESERIES,
