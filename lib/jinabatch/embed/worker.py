@@ -287,7 +287,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
                 cand = carry + [(b, i) for i in keep]
                 carry.clear()
                 groups = [([cand[g] for g in group], None)
-                          for group in client.plan_batches([hb.texts[i] for hb, i in cand])]
+                          for group in client.plan_batches([hb.texts[i] for hb, i in cand], truncate=truncate)]
                 if groups:  # the last one waits for the next batch's rows (or the end of the shard)
                     carry.extend(groups.pop()[0])
                     for hb, _ in carry:

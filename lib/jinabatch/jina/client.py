@@ -48,7 +48,7 @@ from ..errors import (
 from .keys import FALLBACK_KEY_ENV, KeyPool, Secret, resolve_api_key
 from .limits import Limiter, NoLimiter, explicit_limiter
 from .pacing import AdaptiveLimiter
-from .tokens import TokenEstimator, plan_batches, raw_estimate
+from .tokens import TokenEstimator, next_batch, plan_batches, raw_estimate
 from .wire import DTYPES, build_body, decode_response, error_for_status, row_width
 
 __all__ = ["JinaClient", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "KeyPool",
@@ -193,11 +193,31 @@ class JinaClient:
         budget = self.settings.max_tokens_per_request
         return min(budget, self.spec.max_tokens) if lc else budget
 
-    def plan_batches(self, texts: Sequence[str]) -> list[list[int]]:
+    def text_estimate(self, *, truncate: bool = False):
+        """The calibrated per-text estimate (a function of one text) as of now; under ``truncate`` never above
+        the model's token cap, which is what the server bills an input it cuts."""
+        ratio, cap = self.estimator.ratio, (self.spec.max_tokens if truncate else None)
+        return (lambda t: min(raw_estimate(t) * ratio, cap)) if cap else (lambda t: raw_estimate(t) * ratio)
+
+    def plan_batches(self, texts: Sequence[str], *, truncate: bool = False) -> list[list[int]]:
         """:func:`~jinabatch.jina.tokens.plan_batches` with this client's caps and calibrated estimate."""
-        ratio = self.estimator.ratio
         return plan_batches(texts, max_inputs=self.max_inputs, max_tokens=self.max_tokens(),
-                            estimate=lambda t: raw_estimate(t) * ratio)
+                            estimate=self.text_estimate(truncate=truncate))
+
+    def _estimate(self, texts: list[str], truncate: bool, late_chunking: bool) -> tuple[int, float | None]:
+        """(tokens to reserve for one request, raw estimate to calibrate with — None when an input is capped).
+
+        Under ``truncate`` the server bills an input (or a late-chunking request, all inputs being one sequence)
+        at most the model's cap: the estimate is capped there, and such a request teaches nothing about the
+        ratio, since the server billed the cap, not the text."""
+        raw, ratio, cap = self.estimator.raw(texts), self.estimator.ratio, self.spec.max_tokens
+        if not truncate:
+            return max(1, round(raw * ratio)), raw
+        if late_chunking:
+            return max(1, round(min(raw * ratio, cap))), raw if raw * ratio <= cap else None
+        per = [raw_estimate(t) * ratio for t in texts]
+        capped = any(p > cap for p in per)
+        return max(1, round(sum(min(p, cap) for p in per))), None if capped else raw
 
     # -- requests --------------------------------------------------------------------------------
     def _task(self, task: str | None) -> str | None:
@@ -234,12 +254,11 @@ class JinaClient:
         if not texts:
             width = row_width(s.embedding_type, self._dim or 0)
             return BatchResult(np.empty((0, width), DTYPES[s.embedding_type]), 0, 0, 0)
+        late = s.late_chunking if late_chunking is None else late_chunking
         body = build_body(self.spec, texts, embedding_type=s.embedding_type,
                           task=self._task(s.task if task is ... else task), dimensions=s.dimensions,
-                          late_chunking=s.late_chunking if late_chunking is None else late_chunking,
-                          normalized=s.normalized, truncate=truncate)
-        raw = self.estimator.raw(texts)
-        estimated = max(1, round(raw * self.estimator.ratio))
+                          late_chunking=late, normalized=s.normalized, truncate=truncate)
+        estimated, raw = self._estimate(texts, truncate, late)
         attempts, faults, limited, split = 0, 0, 0, False
 
         def retry_hook(exc: Exception) -> bool | float:
@@ -275,7 +294,7 @@ class JinaClient:
                        f"attempts ({limited} answered 429)")
             log.warning("giving up on a batch of %d inputs after %d attempts: %s", len(texts), attempts, e)
             raise RetriesExhausted(f"{why}; last error: {type(e).__name__}: {e}", attempts=attempts, last=e) from None
-        if used is not None:
+        if used is not None and raw is not None:
             self.estimator.observe(raw, used)
         self._batches += 1
         return BatchResult(vectors, used if used is not None else estimated, estimated, attempts)
@@ -352,13 +371,9 @@ class JinaClient:
                 return redo.pop()
             if cursor >= n:
                 return None
-            budget, ratio, start, tokens = self._request_tokens(), self.estimator.ratio, cursor, 0.0
-            while cursor < n and cursor - start < self.max_inputs:
-                t = raw_estimate(texts[cursor]) * ratio
-                if cursor > start and tokens + t > budget:
-                    break
-                tokens += t
-                cursor += 1
+            start = cursor
+            cursor = next_batch(texts, start, max_inputs=self.max_inputs, max_tokens=self._request_tokens(),
+                                estimate=self.text_estimate(truncate=truncate))
             return start, cursor
 
         async def run(start: int, stop: int) -> None:
