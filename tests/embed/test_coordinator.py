@@ -1,5 +1,6 @@
-"""The coordinator grants each key's budget to whichever shard tasks ask, splits concurrency among the tasks
-that have requests waiting, spreads tasks over a pool of keys and keeps every attempt's spend (fake clock)."""
+"""The coordinator grants each key's budget to the requests of whichever shard tasks ask, first come first
+served, splits concurrency among the tasks that have requests waiting, spreads tasks over a pool of keys and
+keeps every attempt's spend (fake clock). The grant rules themselves: tests/embed/test_grants.py."""
 import pytest
 
 from jinabatch.config import parse_config
@@ -24,17 +25,24 @@ def coordinator(**kw) -> tuple[Coordinator, Clock]:
     return Coordinator(**args, clock=clock), clock
 
 
+def asks(first: int, n: int, tokens: float) -> list[tuple[int, float]]:
+    return [(first + i, tokens) for i in range(n)]
+
+
+def tokens(reply: dict) -> float:
+    return sum(t for _, t in reply["granted"])
+
+
 def test_the_budget_starts_with_the_first_request_only_and_accrues_at_the_keys_rate():
-    """No burst at the start: nothing piles up before the first request asks; it gets one request's worth
-    (here 4 requests of 2,500 tokens wait: one of them), then 10,000 tokens a second (600k TPM)."""
+    """No burst at the start: nothing piles up before the first request asks; it goes, then 10,000 tokens a
+    second (600k TPM) go, paid for as they go."""
     c, clock = coordinator()
     c.register(0)
     clock.t += 30  # tasks starting up: no budget piles up meanwhile
-    first = c.poll(0, ZERO, 4, 10_000, waiting=4)
-    assert (first["requests"], first["tokens"]) == (1, 2_500)
+    first = c.poll(0, ZERO, asks(0, 4, 2_500), waiting=4)
+    assert [t for _, t in first["granted"]] == [2_500]
     clock.t += 0.5
-    g = c.poll(0, ZERO, 100, 50_000, waiting=1)
-    assert g["tokens"] == pytest.approx(5_000) and g["requests"] == pytest.approx(5)
+    assert tokens(c.poll(0, ZERO, asks(1, 3, 2_500), waiting=3)) == pytest.approx(5_000)
 
 
 def test_grants_never_exceed_the_keys_rate_however_many_tasks_ask():
@@ -42,12 +50,12 @@ def test_grants_never_exceed_the_keys_rate_however_many_tasks_ask():
     for s in range(4):
         c.register(s)
     granted = 0.0
-    for _ in range(100):  # 10 s of four tasks asking for more than there is (5 requests of 3,000 tokens each)
+    for step in range(100):  # 10 s of four tasks asking for more than there is (5 requests of 3,000 tokens each)
         clock.t += 0.1
         for s in range(4):
-            granted += c.poll(s, ZERO, 5, 15_000, waiting=5)["tokens"]
+            granted += tokens(c.poll(s, ZERO, asks(step * 10, 5, 3_000), waiting=5))
     assert granted <= 10_000 * 10.0 + 3_000 + 1e-6  # the rate, plus the first request
-    assert granted >= 10_000 * 9.9  # and what there is goes out
+    assert granted >= 10_000 * 9.8  # and what there is goes out
 
 
 def test_a_task_that_stops_asking_leaves_the_whole_rate_to_the_others():
@@ -55,23 +63,33 @@ def test_a_task_that_stops_asking_leaves_the_whole_rate_to_the_others():
     c, clock = coordinator(workers=2)
     c.register(0)
     c.register(1)
-    c.poll(0, ZERO, 1, 1, waiting=1)  # the budget starts
-    got = 0.0
-    for _ in range(10):
+    got = tokens(c.poll(0, ZERO, asks(0, 1, 1), waiting=1))  # the budget starts
+    for step in range(10):
         clock.t += 0.1
-        got += c.poll(0, ZERO, 100, 1e9, waiting=3)["tokens"]  # task 1 asks for nothing
-    assert got == pytest.approx(10_000, rel=0.01)
+        got += tokens(c.poll(0, ZERO, asks(10 + step * 10, 3, 2_000), waiting=3))  # task 1 asks for nothing
+    assert got == pytest.approx(10_000, rel=0.06)
 
 
 def test_what_a_task_leaves_unspent_goes_back_to_its_key():
     c, clock = coordinator()
     c.register(0)
-    c.poll(0, ZERO, 1, 1, waiting=1)
+    c.poll(0, ZERO, asks(0, 1, 1), waiting=1)
     clock.t += 1.0
-    c.poll(0, ZERO, 10, 10_000, waiting=1)
-    c.unregister(0, ZERO, (3.0, 4000.0))  # granted but never sent
-    c.register(1)
-    assert c.poll(1, ZERO, 10, 1e9, waiting=1)["tokens"] == pytest.approx(4000)
+    c.poll(0, ZERO, asks(1, 1, 4_000), waiting=1)  # granted, never sent
+    kb = c.keys[0]
+    level = kb.tokens.refill()
+    c.unregister(0, ZERO, 4_000.0)
+    assert kb.tokens.refill() == pytest.approx(level + 4_000)
+
+
+def test_what_the_server_billed_beyond_the_estimates_delays_the_next_grants():
+    c, clock = coordinator()
+    c.register(0)
+    c.poll(0, ZERO, asks(0, 1, 5_000), waiting=1)  # 0.5 s of budget, paid in arrears
+    clock.t += 0.5
+    assert tokens(c.poll(0, ZERO, asks(1, 1, 100), settled=1_000, waiting=1)) == 0  # billed 1,000 more: 0.1 s more
+    clock.t += 0.1
+    assert tokens(c.poll(0, ZERO, asks(1, 1, 100), waiting=1)) == 100
 
 
 def test_concurrency_is_split_among_tasks_with_requests_waiting_and_grows_only_into_freed_slots():
@@ -89,17 +107,20 @@ def test_concurrency_is_split_among_tasks_with_requests_waiting_and_grows_only_i
     assert caps == [3, 2] and sum(caps) <= 5
 
 
-def test_a_429_pauses_the_whole_key_and_slows_it_down():
+def test_a_429_pauses_the_whole_key_and_only_recurring_ones_slow_it_down():
     c, clock = coordinator()
     c.register(0)
     c.register(1)
-    c.poll(0, ZERO, 1, 1, waiting=1)
+    c.poll(0, ZERO, asks(0, 1, 1), waiting=1)
     clock.t += 1.0
-    r = c.poll(0, ZERO, 1, 1, waiting=1, new_429=1, retry_after=2.0)
-    assert r["pause"] == pytest.approx(2.0) and r["tokens"] == 0
-    assert c.poll(1, ZERO, 1, 1e9, waiting=1)["pause"] == pytest.approx(2.0)  # the other task hears it too
+    r = c.poll(0, ZERO, asks(1, 1, 1), waiting=1, refused=[500.0], retry_after=2.0)
+    assert r["pause"] == pytest.approx(2.0) and r["granted"] == []
+    assert c.poll(1, ZERO, asks(0, 1, 1e3), waiting=1)["pause"] == pytest.approx(2.0)  # the other task hears it
     kb = c.keys[0]
-    assert kb.factor == pytest.approx(0.7) and kb.tokens.rate == pytest.approx(10_000 * 0.7)
+    assert kb.factor == 1.0  # one refusal: the limits are right, the moment was not
+    clock.t += 3.0
+    c.poll(1, ZERO, asks(0, 1, 1e3), waiting=1, refused=[1000.0], retry_after=1.0)
+    assert kb.factor == pytest.approx(0.85) and kb.tokens.rate == pytest.approx(10_000 * 0.85)
 
 
 def test_a_retried_attempt_starts_its_rows_over_but_its_predecessors_spend_is_kept():
@@ -117,11 +138,13 @@ def test_tasks_spread_over_a_pool_of_keys_fewest_running_first_each_key_its_own_
     c.unregister(1, dict(ZERO, tokens=10))
     assert c.register(9, keys=2)["key"] == 1  # key 1 had one task running, key 0 two
     for s in (0, 9):
-        c.poll(s, ZERO, 1, 1, waiting=1)
-    clock.t += 1.0
-    g0 = c.poll(0, ZERO, 1, 1e9, waiting=1)["tokens"]
-    g1 = c.poll(9, ZERO, 1, 1e9, waiting=1)["tokens"]
-    assert g0 == pytest.approx(10_000) and g1 == pytest.approx(10_000)  # each key has its full TPM
+        c.poll(s, ZERO, asks(0, 1, 1), waiting=1)
+    got = {0: 0.0, 9: 0.0}
+    for step in range(10):
+        clock.t += 0.1
+        for s in (0, 9):
+            got[s] += tokens(c.poll(s, ZERO, asks(10 + 10 * step, 4, 2_000), waiting=4))
+    assert got[0] == pytest.approx(10_000, rel=0.06) and got[9] == pytest.approx(10_000, rel=0.06)  # each its TPM
 
 
 def test_totals_add_up_over_keys_and_name_keys_by_index_only():
@@ -141,8 +164,11 @@ def test_key_budget_recovers_after_a_cut():
     clock = Clock()
     kb = KeyBudget(600, 600_000, 4, 1.0, clock=clock)
     kb.rate_limited(1.0)
-    clock.t += 1.0 + 6.0  # pause, then 6 quiet seconds at +5% a second
-    kb.grant(0, 1)
+    clock.t += 2.0
+    kb.rate_limited(1.0)  # recurring: cut
+    assert kb.factor < 1.0
+    clock.t += 1.0 + 10.0  # pause, then 10 quiet seconds at +2% a second
+    kb.grant()
     assert kb.factor == pytest.approx(1.0)
 
 

@@ -6,9 +6,10 @@ coordinator grants, report counters back.
 arrive as an object-store value (``ray.put`` in the driver: one key or the pool's list), never as a task
 argument; the coordinator says which one this task uses (by index), and it is wrapped in ``Secret`` at once.
 
-A *pump* coroutine runs beside the shard: while requests wait it polls the coordinator about ten times a
-second with what they lack (``WorkerLimiter.demand``) and hands the grant, the concurrency cap and any
-key-wide pause to the limiter; while nothing waits it only reports progress, four times a second.
+A *pump* coroutine runs beside the shard: while requests wait for a grant it polls the coordinator about ten
+times a second with the requests a free slot would let start (``GrantedLimiter.asks``), what the server billed
+beyond or below the estimates and the 429s, and hands the grants, the concurrency cap and any key-wide pause
+to the limiter; while nothing waits it only reports progress, four times a second.
 """
 from __future__ import annotations
 
@@ -21,9 +22,8 @@ import pyarrow as pa
 
 from ..config import Config
 from ..errors import JinaBatchError
-from ..jina.limits import Share, WorkerLimiter
 from ..storage import Storage
-from .coordinator import BURST_SECONDS
+from .grants import BURST_SECONDS, GrantedLimiter
 from .plan import Shard
 from .worker import ShardResult, process_shard
 
@@ -57,8 +57,7 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
     seat = await coordinator.register.remote(shard.index, len(keys))
     budget = request_token_budget(config, len(keys))
     need = asyncio.Event()
-    limiter = WorkerLimiter(Share(config.limits.rpm, config.limits.tpm, seat["concurrency"]), fed=True,
-                            max_request_tokens=budget, on_need=need.set)
+    limiter = GrantedLimiter(seat["concurrency"], max_request_tokens=budget, on_need=need.set)
     i, envs = seat["key"], config.jina.api_key_envs
     key = Secret(keys[i], name=envs[i] if len(envs) == len(keys) else None, label=f"key{i}")  # names its variable
     client = JinaClient(config.jina, api_key=key, base_url=base_url, limiter=limiter, max_tokens_per_request=budget)
@@ -69,18 +68,16 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
         rows += n
 
     async def pump() -> None:
-        seen_429 = 0
         while True:
             need.clear()
-            want = limiter.demand()
-            new_429, seen_429 = limiter.rate_limited - seen_429, limiter.rate_limited
-            reply = await coordinator.poll.remote(shard.index, _counters(rows, client), *want, limiter.in_flight,
-                                                  limiter.waiting, new_429, limiter.last_retry_after)
+            reply = await coordinator.poll.remote(shard.index, _counters(rows, client), limiter.asks(),
+                                                  limiter.take_settlement(), limiter.in_flight, limiter.waiting,
+                                                  limiter.take_refusals(), limiter.last_retry_after)
             limiter.set_concurrency(reply["concurrency"])
             limiter.pause(reply["pause"])
-            limiter.grant(reply["requests"], reply["tokens"])
-            await asyncio.sleep(0)  # let the requests that can go now take their budget first
-            if limiter.waiting and (any(limiter.demand()) or limiter.in_flight >= limiter.share.concurrency):
+            limiter.grant(reply["granted"])
+            await asyncio.sleep(0)  # let the granted requests go first
+            if limiter.asks():  # requests that could start are waiting for a grant
                 await asyncio.sleep(POLL_BUSY)
             else:
                 try:
@@ -105,7 +102,7 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
     finally:
         for t in (pumping, working):
             t.cancel()
-        await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.take_levels())
+        await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.unspent())
         await client.aclose()
 
 

@@ -11,7 +11,7 @@ Every HTTP attempt, retries included, passes through a :class:`Limiter` (acquire
 the tokens the server actually billed and what a 429 said), so the limiter sees the real traffic. Without
 one the client paces itself with an :class:`~jinabatch.jina.pacing.AdaptiveLimiter` (learns the key's rates
 from usage and 429s; a 429 pauses the whole client); ``rpm=`` / ``tpm=`` give it a
-:class:`~jinabatch.jina.limits.WorkerLimiter` at those rates instead — the job's limiter. :meth:`JinaClient.embed`
+:class:`~jinabatch.jina.limits.WorkerLimiter` at those rates instead. :meth:`JinaClient.embed`
 cuts texts into requests of the limiter's current size as it goes, runs them concurrently, and splits a
 request a 429 refused when it is bigger than the budget learnt since.
 
