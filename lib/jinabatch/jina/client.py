@@ -126,6 +126,9 @@ class JinaClient:
             raise ConfigError(f"jina.base_url must be an http(s) URL ending in /v1; got {url!r}")
         self.base_url = url
         self._key = resolve_api_key(api_key, settings.api_key_env)
+        # a pool: the limiter may send a request with any of its keys (a permit naming it); the first is the default
+        self._pool: list[Secret] = list(api_key) if isinstance(api_key, KeyPool) else [self._key]
+        self._auths = [_BearerAuth(k) for k in self._pool]
         self._key_env = self._key.name or (settings.api_key_env if isinstance(settings.api_key_env, str)
                                            else settings.api_key_env[0])
         for name, v in (("rpm", rpm), ("tpm", tpm)):
@@ -303,14 +306,17 @@ class JinaClient:
         s = self.settings
         used: int | None = None
         rate_limited, retry_after, limit = False, None, None
-        await self.limiter.acquire(estimated)
+        permit = await self.limiter.acquire(estimated)
+        slot = getattr(permit, "key", None)
+        key = self._pool[slot] if slot is not None and slot < len(self._pool) else self._key
         try:
             self._requests += 1
             log.debug("POST %s/embeddings model=%s inputs=%d est_tokens=%d attempt=%d",
                       self.base_url, self.spec.name, n, estimated, attempt)
             t0 = time.perf_counter()
             try:
-                resp = await self._http.post(f"{self.base_url}/embeddings", json=body)
+                resp = await self._http.post(f"{self.base_url}/embeddings", json=body,
+                                             auth=self._auths[slot] if key is not self._key else httpx.USE_CLIENT_DEFAULT)
             except httpx.UnsupportedProtocol as e:
                 raise ConfigError(f"jina.base_url {self.base_url!r}: {e}") from None
             except httpx.TransportError as e:
@@ -319,7 +325,7 @@ class JinaClient:
                                      f"jina.read_timeout={s.read_timeout:g}s)") from None
             if resp.status_code >= 300:
                 err = error_for_status(resp.status_code, self._scrub_bytes(resp.content), resp.headers,
-                                       model=self.spec.name, key_env=self._key_env)
+                                       model=self.spec.name, key_env=key.name or self._key_env)
                 if isinstance(err, RateLimited):
                     self._429 += 1
                     rate_limited, retry_after, limit = True, err.retry_after, err.limit
@@ -338,18 +344,24 @@ class JinaClient:
             log.log(level, "attempt %d of a batch of %d inputs failed: %s: %s", attempt, n, type(e).__name__, e)
             raise
         finally:
+            extra = {"permit": permit} if permit is not None else {}  # limiters of our own take none
             if rate_limited:
-                self.limiter.release(estimated, used, rate_limited=True, retry_after=retry_after, limit=limit)
+                self.limiter.release(estimated, used, rate_limited=True, retry_after=retry_after, limit=limit,
+                                     **extra)
             else:
-                self.limiter.release(estimated, used)
+                self.limiter.release(estimated, used, **extra)
 
     def _scrub(self, text: str) -> str:
-        key = self._key.get()
-        return text.replace(key, "***") if key and key in text else text
+        for k in self._pool:
+            if k.get() and k.get() in text:
+                text = text.replace(k.get(), "***")
+        return text
 
     def _scrub_bytes(self, content: bytes) -> bytes:
-        key = self._key.get().encode()
-        return content.replace(key, b"***") if key in content else content
+        for k in self._pool:
+            if k.get() and k.get().encode() in content:
+                content = content.replace(k.get().encode(), b"***")
+        return content
 
     async def embed(self, texts: Sequence[str], *, task: str | None = ..., truncate: bool = False) -> np.ndarray:  # type: ignore[assignment]
         """Embed any number of texts, returned in input order.

@@ -34,13 +34,15 @@ UNLIMITED = 1e12  # a rate or capacity no real limit reaches (finite, so arithme
 
 @runtime_checkable
 class Limiter(Protocol):
-    """Admission control for each HTTP attempt (``WorkerLimiter``, ``AdaptiveLimiter``)."""
+    """Admission control for each HTTP attempt (``WorkerLimiter``, ``AdaptiveLimiter``, the embed job's
+    ``GrantedLimiter``)."""
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait for 1 request + ``tokens`` of budget + a concurrency slot."""
+    async def acquire(self, tokens: int) -> object | None:
+        """Wait for 1 request + ``tokens`` of budget + a concurrency slot. May return a permit, which ``release``
+        gets back; a permit with a ``key`` attribute names the key of the client's pool to send with."""
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
+                retry_after: float | None = None, limit: str | None = None, permit: object | None = None) -> None:
         """Free the slot, settle tokens (debit the difference), hear about a 429 (its Retry-After and
         the limit its message named: "rpm", "tpm", "concurrency" or None)."""
 
@@ -52,7 +54,7 @@ class NoLimiter:
         return None
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
+                retry_after: float | None = None, limit: str | None = None, permit: object | None = None) -> None:
         return None
 
     def __repr__(self) -> str:
@@ -297,7 +299,7 @@ class WorkerLimiter:
                 self._notify()
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
+                retry_after: float | None = None, limit: str | None = None, permit: object | None = None) -> None:
         """Free the slot; settle tokens with the server's count; after a 429 pause (and slow down if they recur)."""
         self.in_flight = max(0, self.in_flight - 1)
         if tokens_used is not None:

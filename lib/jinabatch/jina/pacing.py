@@ -76,7 +76,7 @@ class AdaptiveLimiter(WorkerLimiter):
         self._flying[tokens].append(self._clock())
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
+                retry_after: float | None = None, limit: str | None = None, permit: object | None = None) -> None:
         now = self._clock()
         in_flight = self.in_flight
         sent = self._flying[tokens_estimated].popleft() if self._flying.get(tokens_estimated) else now
