@@ -116,11 +116,6 @@ class JinaSettings(_Section):
             raise ValueError(f"a variable is named twice in {list(names)}: each key of a pool needs its own variable")
         return names
 
-    @property
-    def api_key_envs(self) -> tuple[str, ...]:
-        """The same as ``api_key_env`` (the pool's variables in order)."""
-        return self.api_key_env
-
     @model_validator(mode="after")
     def _fits_model(self) -> "JinaSettings":
         try:

@@ -73,7 +73,7 @@ def serve_stand_in(argv: list[str] | None = None) -> int:
     """``jinabatch serve``: the bundled server in the foreground with its own flags (``argv``); the exit code."""
     from .local_api.server import main
 
-    return main(argv)
+    return main(argv, prog="jinabatch serve")
 
 
 @contextlib.contextmanager

@@ -1,5 +1,7 @@
-"""The coordinator grants each key's budget to whichever shard tasks ask, splits concurrency among the tasks
-that have requests waiting, spreads tasks over a pool of keys and keeps every attempt's spend (fake clock)."""
+"""The coordinator grants the keys' budget to the requests of whichever shard tasks ask, first come first
+served, on any key of the pool, never more in flight on a key than its limit; it spreads tasks over the keys and
+keeps every attempt's spend, per key by where each request went (fake clock). The grant rules themselves:
+tests/embed/test_grants.py."""
 import pytest
 
 from jinabatch.config import parse_config
@@ -24,17 +26,29 @@ def coordinator(**kw) -> tuple[Coordinator, Clock]:
     return Coordinator(**args, clock=clock), clock
 
 
+def asks(first: int, n: int, tokens: float) -> list[tuple[int, float]]:
+    return [(first + i, tokens) for i in range(n)]
+
+
+def tokens(reply: dict) -> float:
+    return sum(t for _, t, _ in reply["granted"])
+
+
+def done(*counts: int) -> dict[int, int]:
+    """Cumulative finished requests per key (a growing count: everything answered, slots are not the point)."""
+    return {k: n for k, n in enumerate(counts)}
+
+
 def test_the_budget_starts_with_the_first_request_only_and_accrues_at_the_keys_rate():
-    """No burst at the start: nothing piles up before the first request asks; it gets one request's worth
-    (here 4 requests of 2,500 tokens wait: one of them), then 10,000 tokens a second (600k TPM)."""
+    """No burst at the start: nothing piles up before the first request asks; it goes, then 10,000 tokens a
+    second (600k TPM) go, paid for as they go."""
     c, clock = coordinator()
     c.register(0)
     clock.t += 30  # tasks starting up: no budget piles up meanwhile
-    first = c.poll(0, ZERO, 4, 10_000, waiting=4)
-    assert (first["requests"], first["tokens"]) == (1, 2_500)
+    first = c.poll(0, ZERO, asks(0, 4, 2_500))
+    assert [t for _, t, _ in first["granted"]] == [2_500]
     clock.t += 0.5
-    g = c.poll(0, ZERO, 100, 50_000, waiting=1)
-    assert g["tokens"] == pytest.approx(5_000) and g["requests"] == pytest.approx(5)
+    assert tokens(c.poll(0, ZERO, asks(1, 3, 2_500))) == pytest.approx(5_000)
 
 
 def test_grants_never_exceed_the_keys_rate_however_many_tasks_ask():
@@ -42,12 +56,12 @@ def test_grants_never_exceed_the_keys_rate_however_many_tasks_ask():
     for s in range(4):
         c.register(s)
     granted = 0.0
-    for _ in range(100):  # 10 s of four tasks asking for more than there is (5 requests of 3,000 tokens each)
+    for step in range(100):  # 10 s of four tasks asking for more than there is (5 requests of 3,000 tokens each)
         clock.t += 0.1
         for s in range(4):
-            granted += c.poll(s, ZERO, 5, 15_000, waiting=5)["tokens"]
+            granted += tokens(c.poll(s, ZERO, asks(step * 10, 5, 3_000), done=done(100 * step)))
     assert granted <= 10_000 * 10.0 + 3_000 + 1e-6  # the rate, plus the first request
-    assert granted >= 10_000 * 9.9  # and what there is goes out
+    assert granted >= 10_000 * 9.8  # and what there is goes out
 
 
 def test_a_task_that_stops_asking_leaves_the_whole_rate_to_the_others():
@@ -55,51 +69,90 @@ def test_a_task_that_stops_asking_leaves_the_whole_rate_to_the_others():
     c, clock = coordinator(workers=2)
     c.register(0)
     c.register(1)
-    c.poll(0, ZERO, 1, 1, waiting=1)  # the budget starts
-    got = 0.0
-    for _ in range(10):
+    got = tokens(c.poll(0, ZERO, asks(0, 1, 1)))  # the budget starts
+    for step in range(10):
         clock.t += 0.1
-        got += c.poll(0, ZERO, 100, 1e9, waiting=3)["tokens"]  # task 1 asks for nothing
-    assert got == pytest.approx(10_000, rel=0.01)
+        got += tokens(c.poll(0, ZERO, asks(10 + step * 10, 3, 2_000), done=done(100 * step)))  # 1 asks nothing
+    assert got == pytest.approx(10_000, rel=0.06)
 
 
 def test_what_a_task_leaves_unspent_goes_back_to_its_key():
     c, clock = coordinator()
     c.register(0)
-    c.poll(0, ZERO, 1, 1, waiting=1)
+    c.poll(0, ZERO, asks(0, 1, 1))
     clock.t += 1.0
-    c.poll(0, ZERO, 10, 10_000, waiting=1)
-    c.unregister(0, ZERO, (3.0, 4000.0))  # granted but never sent
+    c.poll(0, ZERO, asks(1, 1, 4_000))  # granted, never sent
+    kb = c.keys[0]
+    level = kb.tokens.refill()
+    c.unregister(0, ZERO, settled={0: -4_000.0}, done=done(2))
+    assert kb.tokens.refill() == pytest.approx(level + 4_000) and kb.in_flight == 0
+
+
+def test_what_the_server_billed_beyond_the_estimates_delays_the_next_grants():
+    c, clock = coordinator()
+    c.register(0)
+    c.poll(0, ZERO, asks(0, 1, 5_000))  # 0.5 s of budget, paid in arrears
+    clock.t += 0.5
+    assert tokens(c.poll(0, ZERO, asks(1, 1, 100), settled={0: 1_000})) == 0  # billed 1,000 more
+    clock.t += 0.1
+    assert tokens(c.poll(0, ZERO, asks(1, 1, 100))) == 100
+
+
+def test_a_key_never_has_more_requests_in_flight_than_its_limit_whichever_tasks_ask():
+    c, clock = coordinator(concurrency=5, workers=2)
+    c.register(0)
     c.register(1)
-    assert c.poll(1, ZERO, 10, 1e9, waiting=1)["tokens"] == pytest.approx(4000)
+    got = [0, 0]
+    for step in range(20):  # plenty of budget: only the slots bind
+        clock.t += 0.5
+        for s in (0, 1):
+            got[s] += len(c.poll(s, ZERO, asks(step * 10, 4, 10), done=done(0))["granted"])
+    assert sum(got) == 5 and c.keys[0].in_flight == 5
+    c.poll(0, ZERO, asks(500, 4, 10), done=done(got[0]))  # task 0's requests all answered
+    assert c.keys[0].in_flight == 5 - got[0] + min(got[0], 4)
 
 
-def test_concurrency_is_split_among_tasks_with_requests_waiting_and_grows_only_into_freed_slots():
-    c, _ = coordinator(concurrency=5, workers=2)
-    assert c.register(0)["concurrency"] == 5  # alone: every slot
-    c.poll(0, ZERO, in_flight=5, waiting=10)
-    assert c.register(1)["concurrency"] == 0  # all slots are held by task 0 for now
-    assert c.poll(1, ZERO, in_flight=0, waiting=4)["concurrency"] == 0
-    assert c.poll(0, ZERO, in_flight=5, waiting=10)["concurrency"] == 3  # its part of five: 3 + 2
-    assert c.poll(1, ZERO, in_flight=0, waiting=4)["concurrency"] == 0  # task 0 still has 5 in flight
-    c.poll(0, ZERO, in_flight=3, waiting=10)
-    assert c.poll(1, ZERO, in_flight=0, waiting=4)["concurrency"] == 2
-    c.poll(1, ZERO, in_flight=2, waiting=0)  # nothing waiting: task 1 keeps what is in flight only
-    caps = [c.poll(s, ZERO, in_flight=f, waiting=w)["concurrency"] for s, f, w in ((0, 3, 10), (1, 2, 0))]
-    assert caps == [3, 2] and sum(caps) <= 5
+def test_a_task_that_ends_frees_the_slots_of_requests_it_never_reported():
+    c, clock = coordinator(concurrency=2, workers=2)
+    c.register(0)
+    c.poll(0, ZERO, asks(0, 1, 10))
+    clock.t += 1
+    c.poll(0, ZERO, asks(1, 1, 10))
+    assert c.keys[0].in_flight == 2
+    c.unregister(0, ZERO)  # its worker stopped short of reporting
+    assert c.keys[0].in_flight == 0
 
 
-def test_a_429_pauses_the_whole_key_and_slows_it_down():
+def test_the_tail_of_a_pool_run_one_shard_left_gets_every_key():
+    c, clock = coordinator(workers=2, keys=2)
+    assert c.register(0, keys=2)["key"] == 0
+    got = {0: 0.0, 1: 0.0}
+    for step in range(10):
+        clock.t += 0.1
+        for _, t, key in c.poll(0, ZERO, asks(step * 10, 6, 2_000), done=done(100 * step, 100 * step))["granted"]:
+            got[key] += t
+    assert got[0] == pytest.approx(10_000, rel=0.25) and got[1] == pytest.approx(10_000, rel=0.25)
+    assert c.totals()["keys"]["key1"]["tokens"] == 0  # until the task reports what its requests there cost
+    c.poll(0, ZERO, by_key={0: {"tokens": 9_000, "requests": 5, "http_429": 0},
+                            1: {"tokens": 8_000, "requests": 4, "http_429": 1}})
+    t = c.totals()
+    assert (t["keys"]["key1"]["tokens"], t["keys"]["key1"]["http_429"], t["tokens"]) == (8_000, 1, 17_000)
+
+
+def test_a_429_pauses_the_whole_key_and_only_recurring_ones_slow_it_down():
     c, clock = coordinator()
     c.register(0)
     c.register(1)
-    c.poll(0, ZERO, 1, 1, waiting=1)
+    c.poll(0, ZERO, asks(0, 1, 1))
     clock.t += 1.0
-    r = c.poll(0, ZERO, 1, 1, waiting=1, new_429=1, retry_after=2.0)
-    assert r["pause"] == pytest.approx(2.0) and r["tokens"] == 0
-    assert c.poll(1, ZERO, 1, 1e9, waiting=1)["pause"] == pytest.approx(2.0)  # the other task hears it too
+    r = c.poll(0, ZERO, asks(1, 1, 1), refused=[(500.0, 0)], retry_after=2.0)
+    assert r["pause"] == {0: pytest.approx(2.0)} and r["granted"] == []
+    assert c.poll(1, ZERO, asks(0, 1, 1e3))["pause"] == {0: pytest.approx(2.0)}  # the other task too
     kb = c.keys[0]
-    assert kb.factor == pytest.approx(0.7) and kb.tokens.rate == pytest.approx(10_000 * 0.7)
+    assert kb.factor == 1.0  # one refusal: the limits are right, the moment was not
+    clock.t += 3.0
+    c.poll(1, ZERO, asks(0, 1, 1e3), refused=[(1000.0, 0)], retry_after=1.0)
+    assert kb.factor == pytest.approx(0.85) and kb.tokens.rate == pytest.approx(10_000 * 0.85)
 
 
 def test_a_retried_attempt_starts_its_rows_over_but_its_predecessors_spend_is_kept():
@@ -117,11 +170,15 @@ def test_tasks_spread_over_a_pool_of_keys_fewest_running_first_each_key_its_own_
     c.unregister(1, dict(ZERO, tokens=10))
     assert c.register(9, keys=2)["key"] == 1  # key 1 had one task running, key 0 two
     for s in (0, 9):
-        c.poll(s, ZERO, 1, 1, waiting=1)
-    clock.t += 1.0
-    g0 = c.poll(0, ZERO, 1, 1e9, waiting=1)["tokens"]
-    g1 = c.poll(9, ZERO, 1, 1e9, waiting=1)["tokens"]
-    assert g0 == pytest.approx(10_000) and g1 == pytest.approx(10_000)  # each key has its full TPM
+        c.poll(s, ZERO, asks(0, 1, 1))
+    got = {0: 0.0, 1: 0.0}
+    for step in range(10):
+        clock.t += 0.1
+        for s in (0, 9):
+            reply = c.poll(s, ZERO, asks(10 + 10 * step, 4, 2_000), done=done(100 * step, 100 * step))
+            for _, t, key in reply["granted"]:
+                got[key] += t
+    assert got[0] == pytest.approx(10_000, rel=0.06) and got[1] == pytest.approx(10_000, rel=0.06)  # each its TPM
 
 
 def test_totals_add_up_over_keys_and_name_keys_by_index_only():
@@ -141,8 +198,11 @@ def test_key_budget_recovers_after_a_cut():
     clock = Clock()
     kb = KeyBudget(600, 600_000, 4, 1.0, clock=clock)
     kb.rate_limited(1.0)
-    clock.t += 1.0 + 6.0  # pause, then 6 quiet seconds at +5% a second
-    kb.grant(0, 1)
+    clock.t += 2.0
+    kb.rate_limited(1.0)  # recurring: cut
+    assert kb.factor < 1.0
+    clock.t += 1.0 + 10.0  # pause, then 10 quiet seconds at +2% a second
+    kb.update()
     assert kb.factor == pytest.approx(1.0)
 
 
@@ -153,22 +213,3 @@ def test_request_size_follows_the_limits():
     assert request_token_budget(tight) == 512  # never below 512 tokens a request
 
 
-def test_a_task_with_nothing_waiting_holds_only_its_requests_in_flight():
-    """A task writing its shard (nothing waiting, nothing in flight) keeps no slot, poll after poll."""
-    c, _ = coordinator(concurrency=4, workers=2)
-    c.register(0)
-    c.register(1)
-    for _ in range(3):
-        assert c.poll(0, ZERO, in_flight=0, waiting=0)["concurrency"] == 0
-    assert c.poll(1, ZERO, in_flight=0, waiting=6)["concurrency"] == 4
-
-
-def test_a_task_that_went_silent_frees_its_slots():
-    """Its worker died and Ray gave up on the shard: after 30 s without a poll its slots go to the others."""
-    c, clock = coordinator(concurrency=4, workers=2)
-    c.register(0)
-    c.poll(0, ZERO, in_flight=4, waiting=3)
-    c.register(1)
-    assert c.poll(1, ZERO, in_flight=0, waiting=3)["concurrency"] == 0
-    clock.t += 31
-    assert c.poll(1, ZERO, in_flight=0, waiting=3)["concurrency"] == 4

@@ -331,3 +331,26 @@ def test_key_never_reaches_logs_messages_or_reprs(srv, caplog):
     assert any("jinabatch.jina" == r.name for r in caplog.records)
     assert any(r.name.startswith(("httpx", "httpcore")) for r in caplog.records)
     assert KEY not in caplog.text and all(KEY not in t for t in texts)
+
+
+def test_a_row_past_the_cap_sent_with_truncate_reserves_the_cap_and_leaves_the_calibration_alone(srv):
+    """The server bills a truncated input at the model's cap (8,192) however long it is. The request must
+    reserve no more than that (a ~60,000-token reservation would hold the key's budget for seconds, then hand
+    the surplus back in one burst), and its bill must not pull the ratio down (which would under-estimate
+    every request after it)."""
+    limiter = TimedLimiter()
+    huge = "calibration " * 20_000  # ~60,000 tokens by bytes / 4; 40,000 by the server's count before the cap
+
+    async def go():
+        async with client(srv, limiter=limiter) as c:
+            await c.embed_batch(TEXTS[:6])
+            ratio = c.estimator.ratio
+            res = await c.embed_batch([huge], truncate=True)
+            return ratio, c.estimator.ratio, res
+
+    before, after, res = run(go())
+    assert res.tokens == 8192 and res.estimated_tokens == 8192
+    assert [a for e, _, a in limiter.events if e == "acquire"][-1] == 8192
+    assert after == before
+    np.testing.assert_array_equal(res.vectors[0], fakemodel.expected(V3, "retrieval.passage", 256,
+                                                                      fakemodel.truncate_text(huge, 8192)))

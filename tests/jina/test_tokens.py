@@ -61,3 +61,21 @@ def test_plan_of_nothing_is_empty_and_bad_caps_fail():
     assert plan_batches([], max_inputs=5, max_tokens=5) == []
     with pytest.raises(ValueError, match="max_inputs"):
         plan_batches(["a"], max_inputs=0, max_tokens=5)
+
+
+def test_an_input_sent_with_truncate_is_estimated_at_most_the_models_cap():
+    est = TokenEstimator(initial_ratio=1.0)
+    huge = "word " * 40_000  # ~50,000 tokens by bytes / 4
+    assert est.estimate_one(huge) > 40_000 and est.estimate_one(huge, cap=8192) == 8192
+    assert est.estimate(["tiny", huge], cap=8192) == est.estimate_one("tiny") + 8192
+
+
+def test_next_batch_takes_the_longest_run_within_both_caps_and_at_least_one_text():
+    texts = ["a"] * 3 + ["x" * 400] + ["b"] * 5  # raw estimates 2.25 ... 102 ...
+    est = lambda t: raw_estimate(t)  # noqa: E731
+    from jinabatch.jina.tokens import next_batch
+    assert next_batch(texts, 0, max_inputs=100, max_tokens=50, estimate=est) == 3  # the big one would overflow
+    assert next_batch(texts, 3, max_inputs=100, max_tokens=50, estimate=est) == 4  # alone, though over budget
+    assert next_batch(texts, 4, max_inputs=2, max_tokens=1e9, estimate=est) == 6  # the input cap
+    assert next_batch(texts, 9, max_inputs=2, max_tokens=1e9, estimate=est) == 9  # nothing left
+    assert plan_batches(texts, max_inputs=100, max_tokens=50, estimate=est) == [[0, 1, 2], [3], [4, 5, 6, 7, 8]]

@@ -156,3 +156,35 @@ def test_embedding_from_several_threads_matches_sequential_results():
     fm._VOCABS.pop("jina-clip-v2", None)
     for b, g in zip(batches, got):
         np.testing.assert_array_equal(g, fm.embed("jina-clip-v2", None, 64, b))
+
+
+# -- other counting rules: a server that disagrees with the client's estimate ---------------------
+def test_the_words_rule_counts_a_token_per_word_one_more_per_7_characters_marks_and_cjk_one_each():
+    t = fm.tokenizer("words")
+    assert t.count("") == 2
+    assert t.count("hello, extraordinary!") == 2 + 1 + 1 + 2 + 1  # 13 letters: 1 + 12 // 7
+    assert t.count("abcdefg abcdefgh") == 2 + 1 + 2
+    assert t.count("日本語のテキスト abc") == 2 + 8 + 1  # each CJK character is a token
+
+
+def test_token_scale_multiplies_every_count_rounding_up():
+    assert fm.tokenizer("fake", 1.1).count("a b c d e f g h") == 11  # 10 × 1.1
+    assert fm.tokenizer("words", 1.5).count("a") == 5  # 3 × 1.5 = 4.5 → 5
+
+
+@pytest.mark.parametrize("rule,scale", [("words", 1.0), ("words", 1.1), ("fake", 1.3)])
+@pytest.mark.parametrize("limit", [3, 7, 40, 200])
+def test_truncation_follows_the_rule_a_longest_prefix_within_the_limit(rule, scale, limit):
+    t = fm.tokenizer(rule, scale)
+    text = "Tokenization 分词 of marks, supercalifragilistic words; 日本語 and more!" * 5
+    out = t.truncate(text, limit)
+    assert text.startswith(out) and t.count(out) <= limit
+    if out != text:
+        assert t.count(text[: len(out) + 1]) > limit or text[len(out)].isspace()
+
+
+def test_an_unknown_rule_or_a_scale_of_zero_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="tokenizer: expected one of"):
+        fm.tokenizer("bpe")
+    with pytest.raises(ValueError, match="token_scale: must be > 0"):
+        fm.tokenizer("words", 0)

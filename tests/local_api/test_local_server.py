@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -385,3 +386,44 @@ def test_key_limiter_retry_after_is_the_longest_wait_rounded_up():
     refusal = lim.admit(3)
     assert refusal.retry_after == 2 and "tokens per minute" in refusal.reason
     assert lim.in_flight == 1
+
+
+# -- a server that disagrees with the client: its own token count, empty buckets, jitter -----------
+def test_usage_limits_and_truncation_follow_the_servers_tokenizer(make_jina_server, jina_key):
+    srv = make_jina_server(tokenizer="words", token_scale=1.1)
+    tok = fm.tokenizer("words", 1.1)
+    long_text = "extraordinarily " * 9000
+    r = post(srv, jina_key, {"model": V3, "input": ["one, two", long_text], "truncate": True, "dimensions": 32})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["total_tokens"] == tok.count("one, two") + 8192 != fm.count_tokens("one, two") + 8192
+    np.testing.assert_array_equal(vectors(r)[1], fm.expected(V3, None, 32, tok.truncate(long_text, 8192)))
+    assert srv.stats()["settings"]["tokenizer"] == "words"
+
+
+def test_buckets_can_start_empty(make_jina_server, jina_key):
+    srv = make_jina_server(rpm=60, bucket_start=0.0)  # one request a second, none banked
+    body = {"model": V3, "input": ["x"], "dimensions": 32}
+    r = post(srv, jina_key, body)
+    assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+    assert make_jina_server(rpm=60).stats()["settings"]["bucket_start"] == 1.0
+
+
+def test_arrival_jitter_delays_requests_before_the_limits_see_them(make_jina_server, jina_key):
+    srv = make_jina_server(arrival_jitter_ms=200, seed=4)
+    body = {"model": V3, "input": ["x"], "dimensions": 32}
+    t0 = time.monotonic()
+    for _ in range(5):
+        assert post(srv, jina_key, body).status_code == 200
+    delay = srv.stats()["arrival_delay_s"]  # five seeded draws of 0..200 ms
+    assert 0 < delay < 1.0 and time.monotonic() - t0 >= delay
+    assert make_jina_server().stats()["arrival_delay_s"] == 0
+
+
+def test_the_disagreeing_settings_are_checked_and_reach_a_server_process(make_jina_server, jina_key):
+    with pytest.raises(ValueError, match="bucket_start"):
+        make_jina_server(bucket_start=2.0)
+    with pytest.raises(ValueError, match="tokenizer"):
+        make_jina_server(tokenizer="bpe")
+    srv = make_jina_server(mode="process", tokenizer="words", token_scale=1.2, bucket_start=0.5, arrival_jitter_ms=5)
+    s = srv.stats()["settings"]
+    assert (s["tokenizer"], s["token_scale"], s["bucket_start"], s["arrival_jitter_ms"]) == ("words", 1.2, 0.5, 5.0)

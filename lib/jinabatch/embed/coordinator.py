@@ -1,120 +1,44 @@
-"""The coordinator: a Ray actor (``num_cpus=0``) that holds each key's budget and grants it to shard tasks.
+"""The coordinator: a Ray actor (``num_cpus=0``) that holds the keys' budget and grants it to shard tasks.
 
-Every key of the pool has one ``KeyBudget``: a request bucket and a token bucket refilling at the key's
-``[limits]`` × ``limits.target``, holding at most ``BURST_SECONDS`` of it, empty when the first request asks (so the job
-never starts with a burst above the key's rate). A shard task registers (and is given the key with the fewest
-running tasks), then polls about ten times a second while it has requests waiting: it says what they lack
-(``WorkerLimiter.demand``) and gets a grant from its key's buckets, its concurrency cap and any key-wide
-pause. Whatever the buckets hold goes to whoever asks, so a task that is starting, draining its last
-requests or writing its shard leaves its part of the budget to the others at once, and the last shards of a
-run get the whole key without waiting for the driver. A task that ends hands back what it did not spend.
-
-Concurrency is split among the tasks of a key that have requests waiting (integers adding up to the key's
-limit), and a task's cap only grows into slots the others are known to have let go (their last reported
-requests in flight or their last cap, whichever is larger), so the key's limit holds while caps move.
-
-A 429 reported by any task slows its whole key: rates × 0.7 (once a second at most, recovering 5% a
-second), buckets emptied, every task of the key paused for Retry-After.
+The keys of the pool (one, or one per variable of ``jina.api_key_env``) and the line of the requests the tasks
+want to send form one ``Pool`` (``jinabatch.embed.grants``): each request is granted whole, first come first
+served, on a key whose pace, modelled server bucket and free slots can take it — the task's own key first, any
+other when that one cannot. A shard task registers (and is given the key with the fewest running tasks: its
+own, and the one its report line names), then polls about ten times a second while it has requests waiting:
+it reports them, what the server billed beyond or below the estimates, per key, its 429s and how many of its
+requests have finished, and gets back the grants made to it and any key's pause. Whatever a key holds goes to
+the request first in line, whichever task it belongs to, so a task that is starting, draining its last
+requests or writing its shard leaves the budget to the others at once, and the last shards of a run get every
+key without waiting for the driver. A task that ends gives back what it was granted and did not send.
 
 Counters of an attempt whose worker died are kept (its spend was real); totals are per key too (``key0``,
-``key1``…: keys are named by their index, never by value).
+``key1``…: keys are named by their index, never by value): tokens, requests and 429s by the key each request
+went on, rows and retries by the key of the request's shard.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..jina.limits import TokenBucket, share_of
+from .grants import BURST_SECONDS, Ask, KeyBudget, Pool
 
 __all__ = ["Coordinator", "KeyBudget", "BURST_SECONDS"]
 
-BURST_SECONDS = 2.0  # the buckets we assume the API keeps: the shortest a real server is likely to use
 COUNTERS = ("rows", "tokens", "requests", "http_429", "retries")
-STALE_S = 30.0  # a task that has not polled for this long is gone (tasks poll at least 4 times a second)
+BY_KEY = ("tokens", "requests", "http_429")  # counted per key a request went on (the rest per shard)
 
 
 @dataclass
 class _Task:
-    key: int
+    key: int  # the key its shard was given
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
-    cap: int = 0  # concurrency cap last given
-    in_flight: int = 0
-    waiting: int = 0
-    seen: float = 0.0  # last register or poll
-
-
-class KeyBudget:
-    """One key's budget: RPM and TPM buckets at ``target`` of the limits, a concurrency limit, AIMD on 429."""
-
-    def __init__(self, rpm: float, tpm: float, concurrency: int, target: float, *,
-                 burst_seconds: float = BURST_SECONDS, clock=time.monotonic):
-        self.rpm, self.tpm, self.concurrency, self.target = rpm, tpm, concurrency, target
-        self.burst_seconds = burst_seconds
-        self._clock = clock
-        self.factor = 1.0
-        self._factor_t = clock()
-        self._last_cut = -1e9
-        self.paused_until = 0.0
-        self.started = False
-        self.requests = TokenBucket(1, 1, level=0, clock=clock)
-        self.tokens = TokenBucket(1, 1, level=0, clock=clock)
-        self._apply()
-        self.counters = dict.fromkeys(COUNTERS, 0)  # of finished attempts on this key
-
-    def _apply(self) -> None:
-        f = self.target * self.factor / 60
-        for bucket, per_min in ((self.requests, self.rpm), (self.tokens, self.tpm)):
-            bucket.set_rate(per_min * f, max(1.0, per_min * f * self.burst_seconds))
-
-    def _recover(self) -> None:
-        now = self._clock()
-        if self.factor < 1.0 and now >= self.paused_until:
-            self.factor = min(1.0, self.factor + (now - self._factor_t) * 0.05)
-            self._apply()
-        self._factor_t = now
-
-    def grant(self, want_requests: float, want_tokens: float) -> tuple[float, float]:
-        """Take up to what is asked from the buckets (never below empty); nothing while paused."""
-        if not self.started:  # the budget accrues from the first request on: one request's worth, then the rate
-            self.started = True
-            one = want_tokens / max(1.0, want_requests)
-            self.requests = TokenBucket(self.requests.rate, self.requests.capacity, level=1, clock=self._clock)
-            self.tokens = TokenBucket(self.tokens.rate, self.tokens.capacity, level=min(one, self.tokens.capacity),
-                                      clock=self._clock)
-        self._recover()
-        if self._clock() < self.paused_until:
-            return 0.0, 0.0
-        self.requests._refill()
-        self.tokens._refill()
-        r = min(want_requests, max(0.0, self.requests.level))
-        t = min(want_tokens, max(0.0, self.tokens.level))
-        self.requests.level -= r
-        self.tokens.level -= t
-        return r, t
-
-    def give_back(self, requests: float, tokens: float) -> None:
-        """What a task did not spend (negative: what it spent beyond its grants, settled after the fact)."""
-        self.requests.give(requests)
-        self.tokens.give(tokens)
-
-    def rate_limited(self, retry_after: float | None) -> None:
-        now = self._clock()
-        self.paused_until = max(self.paused_until, now + (retry_after or 1.0))
-        if now - self._last_cut >= 1.0:  # one cut per episode: the 429s of one moment are one signal
-            self._last_cut = now
-            self.factor = max(0.1, self.factor * 0.7)
-            self._factor_t = now
-            self._apply()
-            self.requests.level = min(self.requests.level, 0.0)
-            self.tokens.level = min(self.tokens.level, 0.0)
-
-    def pause_left(self) -> float:
-        return max(0.0, self.paused_until - self._clock())
+    by_key: dict[int, dict[str, int]] = field(default_factory=dict)  # key -> BY_KEY counters of its requests
 
 
 class Coordinator:
-    """Ray actor: the keys' budgets, which task runs on which key, and progress for the driver's bar."""
+    """Ray actor: the keys' budgets, the line of requests, which task runs on which key, progress for the driver."""
 
     def __init__(self, rpm: int, tpm: int, concurrency: int, workers: int, target: float, *,
                  keys: int | None = None, burst_seconds: float = BURST_SECONDS, clock=time.monotonic):
@@ -123,89 +47,113 @@ class Coordinator:
         self.burst_seconds = burst_seconds
         self._clock = clock
         self.remaining = workers  # shards queued or running, as the driver last said (for information)
-        self.keys: list[KeyBudget] = []
+        self.pool = Pool([], clock=clock)
+        self.key_counters: list[dict[str, int]] = []  # of finished attempts, per key
         if keys:
             self._ensure_keys(keys)
         self.running: dict[int, _Task] = {}  # shard -> its current attempt
 
+    @property
+    def keys(self) -> list[KeyBudget]:
+        return self.pool.keys
+
     def _ensure_keys(self, n: int) -> None:
-        while len(self.keys) < n:
-            self.keys.append(KeyBudget(*self.limits, self.target, burst_seconds=self.burst_seconds, clock=self._clock))
+        while len(self.pool.keys) < n:
+            self.pool.keys.append(KeyBudget(*self.limits, self.target, burst_seconds=self.burst_seconds,
+                                            clock=self._clock))
+            self.key_counters.append(dict.fromkeys(COUNTERS, 0))
 
     def set_remaining(self, n: int) -> None:
         self.remaining = n
 
     # -- tasks -----------------------------------------------------------------------------------
     def register(self, shard: int, keys: int = 1) -> dict[str, Any]:
-        """A shard task starts: pick its key (fewest running tasks, then lowest index); its first cap."""
+        """A shard task starts: its key (fewest running tasks, then lowest index) and the pool's size."""
         self._ensure_keys(keys)
         dead = self.running.pop(shard, None)  # an attempt whose worker died: its spend was real, rows redone
         if dead is not None:
             self._fold(dead, rows=False)
+            self.pool.leave(shard)
         load = [0] * len(self.keys)
         for t in self.running.values():
             load[t.key] += 1
         key = min(range(keys), key=lambda k: (load[k], k))
-        task = self.running[shard] = _Task(key, seen=self._clock())
-        task.cap = self._cap(shard, starting=True)  # its first requests are coming: free slots are its to take
-        return {"key": key, "concurrency": task.cap}
+        self.running[shard] = _Task(key)
+        self.pool.join(shard, key)
+        return {"key": key, "slots": sum(kb.concurrency for kb in self.keys)}
 
-    def poll(self, shard: int, counters: dict[str, int], want_requests: float = 0.0, want_tokens: float = 0.0,
-             in_flight: int = 0, waiting: int = 0, new_429: int = 0,
+    def poll(self, shard: int, counters: dict[str, int], asks: Sequence[Ask] = (),
+             settled: dict[int, float] | None = None, done: dict[int, int] | None = None,
+             by_key: dict[int, dict[str, int]] | None = None, refused: Sequence[tuple[float, int]] = (),
              retry_after: float | None = None) -> dict[str, Any]:
-        """A task reports and asks: returns its grant, concurrency cap and the key's pause (seconds)."""
+        """A task reports and asks.
+
+        ``asks``: (ticket, estimated tokens) of its waiting requests; ``settled``: per key, tokens billed beyond
+        its grants (negative: given back); ``done``: per key, its requests finished or given back (cumulative);
+        ``by_key``: per key, the tokens, requests and 429s of its requests there (cumulative); ``refused``:
+        (tokens, key) of each request answered 429 since its last poll, with the last ``retry_after``. Returns
+        ``granted`` (ticket, tokens, key) and ``pause``: seconds each paused key has left."""
         task = self.running.get(shard)
         if task is None:  # not registered (a stale attempt): nothing to give
-            return {"requests": 0.0, "tokens": 0.0, "concurrency": 0, "pause": 0.0}
-        task.counters, task.in_flight, task.waiting = dict(counters), in_flight, waiting
-        task.seen = self._clock()
-        kb = self.keys[task.key]
-        if new_429:
-            kb.rate_limited(retry_after)
-        task.cap = self._cap(shard)
-        r, t = kb.grant(want_requests, want_tokens) if (want_requests or want_tokens) else (0.0, 0.0)
-        return {"requests": r, "tokens": t, "concurrency": task.cap, "pause": kb.pause_left()}
+            return {"granted": [], "pause": {}}
+        self._update(task, counters, by_key)
+        for key, tokens in (settled or {}).items():
+            self.keys[key].settle(tokens)
+        for tokens, key in refused:
+            self.keys[key].rate_limited(retry_after, tokens)
+        self.pool.report(shard, done or {})
+        self.pool.ask(shard, asks)
+        self.pool.grant()
+        return {"granted": self.pool.take_granted(shard),
+                "pause": {k: left for k, kb in enumerate(self.keys) if (left := kb.pause_left()) > 0}}
 
-    def unregister(self, shard: int, counters: dict[str, int], levels: tuple[float, float] | None = None) -> None:
-        """A task ends: its counters are final, what it did not spend goes back to its key."""
+    def unregister(self, shard: int, counters: dict[str, int], by_key: dict[int, dict[str, int]] | None = None,
+                   settled: dict[int, float] | None = None, done: dict[int, int] | None = None) -> None:
+        """A task ends: its counters are final; what it was granted and did not send goes back to the keys."""
         task = self.running.pop(shard, None)
         if task is None:
             return
-        task.counters = dict(counters)
+        self._update(task, counters, by_key)
         self._fold(task, rows=True)
-        if levels is not None:
-            self.keys[task.key].give_back(*levels)
+        for key, tokens in (settled or {}).items():
+            self.keys[key].settle(tokens)
+        self.pool.report(shard, done or {})
+        self.pool.leave(shard)
+
+    @staticmethod
+    def _update(task: _Task, counters: dict[str, int], by_key: dict[int, dict[str, int]] | None) -> None:
+        task.counters = dict(counters)
+        if by_key is not None:
+            task.by_key = {int(k): dict(v) for k, v in by_key.items()}
 
     def _fold(self, task: _Task, *, rows: bool) -> None:
-        kc = self.keys[task.key].counters
-        for k, v in task.counters.items():
-            if k != "rows" or rows:
-                kc[k] += v
+        for k, v in self._split(task).items():
+            kc = self.key_counters[k]
+            for name, n in v.items():
+                if name != "rows" or rows:
+                    kc[name] += n
 
-    def _cap(self, shard: int, *, starting: bool = False) -> int:
-        """Concurrency cap of ``shard``: its part among the key's tasks with requests waiting, within free slots.
-
-        A task silent for ``STALE_S`` (its worker died and Ray gave up on the shard) holds no slots."""
-        task = self.running[shard]
-        limit = self.keys[task.key].concurrency
-        now = self._clock()
-        peers = sorted(s for s, t in self.running.items()
-                       if t.key == task.key and (s == shard or now - t.seen < STALE_S))
-        asking = [s for s in peers if self.running[s].waiting > 0 or (s == shard and starting)]
-        if shard in asking:
-            fair = share_of(0, 0, limit, active=len(asking), rank=asking.index(shard)).concurrency
-        else:
-            fair = task.in_flight  # nothing waiting: keep what is in flight, free the rest
-        held = sum(max(self.running[s].cap, self.running[s].in_flight) for s in peers if s != shard)
-        return max(0, min(fair, limit - held))
+    @staticmethod
+    def _split(task: _Task) -> dict[int, dict[str, int]]:
+        """A task's counters by key: rows and retries on its own key, the rest where its requests went
+        (all on its own key when it reported no split)."""
+        if not task.by_key:
+            return {task.key: dict(task.counters)}
+        out = {task.key: {"rows": task.counters.get("rows", 0), "retries": task.counters.get("retries", 0)}}
+        for k, c in task.by_key.items():
+            dst = out.setdefault(k, {})
+            for name in BY_KEY:
+                dst[name] = dst.get(name, 0) + c.get(name, 0)
+        return out
 
     # -- progress --------------------------------------------------------------------------------
     def totals(self) -> dict[str, Any]:
         """Counters of every attempt so far (finished, running and dead), in all and per key."""
-        per_key = [dict(kb.counters) for kb in self.keys]
+        per_key = [dict(c) for c in self.key_counters]
         for t in self.running.values():
-            for k, v in t.counters.items():
-                per_key[t.key][k] += v
+            for k, v in self._split(t).items():
+                for name, n in v.items():
+                    per_key[k][name] += n
         total = dict.fromkeys(COUNTERS, 0)
         for c in per_key:
             for k in COUNTERS:

@@ -6,9 +6,11 @@ coordinator grants, report counters back.
 arrive as an object-store value (``ray.put`` in the driver: one key or the pool's list), never as a task
 argument; the coordinator says which one this task uses (by index), and it is wrapped in ``Secret`` at once.
 
-A *pump* coroutine runs beside the shard: while requests wait it polls the coordinator about ten times a
-second with what they lack (``WorkerLimiter.demand``) and hands the grant, the concurrency cap and any
-key-wide pause to the limiter; while nothing waits it only reports progress, four times a second.
+A *pump* coroutine runs beside the shard: while requests wait for a grant it polls the coordinator about ten
+times a second with them (``GrantedLimiter.asks``), what the server billed beyond or below the estimates, the
+429s and the requests that finished, per key, and hands the grants and any key's pause to the limiter; while
+nothing waits it only reports progress, four times a second. A grant names the key of the pool a request goes
+on (every key is in the task's hands), so a pool's keys serve any shard's requests.
 """
 from __future__ import annotations
 
@@ -20,15 +22,15 @@ import pyarrow as pa
 
 from ..config import Config
 from ..errors import JinaBatchError
-from ..jina.limits import Share, WorkerLimiter
 from ..storage import Storage
-from .coordinator import BURST_SECONDS
+from .grants import BURST_SECONDS, GrantedLimiter
 from .plan import Shard
 from .worker import ShardResult, process_shard
 
-__all__ = ["shard_task", "request_token_budget", "BURST_SECONDS", "POLL_BUSY", "POLL_IDLE"]
+__all__ = ["shard_task", "request_token_budget", "BURST_SECONDS", "POLL_MIN", "POLL_BUSY", "POLL_IDLE"]
 
-POLL_BUSY = 0.1  # seconds between polls while requests wait for budget or a slot
+POLL_MIN = 0.02  # seconds between two polls at least
+POLL_BUSY = 0.1  # seconds between polls while requests wait for a grant (grants come at any task's poll)
 POLL_IDLE = 0.25  # seconds between progress reports otherwise
 
 
@@ -51,16 +53,16 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
     import ray
 
     from ..jina.client import JinaClient
-    from ..jina.keys import Secret
+    from ..jina.keys import KeyPool, Secret
 
     seat = await coordinator.register.remote(shard.index, len(keys))
     budget = request_token_budget(config, len(keys))
     need = asyncio.Event()
-    limiter = WorkerLimiter(Share(config.limits.rpm, config.limits.tpm, seat["concurrency"]), fed=True,
-                            max_request_tokens=budget, on_need=need.set)
-    i, envs = seat["key"], config.jina.api_key_envs
-    key = Secret(keys[i], name=envs[i] if len(envs) == len(keys) else None, label=f"key{i}")  # names its variable
-    client = JinaClient(config.jina, api_key=key, base_url=base_url, limiter=limiter, max_tokens_per_request=budget)
+    limiter = GrantedLimiter(max_asks=seat["slots"], max_request_tokens=budget, on_need=need.set)
+    i, envs = seat["key"], config.jina.api_key_env
+    pool = KeyPool([Secret(k, name=envs[j] if len(envs) == len(keys) else None, label=f"key{j}")  # names its variable
+                    for j, k in enumerate(keys)])
+    client = JinaClient(config.jina, api_key=pool, base_url=base_url, limiter=limiter, max_tokens_per_request=budget)
     rows = 0
 
     def on_rows(n: int) -> None:
@@ -68,24 +70,19 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
         rows += n
 
     async def pump() -> None:
-        seen_429 = 0
         while True:
             need.clear()
-            want = limiter.demand()
-            new_429, seen_429 = limiter.rate_limited - seen_429, limiter.rate_limited
-            reply = await coordinator.poll.remote(shard.index, _counters(rows, client), *want, limiter.in_flight,
-                                                  limiter.waiting, new_429, limiter.last_retry_after)
-            limiter.set_concurrency(reply["concurrency"])
-            limiter.pause(reply["pause"])
-            limiter.grant(reply["requests"], reply["tokens"])
-            await asyncio.sleep(0)  # let the requests that can go now take their budget first
-            if limiter.waiting and (any(limiter.demand()) or limiter.in_flight >= limiter.share.concurrency):
-                await asyncio.sleep(POLL_BUSY)
-            else:
-                try:
-                    await asyncio.wait_for(need.wait(), POLL_IDLE)
-                except asyncio.TimeoutError:
-                    pass
+            reply = await coordinator.poll.remote(shard.index, _counters(rows, client), limiter.asks(),
+                                                  limiter.take_settlement(), limiter.done(), limiter.by_key(),
+                                                  limiter.take_refusals(), limiter.last_retry_after)
+            for key, seconds in reply["pause"].items():
+                limiter.pause(key, seconds)
+            limiter.grant(reply["granted"])
+            await asyncio.sleep(POLL_MIN)  # the granted requests go; at most 1 / POLL_MIN polls a second
+            try:  # a finished or a new request reports at once: the coordinator frees its slot, lines it up
+                await asyncio.wait_for(need.wait(), POLL_BUSY if limiter.asks() else POLL_IDLE)
+            except asyncio.TimeoutError:
+                pass
 
     t0 = time.monotonic()
     pumping = asyncio.ensure_future(pump())
@@ -104,7 +101,8 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
     finally:
         for t in (pumping, working):
             t.cancel()
-        await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.take_levels())
+        await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.by_key(),
+                                            *limiter.unspent())
         await client.aclose()
 
 

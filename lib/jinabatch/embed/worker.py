@@ -166,7 +166,9 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
         raise ConfigError(f"jina.embedding_type = {j.embedding_type!r}: the embed stage writes float32 vectors; "
                           "use \"base64\" (fastest) or \"float\"")
     output = ShardOutput(out, shard, id_field, carried, shard_meta(config, shard), cs, on_rows)
-    res, requests, packer = output.result, _Requests(client, j.on_too_long), RequestPacker(client.plan_batches)
+    truncate = j.on_too_long == "truncate"  # an input sent with truncate is estimated at most the model's cap
+    res, requests = output.result, _Requests(client, j.on_too_long)
+    packer = RequestPacker(lambda texts: client.plan_batches(texts, truncate=truncate))
     pending: deque[PendingRows] = deque()
 
     async def write(b: PendingRows) -> None:

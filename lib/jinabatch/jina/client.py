@@ -11,7 +11,7 @@ Every HTTP attempt, retries included, passes through a :class:`Limiter` (acquire
 the tokens the server actually billed and what a 429 said), so the limiter sees the real traffic. Without
 one the client paces itself with an :class:`~jinabatch.jina.pacing.AdaptiveLimiter` (learns the key's rates
 from usage and 429s; a 429 pauses the whole client); ``rpm=`` / ``tpm=`` give it a
-:class:`~jinabatch.jina.limits.WorkerLimiter` at those rates instead — the job's limiter. :meth:`JinaClient.embed`
+:class:`~jinabatch.jina.limits.WorkerLimiter` at those rates instead. :meth:`JinaClient.embed`
 cuts texts into requests of the limiter's current size as it goes, runs them concurrently, and splits a
 request a 429 refused when it is bigger than the budget learnt since.
 
@@ -48,7 +48,7 @@ from ..errors import (
 from .keys import FALLBACK_KEY_ENV, KeyPool, Secret, resolve_api_key
 from .limits import Limiter, NoLimiter, explicit_limiter
 from .pacing import AdaptiveLimiter
-from .tokens import TokenEstimator, plan_batches, raw_estimate
+from .tokens import TokenEstimator, next_batch, plan_batches, raw_estimate
 from .wire import DTYPES, build_body, decode_response, error_for_status, row_width
 
 __all__ = ["JinaClient", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "KeyPool",
@@ -126,6 +126,9 @@ class JinaClient:
             raise ConfigError(f"jina.base_url must be an http(s) URL ending in /v1; got {url!r}")
         self.base_url = url
         self._key = resolve_api_key(api_key, settings.api_key_env)
+        # a pool: the limiter may send a request with any of its keys (a permit naming it); the first is the default
+        self._pool: list[Secret] = list(api_key) if isinstance(api_key, KeyPool) else [self._key]
+        self._auths = [_BearerAuth(k) for k in self._pool]
         self._key_env = self._key.name or settings.api_key_env[0]
         for name, v in (("rpm", rpm), ("tpm", tpm)):
             if v is not None and not v > 0:
@@ -192,11 +195,31 @@ class JinaClient:
         budget = self.settings.max_tokens_per_request
         return min(budget, self.spec.max_tokens) if lc else budget
 
-    def plan_batches(self, texts: Sequence[str]) -> list[list[int]]:
+    def text_estimate(self, *, truncate: bool = False):
+        """The calibrated per-text estimate (a function of one text) as of now; under ``truncate`` never above
+        the model's token cap, which is what the server bills an input it cuts."""
+        ratio, cap = self.estimator.ratio, (self.spec.max_tokens if truncate else None)
+        return (lambda t: min(raw_estimate(t) * ratio, cap)) if cap else (lambda t: raw_estimate(t) * ratio)
+
+    def plan_batches(self, texts: Sequence[str], *, truncate: bool = False) -> list[list[int]]:
         """:func:`~jinabatch.jina.tokens.plan_batches` with this client's caps and calibrated estimate."""
-        ratio = self.estimator.ratio
         return plan_batches(texts, max_inputs=self.max_inputs, max_tokens=self.max_tokens(),
-                            estimate=lambda t: raw_estimate(t) * ratio)
+                            estimate=self.text_estimate(truncate=truncate))
+
+    def _estimate(self, texts: list[str], truncate: bool, late_chunking: bool) -> tuple[int, float | None]:
+        """(tokens to reserve for one request, raw estimate to calibrate with — None when an input is capped).
+
+        Under ``truncate`` the server bills an input (or a late-chunking request, all inputs being one sequence)
+        at most the model's cap: the estimate is capped there, and such a request teaches nothing about the
+        ratio, since the server billed the cap, not the text."""
+        raw, ratio, cap = self.estimator.raw(texts), self.estimator.ratio, self.spec.max_tokens
+        if not truncate:
+            return max(1, round(raw * ratio)), raw
+        if late_chunking:
+            return max(1, round(min(raw * ratio, cap))), raw if raw * ratio <= cap else None
+        per = [raw_estimate(t) * ratio for t in texts]
+        capped = any(p > cap for p in per)
+        return max(1, round(sum(min(p, cap) for p in per))), None if capped else raw
 
     # -- requests --------------------------------------------------------------------------------
     def _task(self, task: str | None) -> str | None:
@@ -233,12 +256,11 @@ class JinaClient:
         if not texts:
             width = row_width(s.embedding_type, self._dim or 0)
             return BatchResult(np.empty((0, width), DTYPES[s.embedding_type]), 0, 0, 0)
+        late = s.late_chunking if late_chunking is None else late_chunking
         body = build_body(self.spec, texts, embedding_type=s.embedding_type,
                           task=self._task(s.task if task is ... else task), dimensions=s.dimensions,
-                          late_chunking=s.late_chunking if late_chunking is None else late_chunking,
-                          normalized=s.normalized, truncate=truncate)
-        raw = self.estimator.raw(texts)
-        estimated = max(1, round(raw * self.estimator.ratio))
+                          late_chunking=late, normalized=s.normalized, truncate=truncate)
+        estimated, raw = self._estimate(texts, truncate, late)
         attempts, faults, limited, split = 0, 0, 0, False
 
         def retry_hook(exc: Exception) -> bool | float:
@@ -274,7 +296,7 @@ class JinaClient:
                        f"attempts ({limited} answered 429)")
             log.warning("giving up on a batch of %d inputs after %d attempts: %s", len(texts), attempts, e)
             raise RetriesExhausted(f"{why}; last error: {type(e).__name__}: {e}", attempts=attempts, last=e) from None
-        if used is not None:
+        if used is not None and raw is not None:
             self.estimator.observe(raw, used)
         self._batches += 1
         return BatchResult(vectors, used if used is not None else estimated, estimated, attempts)
@@ -283,14 +305,17 @@ class JinaClient:
         s = self.settings
         used: int | None = None
         rate_limited, retry_after, limit = False, None, None
-        await self.limiter.acquire(estimated)
+        permit = await self.limiter.acquire(estimated)
+        slot = getattr(permit, "key", None)
+        key = self._pool[slot] if slot is not None and slot < len(self._pool) else self._key
         try:
             self._requests += 1
             log.debug("POST %s/embeddings model=%s inputs=%d est_tokens=%d attempt=%d",
                       self.base_url, self.spec.name, n, estimated, attempt)
             t0 = time.perf_counter()
             try:
-                resp = await self._http.post(f"{self.base_url}/embeddings", json=body)
+                resp = await self._http.post(f"{self.base_url}/embeddings", json=body,
+                                             auth=self._auths[slot] if key is not self._key else httpx.USE_CLIENT_DEFAULT)
             except httpx.UnsupportedProtocol as e:
                 raise ConfigError(f"jina.base_url {self.base_url!r}: {e}") from None
             except httpx.TransportError as e:
@@ -299,7 +324,7 @@ class JinaClient:
                                      f"jina.read_timeout={s.read_timeout:g}s)") from None
             if resp.status_code >= 300:
                 err = error_for_status(resp.status_code, self._scrub_bytes(resp.content), resp.headers,
-                                       model=self.spec.name, key_env=self._key_env)
+                                       model=self.spec.name, key_env=key.name or self._key_env)
                 if isinstance(err, RateLimited):
                     self._429 += 1
                     rate_limited, retry_after, limit = True, err.retry_after, err.limit
@@ -318,18 +343,24 @@ class JinaClient:
             log.log(level, "attempt %d of a batch of %d inputs failed: %s: %s", attempt, n, type(e).__name__, e)
             raise
         finally:
+            extra = {"permit": permit} if permit is not None else {}  # limiters of our own take none
             if rate_limited:
-                self.limiter.release(estimated, used, rate_limited=True, retry_after=retry_after, limit=limit)
+                self.limiter.release(estimated, used, rate_limited=True, retry_after=retry_after, limit=limit,
+                                     **extra)
             else:
-                self.limiter.release(estimated, used)
+                self.limiter.release(estimated, used, **extra)
 
     def _scrub(self, text: str) -> str:
-        key = self._key.get()
-        return text.replace(key, "***") if key and key in text else text
+        for k in self._pool:
+            if k.get() and k.get() in text:
+                text = text.replace(k.get(), "***")
+        return text
 
     def _scrub_bytes(self, content: bytes) -> bytes:
-        key = self._key.get().encode()
-        return content.replace(key, b"***") if key in content else content
+        for k in self._pool:
+            if k.get() and k.get().encode() in content:
+                content = content.replace(k.get().encode(), b"***")
+        return content
 
     async def embed(self, texts: Sequence[str], *, task: str | None = ..., truncate: bool = False) -> np.ndarray:  # type: ignore[assignment]
         """Embed any number of texts, returned in input order.
@@ -351,13 +382,9 @@ class JinaClient:
                 return redo.pop()
             if cursor >= n:
                 return None
-            budget, ratio, start, tokens = self._request_tokens(), self.estimator.ratio, cursor, 0.0
-            while cursor < n and cursor - start < self.max_inputs:
-                t = raw_estimate(texts[cursor]) * ratio
-                if cursor > start and tokens + t > budget:
-                    break
-                tokens += t
-                cursor += 1
+            start = cursor
+            cursor = next_batch(texts, start, max_inputs=self.max_inputs, max_tokens=self._request_tokens(),
+                                estimate=self.text_estimate(truncate=truncate))
             return start, cursor
 
         async def run(start: int, stop: int) -> None:

@@ -2,24 +2,18 @@
 
 ``WorkerLimiter`` admits requests **in arrival order** (a big request is never overtaken forever by small
 ones), under a concurrency cap, once two buckets — requests and tokens — hold the request's cost. The
-buckets are filled in one of two ways:
-
-* **by the clock** (``WorkerLimiter(share)``): they refill at the share's per-second rates and hold at most
-  ``burst_seconds`` of it (never less than one request's worth, so a big request still fits). This is what
-  ``JinaClient(rpm=..., tpm=...)`` uses. A 429 multiplies the rates by ``backoff_factor`` and pauses new
-  requests for Retry-After; each quiet second adds ``recovery_per_s`` back (AIMD).
-* **by grants** (``WorkerLimiter(share, fed=True)``): the embed job's shard tasks, whose buckets only grow
-  when the coordinator grants budget from the key's own buckets (``grant``). ``demand()`` says what the
-  waiting requests need, ``take_levels()`` hands back what is left when the task ends. A 429 pauses
-  locally for Retry-After; the slowing down is the coordinator's, for every worker on the key.
+buckets refill at the share's per-second rates and hold at most ``burst_seconds`` of it (never less than one
+request's worth, so a big request still fits). This is what ``JinaClient(rpm=..., tpm=...)`` uses; the embed
+job's shard tasks are paced by the coordinator's grants instead (``jinabatch.embed.grants``). A 429 pauses
+new requests for Retry-After and, when 429s keep coming, slows the rates down (``Slowdown``).
 
 Tokens are reserved with the client's calibrated estimate before a request and settled with the server's
 ``usage.total_tokens`` after it (``release``), so the buckets track what the server counts; they may go
 negative after settling, and the next request then waits for the debt to be paid.
 
-``share_of`` splits a key's budget among workers. We write this by hand because none of the maintained
-limiters does all of: several dimensions at once, a rate that changes while requests wait, after-the-fact
-settling, and budget fed from elsewhere.
+``TokenBucket`` and ``Slowdown`` are shared with the coordinator. We write this by hand because none of the
+maintained limiters does all of: several dimensions at once, a rate that changes while requests wait,
+after-the-fact settling, and budget granted from elsewhere.
 """
 from __future__ import annotations
 
@@ -32,21 +26,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Limiter", "NoLimiter", "Share", "share_of", "TokenBucket", "WorkerLimiter", "explicit_limiter",
-           "UNLIMITED"]
+__all__ = ["Limiter", "NoLimiter", "Share", "share_of", "TokenBucket", "Slowdown", "WorkerLimiter",
+           "explicit_limiter", "UNLIMITED"]
 
 UNLIMITED = 1e12  # a rate or capacity no real limit reaches (finite, so arithmetic stays finite)
 
 
 @runtime_checkable
 class Limiter(Protocol):
-    """Admission control for each HTTP attempt (``WorkerLimiter``, ``AdaptiveLimiter``)."""
+    """Admission control for each HTTP attempt (``WorkerLimiter``, ``AdaptiveLimiter``, the embed job's
+    ``GrantedLimiter``)."""
 
-    async def acquire(self, tokens: int) -> None:
-        """Wait for 1 request + ``tokens`` of budget + a concurrency slot."""
+    async def acquire(self, tokens: int) -> object | None:
+        """Wait for 1 request + ``tokens`` of budget + a concurrency slot. May return a permit, which ``release``
+        gets back; a permit with a ``key`` attribute names the key of the client's pool to send with."""
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
+                retry_after: float | None = None, limit: str | None = None, permit: object | None = None) -> None:
         """Free the slot, settle tokens (debit the difference), hear about a 429 (its Retry-After and
         the limit its message named: "rpm", "tpm", "concurrency" or None)."""
 
@@ -58,7 +54,7 @@ class NoLimiter:
         return None
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
+                retry_after: float | None = None, limit: str | None = None, permit: object | None = None) -> None:
         return None
 
     def __repr__(self) -> str:
@@ -89,7 +85,7 @@ def share_of(rpm: float, tpm: float, concurrency: int, *, active: int, rank: int
 class TokenBucket:
     """A bucket refilling at ``rate`` per second up to ``capacity``; may go negative when settled.
 
-    ``rate = 0`` makes a bucket that only grows by ``give`` (a worker's allowance fed by grants)."""
+    ``rate = 0`` makes a bucket that only grows by ``give``."""
 
     def __init__(self, rate: float, capacity: float, *, level: float | None = None, clock=time.monotonic):
         self._clock = clock
@@ -97,52 +93,111 @@ class TokenBucket:
         self.capacity = float(capacity)
         self.level = self.capacity if level is None else float(level)
         self._t = clock()
+        self._full_since: float | None = self._t if self.level >= self.capacity else None
 
-    def _refill(self) -> None:
+    def refill(self) -> float:
+        """Add what the clock has given since the last call (up to the capacity); returns the level."""
         now = self._clock()
         if self.rate:
-            self.level = min(self.capacity, self.level + (now - self._t) * self.rate)
+            before = self.level
+            self.level = min(self.capacity, before + (now - self._t) * self.rate)
+            if self.level >= self.capacity and self._full_since is None:
+                self._full_since = self._t + max(0.0, self.capacity - before) / self.rate
         self._t = now
+        return self.level
+
+    def full_for(self) -> float:
+        """Seconds the bucket has been full (0 when it is not)."""
+        self.refill()
+        return self._clock() - self._full_since if self._full_since is not None else 0.0
 
     def set_rate(self, rate: float, capacity: float) -> None:
-        self._refill()
+        self.refill()
         self.rate, self.capacity = float(rate), float(capacity)
         self.level = min(self.level, self.capacity)
 
     def wait_time(self, amount: float) -> float:
         """Seconds until ``amount`` can be taken (an amount over capacity needs a full bucket)."""
-        self._refill()
+        self.refill()
         need = min(amount, self.capacity) - self.level
         if need <= 0:
             return 0.0
         return need / self.rate if self.rate else math.inf
 
     def take(self, amount: float) -> None:
-        self._refill()
-        self.level -= amount
+        """Take ``amount`` (the level may go below zero); a negative amount gives back, up to the capacity."""
+        self.refill()
+        self.level = min(self.capacity, self.level - amount)
+        if self.level < self.capacity:
+            self._full_since = None
 
     def give(self, amount: float) -> None:
-        self._refill()
-        self.level = min(self.capacity, self.level + amount)
+        self.take(-amount)
+
+    def reset(self, level: float) -> None:
+        """Start over at ``level`` now (what the clock would have added before is not counted)."""
+        self._t = self._clock()
+        self.level = min(self.capacity, float(level))
+        self._full_since = self._t if self.level >= self.capacity else None
+
+    def at_most(self, level: float) -> None:
+        """Lower the level to ``level`` if it is above (after a 429: the server's bucket is empty now)."""
+        self.refill()
+        if self.level > level:
+            self.level = level
+            self._full_since = None
+
+
+class Slowdown:
+    """How the pace of a key with configured limits reacts to 429s: a multiplier on its rates.
+
+    An isolated 429 leaves the rates alone — the limits are right, the server's bucket was short for a moment
+    (an estimate, arrivals bunching) and the Retry-After pause settles it; cutting the rate would pay for one
+    refusal with seconds of budget. A 429 that follows another within ``window`` seconds says the key has
+    less than configured (it is shared, or its tier is lower): then the rates are cut × ``cut`` (once a
+    second at most), and ``recover`` of them comes back each second without a pause (AIMD)."""
+
+    def __init__(self, *, cut: float = 0.85, recover: float = 0.02, window: float = 10.0, floor: float = 0.1,
+                 clock=time.monotonic):
+        self.cut, self.recover, self.window, self.floor = cut, recover, window, floor
+        self._clock = clock
+        self.factor = 1.0
+        self._t = clock()
+        self._last_429: float | None = None  # start of the last episode of 429s
+
+    def refused(self) -> bool:
+        """A 429 now; True if the factor changed. The 429s of one second are one episode, one signal."""
+        now = self._clock()
+        if self._last_429 is not None and now - self._last_429 < 1.0:
+            return False
+        repeat = self._last_429 is not None and now - self._last_429 <= self.window
+        self._last_429 = now
+        if repeat:
+            self._t = now
+            self.factor = max(self.floor, self.factor * self.cut)
+            return True
+        return False
+
+    def update(self, paused_until: float) -> bool:
+        """Recover for the time since the last call (not while paused); True if the factor changed."""
+        now = self._clock()
+        before = self.factor
+        if self.factor < 1.0 and now >= paused_until:
+            self.factor = min(1.0, self.factor + max(0.0, now - max(self._t, paused_until)) * self.recover)
+        self._t = now
+        return self.factor != before
 
 
 class WorkerLimiter:
-    """Limits one worker to its ``Share`` (or to what it is granted); implements the client's ``Limiter``."""
+    """Limits one client to its ``Share``; implements the client's ``Limiter``."""
 
     def __init__(self, share: Share, *, burst_seconds: float = 2.0, max_request_tokens: int = 0,
-                 backoff_factor: float = 0.7, min_factor: float = 0.1, recovery_per_s: float = 0.05,
-                 start_levels: tuple[float, float] | None = None, fed: bool = False,
-                 on_need: Callable[[], None] | None = None, clock=time.monotonic):
+                 start_levels: tuple[float, float] | None = None, slowdown: Slowdown | None = None,
+                 clock=time.monotonic):
         self._clock = clock
         self.burst_seconds = burst_seconds
         self.max_request_tokens = max_request_tokens
-        self.backoff_factor = backoff_factor
-        self.min_factor = min_factor
-        self.recovery_per_s = recovery_per_s
-        self.fed = fed
-        self.on_need = on_need  # fed mode: called when a waiting request lacks budget (wakes the grant pump)
-        self.factor = 1.0  # AIMD multiplier on the share's rates (clock mode)
-        self._factor_t = clock()
+        self.slowdown = slowdown or Slowdown(clock=clock)
         self._paused_until = 0.0
         self.in_flight = 0
         self.rate_limited = 0  # 429s seen
@@ -153,17 +208,23 @@ class WorkerLimiter:
         self.share = share
         self._requests = TokenBucket(0, UNLIMITED, level=0, clock=clock)
         self._tokens = TokenBucket(0, UNLIMITED, level=0, clock=clock)
-        if not fed:
-            self._apply_rates(reset=True)
-            if start_levels is not None:  # continue where a finished worker left off (None: start full)
-                self._requests.level = min(self._requests.capacity, start_levels[0])
-                self._tokens.level = min(self._tokens.capacity, start_levels[1])
+        self._apply_rates(reset=True)
+        if start_levels is not None:  # e.g. (0, 0): start empty (None: start full)
+            self._requests.at_most(start_levels[0])
+            self._tokens.at_most(start_levels[1])
+
+    @property
+    def factor(self) -> float:
+        """The multiplier 429s put on the share's rates (1.0: none)."""
+        return self.slowdown.factor
 
     def levels(self) -> tuple[float, float]:
         """What is left in the (requests, tokens) buckets now."""
-        self._requests._refill()
-        self._tokens._refill()
-        return self._requests.level, self._tokens.level
+        return self._requests.refill(), self._tokens.refill()
+
+    def rates(self) -> tuple[float, float]:
+        """The (requests, tokens) per second the buckets refill at now."""
+        return self._requests.rate, self._tokens.rate
 
     def request_tokens(self) -> int | None:
         """Largest request (in tokens) worth sending through this limiter; None = no opinion."""
@@ -171,10 +232,9 @@ class WorkerLimiter:
 
     # -- configuration -------------------------------------------------------------------------
     def set_share(self, share: Share, *, reset: bool = False) -> None:
-        """Adopt a new share (more workers joined, or some finished and freed theirs)."""
+        """Adopt a new share (the key's budget changed)."""
         self.share = share
-        if not self.fed:
-            self._apply_rates(reset=reset)
+        self._apply_rates(reset=reset)
         self._notify()
 
     def set_concurrency(self, n: int) -> None:
@@ -183,7 +243,7 @@ class WorkerLimiter:
             self._notify()
 
     def pause(self, seconds: float) -> None:
-        """Send nothing new for ``seconds`` (a 429's Retry-After, here or on another worker of the key)."""
+        """Send nothing new for ``seconds`` (a 429's Retry-After)."""
         if seconds > 0:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
@@ -200,38 +260,12 @@ class WorkerLimiter:
             self._tokens.set_rate(t_rate, t_cap)
 
     def _recover(self) -> None:
-        now = self._clock()
-        if self.factor < 1.0 and now >= self._paused_until:
-            self.factor = min(1.0, self.factor + (now - self._factor_t) * self.recovery_per_s)
+        if self.slowdown.update(self._paused_until):
             self._apply_rates()
-        self._factor_t = now
-
-    # -- grants (fed mode) ---------------------------------------------------------------------
-    def grant(self, requests: float, tokens: float) -> None:
-        """Budget from the coordinator: added to the buckets, waiting requests re-check."""
-        if requests or tokens:
-            self._requests.give(requests)
-            self._tokens.give(tokens)
-            self._notify()
-
-    def demand(self) -> tuple[float, float]:
-        """(requests, tokens) the waiting requests lack: those a free slot would let start now, at least one."""
-        if not self._queue:
-            return 0.0, 0.0
-        n = max(1, self.share.concurrency - self.in_flight)
-        heads = list(itertools.islice(self._queue, n))
-        req, tok = self.levels()
-        return max(0.0, len(heads) - req), max(0.0, sum(t for _, t in heads) - tok)
 
     @property
     def waiting(self) -> int:
         return len(self._queue)
-
-    def take_levels(self) -> tuple[float, float]:
-        """Empty the buckets and return what they held (negative: tokens used beyond the grants)."""
-        levels = self.levels()
-        self._requests.level = self._tokens.level = 0.0
-        return levels
 
     # -- the Limiter protocol ------------------------------------------------------------------
     async def acquire(self, tokens: int) -> None:
@@ -243,11 +277,9 @@ class WorkerLimiter:
         try:
             async with self._cond:
                 while True:
-                    if not self.fed:
-                        self._recover()
+                    self._recover()
                     wait = 1.0
-                    head = self._queue[0] is entry
-                    if head and self.in_flight < self.share.concurrency:
+                    if self._queue[0] is entry and self.in_flight < self.share.concurrency:
                         wait = max(self._paused_until - self._clock(), self._requests.wait_time(1),
                                    self._tokens.wait_time(tokens))
                         if wait <= 0:
@@ -257,9 +289,7 @@ class WorkerLimiter:
                             self._queue.popleft()
                             self._cond.notify_all()  # the next in line may go now
                             return
-                    if head and self.on_need is not None and self._paused_until <= self._clock():
-                        self.on_need()  # short of budget or of a slot: ask the coordinator now
-                    try:  # sleep, but wake early if a release or a grant changes the picture
+                    try:  # sleep, but wake early if a release changes the picture
                         await asyncio.wait_for(self._cond.wait(), timeout=min(wait, 1.0))
                     except asyncio.TimeoutError:
                         pass
@@ -269,19 +299,18 @@ class WorkerLimiter:
                 self._notify()
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
-        """Free the slot; settle tokens with the server's count; slow down after a 429."""
+                retry_after: float | None = None, limit: str | None = None, permit: object | None = None) -> None:
+        """Free the slot; settle tokens with the server's count; after a 429 pause (and slow down if they recur)."""
         self.in_flight = max(0, self.in_flight - 1)
         if tokens_used is not None:
             self._tokens.take(tokens_used - tokens_estimated)
         if rate_limited:
             self.rate_limited += 1
             self.last_retry_after = retry_after
-            if retry_after:
-                self.pause(retry_after)
-            if not self.fed:  # fed: the coordinator slows the whole key down
-                self.factor = max(self.min_factor, self.factor * self.backoff_factor)
-                self._factor_t = self._clock()
+            self.pause(retry_after if retry_after else 1.0)
+            self._requests.at_most(0.0)  # the server's bucket is short now: start again from empty
+            self._tokens.at_most(0.0)
+            if self.slowdown.refused():
                 self._apply_rates()
         self._notify()
 
@@ -301,9 +330,8 @@ class WorkerLimiter:
 
     def __repr__(self) -> str:
         s = self.share
-        mode = "fed" if self.fed else f"rpm={s.rpm:.1f}, tpm={s.tpm:.0f}"
-        return (f"WorkerLimiter({mode}, concurrency={s.concurrency}, factor={self.factor:.2f}, "
-                f"in_flight={self.in_flight}, waiting={len(self._queue)})")
+        return (f"WorkerLimiter(rpm={s.rpm:.1f}, tpm={s.tpm:.0f}, concurrency={s.concurrency}, "
+                f"factor={self.factor:.2f}, in_flight={self.in_flight}, waiting={len(self._queue)})")
 
 
 def explicit_limiter(rpm: float | None, tpm: float | None, concurrency: int, max_tokens: int) -> WorkerLimiter:

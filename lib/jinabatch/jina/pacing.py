@@ -54,7 +54,7 @@ class AdaptiveLimiter(WorkerLimiter):
         self._through: deque[tuple[float, int]] = deque()  # (send time, tokens) of requests the server took
         self._first_at: float | None = None
         self._cut_at: float | None = None  # send time of the 429 behind the last cut
-        self._quiet_since = clock()
+        self._quiet_since = self._factor_t = clock()
         self._conc_cut_at = -1e9
         self._streak = 0  # 429s in a row
 
@@ -76,7 +76,7 @@ class AdaptiveLimiter(WorkerLimiter):
         self._flying[tokens].append(self._clock())
 
     def release(self, tokens_estimated: int, tokens_used: int | None, *, rate_limited: bool = False,
-                retry_after: float | None = None, limit: str | None = None) -> None:
+                retry_after: float | None = None, limit: str | None = None, permit: object | None = None) -> None:
         now = self._clock()
         in_flight = self.in_flight
         sent = self._flying[tokens_estimated].popleft() if self._flying.get(tokens_estimated) else now
@@ -118,8 +118,8 @@ class AdaptiveLimiter(WorkerLimiter):
                 setattr(self, which, max(self.decrease * base, 1.0 if which == "rpm" else 100.0))
         self._cut_at = sent
         self._apply()
-        self._requests.level = min(self._requests.level, 0.0)  # the server's buckets are empty now
-        self._tokens.level = min(self._tokens.level, 0.0)
+        self._requests.at_most(0.0)  # the server's buckets are empty now
+        self._tokens.at_most(0.0)
 
     def _cut_concurrency(self, in_flight: int, now: float) -> None:
         cap = max(1, min(self.share.concurrency, in_flight - 1))

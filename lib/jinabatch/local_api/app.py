@@ -6,6 +6,12 @@ counters. A ``POST /v1/embeddings`` goes: auth (401) → parse + validate (400/4
 (``asyncio.sleep``, so concurrent requests really overlap) → embed in a worker thread → response.
 Faults happen after admission, so a faulted request has spent its budget as on a real server.
 
+Disagreeing with the client, on purpose (a real API does): ``tokenizer`` / ``token_scale`` count tokens by
+another rule than the fake model's default (``fakemodel.TOKENIZERS``; usage, limits and truncation all
+follow it), ``bucket_start`` is how full the buckets are when a key is first seen (1 = full, like an idle
+key), and ``arrival_jitter_ms`` delays each request by a random 0..N ms before the limits see it (network
+jitter: requests sent in order arrive bunched or reordered).
+
 Counters: ``/stats`` totals, and ``by_key`` per API key labelled by position in the sorted key list
 (``key0``, ``key1``…; never the key). ``GET /stats/trace`` lists every limits decision as ``[unix time,
 key index, tokens, admitted (1) or refused (0)]`` since the last reset (at most ``TRACE_CAP`` entries), so a
@@ -45,7 +51,9 @@ TRANSIENT_FAULTS = ("json500", "html502", "drop")
 DEFAULT_KEY = "jina_local_server_key"  # well-known key of a local server started without one
 TRACE_CAP = 500_000
 _TUNABLE = ("rpm", "tpm", "concurrency", "burst_seconds", "retry_after", "latency_ms", "latency_per_token_ms",
-            "fault_rate", "fault_every", "faults", "stall_seconds", "seed", "record_inputs")
+            "fault_rate", "fault_every", "faults", "stall_seconds", "seed", "record_inputs", "tokenizer",
+            "token_scale", "bucket_start", "arrival_jitter_ms")
+_LIMITS = {"rpm", "tpm", "concurrency", "burst_seconds", "bucket_start"}  # a change gives every key new buckets
 
 
 @dataclass
@@ -66,13 +74,18 @@ class ServerSettings:
     stall_seconds: float = 30.0
     seed: int = 0
     record_inputs: int = 0  # keep the inputs of the last N successful requests in /stats ("inputs_log"); tests
+    tokenizer: str = "fake"  # how the server counts tokens (fakemodel.TOKENIZERS), whatever the client estimates
+    token_scale: float = 1.0  # every count times this (rounded up): 1.1 = the server counts 10% more
+    bucket_start: float = 1.0  # how full a key's buckets are when first seen (1 = full: an idle key)
+    arrival_jitter_ms: float = 0.0  # each request waits a random 0..N ms before the limits see it
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "concurrency", "fault_every"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name}: expected a whole number >= 1, or null for unlimited; got {v!r}")
-        for name in ("burst_seconds", "latency_ms", "latency_per_token_ms", "fault_rate", "stall_seconds"):
+        for name in ("burst_seconds", "latency_ms", "latency_per_token_ms", "fault_rate", "stall_seconds",
+                     "bucket_start", "arrival_jitter_ms"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{name}: expected a number >= 0; got {v!r}")
@@ -89,6 +102,9 @@ class ServerSettings:
             raise ValueError("api_keys: at least one key is needed")
         if not 0 <= self.fault_rate <= 1:
             raise ValueError(f"fault_rate: must be between 0 and 1; got {self.fault_rate}")
+        if not self.bucket_start <= 1:
+            raise ValueError(f"bucket_start: a fraction of the bucket, 0 to 1; got {self.bucket_start}")
+        fakemodel.tokenizer(self.tokenizer, self.token_scale)  # raises ValueError naming the setting
 
     def public(self) -> dict:
         """The settings without the keys (what /stats shows)."""
@@ -110,7 +126,8 @@ STATE: web.AppKey = web.AppKey("state", object)
 def _new_stats() -> dict:
     return {"requests": 0, "ok": 0, "by_status": {}, "http_429": 0, "http_5xx": 0, "faults": 0,
             "faults_by_kind": {}, "dropped": 0, "tokens": 0, "inputs": 0, "in_flight": 0,
-            "peak_concurrency": 0, "first_ok_at": None, "last_ok_at": None, "inputs_log": [], "by_key": {}}
+            "peak_concurrency": 0, "first_ok_at": None, "last_ok_at": None, "inputs_log": [], "by_key": {},
+            "arrival_delay_s": 0.0}
 
 
 def _new_key_stats() -> dict:
@@ -123,6 +140,8 @@ class State:
         self.stats = _new_stats()
         self.limiters: dict[str, KeyLimiter] = {}
         self.trace: list[tuple[float, int, int, int]] = []
+        self.tokenizer = fakemodel.tokenizer(settings.tokenizer, settings.token_scale)
+        self.jitter = random.Random(settings.seed + 1)
         self._reset_faults()
 
     def key_label(self, key: str) -> tuple[int, str]:
@@ -148,7 +167,8 @@ class State:
     def configure(self, **changes) -> None:
         old = self.settings
         self.settings = old.replace(**changes)
-        if {"rpm", "tpm", "concurrency", "burst_seconds"} & set(changes):
+        self.tokenizer = fakemodel.tokenizer(self.settings.tokenizer, self.settings.token_scale)
+        if _LIMITS & set(changes):
             for key, lim in list(self.limiters.items()):
                 self.limiters[key] = self._limiter(lim.in_flight)
         if {"fault_rate", "fault_every", "faults", "seed"} & set(changes):
@@ -156,7 +176,7 @@ class State:
 
     def _limiter(self, in_flight: int = 0) -> KeyLimiter:
         s = self.settings
-        return KeyLimiter(s.rpm, s.tpm, s.concurrency, s.burst_seconds, in_flight)
+        return KeyLimiter(s.rpm, s.tpm, s.concurrency, s.burst_seconds, in_flight, s.bucket_start)
 
     def limiter(self, key: str) -> KeyLimiter:
         lim = self.limiters.get(key)
@@ -242,11 +262,15 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             body = await request.json(loads=json.loads)
         except ValueError as e:
             raise HTTPProblem(422, f"request body is not valid JSON: {e}") from None
-        req = parse_request(body)
+        req = parse_request(body, state.tokenizer)
     except HTTPProblem as p:
         state.count(p.status)
         return _problem(p.status, p.detail)
 
+    if state.settings.arrival_jitter_ms:  # the network between client and limits: arrivals bunch and reorder
+        delay = state.jitter.uniform(0, state.settings.arrival_jitter_ms) / 1000
+        st["arrival_delay_s"] += delay
+        await asyncio.sleep(delay)
     limiter = state.limiter(key)
     ks = state.key_stats(key)
     ks["requests"] += 1

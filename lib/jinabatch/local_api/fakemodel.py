@@ -6,6 +6,10 @@ model for the pipeline to be tested end to end:
 * **Tokens.** ``count_tokens`` splits text into ``\\w+`` words and single non-space punctuation
   marks; a word costs ``ceil(len/5)`` tokens, a mark 1, plus 2 special tokens per input. It is
   deliberately *not* ``len/4`` so a client's cheap estimate has something to calibrate against.
+  ``tokenizer(rule, scale)`` gives other counting rules (``TOKENIZERS``), so the server can disagree with
+  the job's assumptions the way a real API does: ``"words"`` counts about one token per word plus one per
+  7 characters of a long word, one per punctuation mark and one per CJK character, and ``scale`` multiplies
+  every count (``1.1``: 10% more). Truncation follows the same rule.
 * **Vectors.** Each lower-cased word is hashed (blake2b keyed with the model name) to one signed
   feature per *level*: level sizes are the model's Matryoshka dimensions (32, 64, ... up to the
   largest), and the level-``L`` feature lands in ``[0, L)``. So every word has weight in the first
@@ -28,16 +32,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 import threading
 from functools import lru_cache
 
 import numpy as np
 
-from ..jina.models import EMBEDDING_TYPES, get_model
+from ..models import EMBEDDING_TYPES, get_model
 
 __all__ = [
-    "count_tokens", "truncate_text", "words", "embed", "expected", "encode", "decode",
+    "count_tokens", "truncate_text", "Tokenizer", "tokenizer", "TOKENIZERS", "words", "embed", "expected", "encode", "decode",
     "SPECIAL_TOKENS", "TASK_WEIGHT", "LATE_CHUNKING_WEIGHT",
 ]
 
@@ -52,38 +57,83 @@ _BLOCK_ROWS = 2048  # rows per bincount block: bounds the dense scratch matrix t
 _VOCAB_CAP = 2_000_000  # forget a model's word cache past this many words (long-running server)
 
 
-def _piece_cost(piece: str) -> int:
-    return (len(piece) + 4) // 5 if (piece[0].isalnum() or piece[0] == "_") else 1
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+TOKENIZERS = ("fake", "words")
+
+
+class Tokenizer:
+    """A counting rule: text → pieces (words, marks, CJK characters), each with a cost, plus ``SPECIAL_TOKENS``
+    per input, all times ``scale`` (rounded up). ``count`` and ``truncate`` always agree with each other."""
+
+    def __init__(self, rule: str = "fake", scale: float = 1.0):
+        if rule not in TOKENIZERS:
+            raise ValueError(f"tokenizer: expected one of {list(TOKENIZERS)}; got {rule!r}")
+        if not scale > 0:
+            raise ValueError(f"token_scale: must be > 0; got {scale!r}")
+        self.rule, self.scale = rule, float(scale)
+        if rule == "fake":  # a word costs ceil(len/5): a prefix of 5·b characters costs b
+            self._pieces, self._chars_per_token = _PIECE, 5
+        else:  # one per word, one more per 7 characters past the first 7; CJK characters one each
+            self._pieces = re.compile(f"[{_CJK}]|(?:(?![{_CJK}])\\w)+|[^\\w\\s]")
+            self._chars_per_token = 7
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.rule!r}, scale={self.scale:g})"
+
+    def _cost(self, piece: str) -> int:
+        if not (piece[0].isalnum() or piece[0] == "_"):
+            return 1
+        if self.rule == "fake":
+            return (len(piece) + 4) // 5
+        return 1 + (len(piece) - 1) // 7  # a CJK character is a piece of its own: 1
+
+    def _scaled(self, n: int) -> int:
+        return n if self.scale == 1.0 else math.ceil(n * self.scale - 1e-9)
+
+    def count(self, text: str) -> int:
+        """Tokens counted for one input."""
+        return self._scaled(SPECIAL_TOKENS + sum(self._cost(p) for p in self._pieces.findall(text)))
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of ``text`` (cut at a piece, or inside a word) with ``count <= max_tokens``.
+
+        Below ``SPECIAL_TOKENS`` nothing fits; the result is then "" (which still costs the special tokens)."""
+        budget = math.floor(max_tokens / self.scale + 1e-9) - SPECIAL_TOKENS
+        if budget <= 0:
+            return ""
+        end = 0
+        for m in self._pieces.finditer(text):
+            cost = self._cost(m.group())
+            if cost > budget:
+                if m.group()[0] != "_" and not m.group()[0].isalnum():
+                    break
+                end = m.start() + budget * self._chars_per_token  # a word prefix that costs exactly budget
+                break
+            budget -= cost
+            end = m.end()
+            if budget == 0:
+                break
+        return text[:end]
+
+
+FAKE = Tokenizer()
+
+
+def tokenizer(rule: str = "fake", scale: float = 1.0) -> Tokenizer:
+    """The counting rule ``rule`` (``TOKENIZERS``) scaled by ``scale``; ``FAKE`` for the default."""
+    return FAKE if (rule, scale) == ("fake", 1.0) else Tokenizer(rule, scale)
 
 
 def count_tokens(text: str) -> int:
     """Tokens the fake model counts for one input (words ceil(len/5), marks 1, +2 special)."""
-    n = SPECIAL_TOKENS
-    for piece in _PIECE.findall(text):
-        n += (len(piece) + 4) // 5 if (piece[0].isalnum() or piece[0] == "_") else 1
-    return n
+    return FAKE.count(text)
 
 
 def truncate_text(text: str, max_tokens: int) -> str:
     """The longest prefix of ``text`` (cut at a piece, or inside a word) with count_tokens <= max_tokens.
 
     Below ``SPECIAL_TOKENS`` nothing fits; the result is then "" (which still costs 2)."""
-    budget = max_tokens - SPECIAL_TOKENS
-    if budget <= 0:
-        return ""
-    end = 0
-    for m in _PIECE.finditer(text):
-        cost = _piece_cost(m.group())
-        if cost > budget:
-            if m.group()[0] != "_" and not m.group()[0].isalnum():
-                break
-            end = m.start() + budget * 5  # a word prefix of budget*5 chars costs exactly budget
-            break
-        budget -= cost
-        end = m.end()
-        if budget == 0:
-            break
-    return text[:end]
+    return FAKE.truncate(text, max_tokens)
 
 
 def words(text: str) -> list[str]:

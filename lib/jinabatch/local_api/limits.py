@@ -1,9 +1,10 @@
 """Per-key rate limits of the local server: RPM and TPM token buckets plus an in-flight cap.
 
 A bucket refills at ``limit / 60`` per second up to ``capacity = limit * burst_seconds / 60``
-and starts full. A request is admitted when every bucket holds its cost; one that costs more than
-a bucket's capacity is admitted only when that bucket is full, and drives it negative (so a huge
-request is possible but pays for itself in waiting time afterwards). Admission is all or nothing:
+and starts full (``start_level``: another fraction of the capacity). A request is admitted when
+every bucket holds its cost; one that costs more than a bucket's capacity is admitted only when
+that bucket is full, and drives it negative (so a huge request is possible but pays for itself in
+waiting time afterwards). Admission is all or nothing:
 a refused request consumes no budget. ``Retry-After`` is the longest time any bucket needs to
 refill its deficit, rounded up to whole seconds (at least 1).
 
@@ -19,11 +20,12 @@ __all__ = ["TokenBucket", "KeyLimiter", "Refusal"]
 
 
 class TokenBucket:
-    def __init__(self, limit_per_minute: float, burst_seconds: float = 60.0, clock=time.monotonic):
+    def __init__(self, limit_per_minute: float, burst_seconds: float = 60.0, clock=time.monotonic, *,
+                 start_level: float = 1.0):
         self.rate = limit_per_minute / 60.0
         self.capacity = max(limit_per_minute * burst_seconds / 60.0, 1e-9)
         self._clock = clock
-        self.level = self.capacity
+        self.level = self.capacity * start_level
         self._t = clock()
 
     def _refill(self) -> None:
@@ -58,12 +60,14 @@ class KeyLimiter:
     concurrency: int | None = None
     burst_seconds: float = 60.0
     in_flight: int = 0
+    start_level: float = 1.0  # fraction of each bucket's capacity it holds at the start
     _rpm: TokenBucket | None = field(default=None, init=False, repr=False)
     _tpm: TokenBucket | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._rpm = TokenBucket(self.rpm, self.burst_seconds) if self.rpm else None
-        self._tpm = TokenBucket(self.tpm, self.burst_seconds) if self.tpm else None
+        b, lvl = self.burst_seconds, self.start_level
+        self._rpm = TokenBucket(self.rpm, b, start_level=lvl) if self.rpm else None
+        self._tpm = TokenBucket(self.tpm, b, start_level=lvl) if self.tpm else None
 
     def admit(self, tokens: int) -> Refusal | None:
         """Admit a request of ``tokens`` (taking its budget and an in-flight slot) or say why not."""

@@ -210,7 +210,9 @@ def _cli_args(s: ServerSettings) -> list[str]:
     """Command-line flags reproducing the settings (except host, port and keys)."""
     out = ["--burst-seconds", str(s.burst_seconds), "--latency-ms", str(s.latency_ms),
            "--latency-per-token-ms", str(s.latency_per_token_ms), "--fault-rate", str(s.fault_rate),
-           "--faults", ",".join(s.faults), "--stall-seconds", str(s.stall_seconds), "--seed", str(s.seed)]
+           "--faults", ",".join(s.faults), "--stall-seconds", str(s.stall_seconds), "--seed", str(s.seed),
+           "--tokenizer", s.tokenizer, "--token-scale", str(s.token_scale), "--bucket-start", str(s.bucket_start),
+           "--arrival-jitter-ms", str(s.arrival_jitter_ms)]
     for flag, v in (("--rpm", s.rpm), ("--tpm", s.tpm), ("--concurrency", s.concurrency),
                     ("--fault-every", s.fault_every)):
         if v is not None:
@@ -220,8 +222,8 @@ def _cli_args(s: ServerSettings) -> list[str]:
     return out
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="serve.py", description="Local Jina-compatible embeddings server. "
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Local Jina-compatible embeddings server. "
                                 f"Keys: --key (repeatable) and/or ${KEY_ENV} (comma-separated); "
                                 f"default {DEFAULT_KEY!r}. Prints the API base URL, runs until SIGINT/SIGTERM.")
     p.add_argument("--host", default="127.0.0.1")
@@ -239,11 +241,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", default=",".join(TRANSIENT_FAULTS), help=f"kinds, comma-separated: {','.join(FAULT_KINDS)}")
     p.add_argument("--stall-seconds", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default="fake", help="how tokens are counted: fake (default) or words (about "
+                   "one per word, one more per 7 characters of a long word, one per mark and per CJK character)")
+    p.add_argument("--token-scale", type=float, default=1.0, help="every token count times this (1.1 = 10%% more)")
+    p.add_argument("--bucket-start", type=float, default=1.0, help="how full each key's buckets start (0..1)")
+    p.add_argument("--arrival-jitter-ms", type=float, default=0.0,
+                   help="delay each request by a random 0..N ms before the limits see it")
     return p
 
 
-def settings_from_args(argv: list[str] | None = None) -> ServerSettings:
-    a = _parser().parse_args(argv)
+def settings_from_args(argv: list[str] | None = None, prog: str | None = None) -> ServerSettings:
+    """The settings the command line asks for (``prog``: the name its usage line shows)."""
+    a = _parser(prog).parse_args(argv)
     keys = set(a.key) | {k.strip() for k in os.environ.get(KEY_ENV, "").split(",") if k.strip()}
     try:
         return ServerSettings(
@@ -251,9 +260,10 @@ def settings_from_args(argv: list[str] | None = None) -> ServerSettings:
             concurrency=a.concurrency, burst_seconds=a.burst_seconds, retry_after=a.retry_after,
             latency_ms=a.latency_ms, latency_per_token_ms=a.latency_per_token_ms, fault_rate=a.fault_rate,
             fault_every=a.fault_every, faults=tuple(k for k in a.faults.split(",") if k),
-            stall_seconds=a.stall_seconds, seed=a.seed)
+            stall_seconds=a.stall_seconds, seed=a.seed, tokenizer=a.tokenizer, token_scale=a.token_scale,
+            bucket_start=a.bucket_start, arrival_jitter_ms=a.arrival_jitter_ms)
     except ValueError as e:
-        _parser().error(str(e))
+        _parser(prog).error(str(e))
         raise
 
 
@@ -270,9 +280,9 @@ async def _serve(settings: ServerSettings) -> None:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (``jobs/serve.py`` and ``python -m jinabatch.local_api.server``)."""
-    settings = settings_from_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """CLI entry point (``jinabatch serve``, ``jobs/serve.py`` and ``python -m jinabatch.local_api.server``)."""
+    settings = settings_from_args(argv, prog)
     try:
         asyncio.run(_serve(settings))
     except OSError as e:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..jina.models import EMBEDDING_TYPES, ModelSpec, get_model
+from ..models import EMBEDDING_TYPES, ModelSpec, get_model
 from . import fakemodel
 
 __all__ = ["HTTPProblem", "EmbeddingRequest", "parse_request", "ALL_FIELDS"]
@@ -84,25 +84,28 @@ def _model(body: dict) -> ModelSpec:
         raise HTTPProblem(422, f"model: {e}") from None
 
 
-def _truncate_all(spec: ModelSpec, texts: list[str], late_chunking: bool) -> tuple[list[str], list[int]]:
+def _truncate_all(spec: ModelSpec, texts: list[str], late_chunking: bool,
+                  tok: fakemodel.Tokenizer) -> tuple[list[str], list[int]]:
     if not late_chunking:
-        out = [t if fakemodel.count_tokens(t) <= spec.max_tokens else fakemodel.truncate_text(t, spec.max_tokens)
-               for t in texts]
-        return out, [fakemodel.count_tokens(t) for t in out]
+        out = [t if tok.count(t) <= spec.max_tokens else tok.truncate(t, spec.max_tokens) for t in texts]
+        return out, [tok.count(t) for t in out]
     remaining, out, tokens = spec.max_tokens, [], []
+    special = tok.count("")
     for i, t in enumerate(texts):
-        room = max(remaining - fakemodel.SPECIAL_TOKENS * (len(texts) - i - 1), fakemodel.SPECIAL_TOKENS)
-        if fakemodel.count_tokens(t) > room:
-            t = fakemodel.truncate_text(t, room)
-        n = fakemodel.count_tokens(t)
+        room = max(remaining - special * (len(texts) - i - 1), special)
+        if tok.count(t) > room:
+            t = tok.truncate(t, room)
+        n = tok.count(t)
         out.append(t)
         tokens.append(n)
         remaining -= n
     return out, tokens
 
 
-def parse_request(body) -> EmbeddingRequest:
-    """Validate a decoded JSON body like the real API; raise HTTPProblem(400|422, detail) if wrong."""
+def parse_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE) -> EmbeddingRequest:
+    """Validate a decoded JSON body like the real API; raise HTTPProblem(400|422, detail) if wrong.
+
+    ``tokenizer`` counts (and truncates) the inputs: the server's own rule, not the client's estimate."""
     if not isinstance(body, dict):
         raise HTTPProblem(422, "request body must be a JSON object")
     unknown = sorted(set(body) - set(ALL_FIELDS))
@@ -143,7 +146,7 @@ def parse_request(body) -> EmbeddingRequest:
     for i, t in enumerate(texts):
         if not t:
             raise HTTPProblem(400, f"input[{i}]: empty string; remove it or send some text")
-    tokens = [fakemodel.count_tokens(t) for t in texts]
+    tokens = [tokenizer.count(t) for t in texts]
     if not truncate:
         for i, n in enumerate(tokens):
             if n > spec.max_tokens:
@@ -154,6 +157,6 @@ def parse_request(body) -> EmbeddingRequest:
                                    f"{spec.max_tokens} for one late-chunking request; send fewer chunks per "
                                    "request or \"truncate\": true")
     elif max(tokens) > spec.max_tokens or (late and sum(tokens) > spec.max_tokens):
-        texts, tokens = _truncate_all(spec, texts, late)
+        texts, tokens = _truncate_all(spec, texts, late, tokenizer)
     return EmbeddingRequest(spec, texts, tokens, task if spec.takes_task else None, dimensions, late,
                             etype, normalized)
