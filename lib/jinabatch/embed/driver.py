@@ -129,7 +129,7 @@ def run_embed(config: Config, *, progress: bool = True) -> EmbedReport:
                 skipped.append({"shard": s.index, "name": s.name, "rows_in": s.rows, "rows_embedded": embedded,
                                 "rows_dead_letter": dead, "rows_truncated": truncated,
                                 "reasons": meta.get("reasons", {}), "rows_reused": int(meta.get("rows_reused", 0)),
-                                "shard_key": s.key,
+                                "shard_key": s.key, **rep.add_documents(meta),
                                 "fingerprint": config.fingerprint()})
             else:
                 todo.append(s)
@@ -238,6 +238,7 @@ def _collect(rep: EmbedReport, s: Shard, r: dict[str, Any]) -> JinaBatchError | 
             rep.shards_by_node[r["node"]] = rep.shards_by_node.get(r["node"], 0) + 1
         rep.add_rows(r["rows_in"], r["rows_embedded"], r["rows_dead_letter"], r["reasons"], r["rows_truncated"])
         rep.rows_reused += r.get("rows_reused", 0)
+        rep.add_documents(r)
         return None
     rep.shards_failed += 1
     first = s.pieces[0]

@@ -27,6 +27,8 @@ class EmbedReport:
     rows_reused: int = 0  # vectors carried over from output.previous instead of sent
     incremental: dict[str, Any] | None = None  # with output.previous: previous, reused, changed, new, dropped, note
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    documents: int = 0  # late chunking: documents embedded (each whole in one shard)
+    documents_split: int = 0  # of them, longer than the model's context: sent as several consecutive windows
     shards_total: int = 0
     shards_skipped: int = 0
     shards_done: int = 0
@@ -66,6 +68,13 @@ class EmbedReport:
         self.rows_truncated += truncated
         for k, v in reasons.items():
             self.dead_letter_reasons[k] = self.dead_letter_reasons.get(k, 0) + v
+
+    def add_documents(self, counts: dict[str, Any]) -> dict[str, int]:
+        """Fold one shard's late-chunking counts (a result, footer or run-log record) in; returns them."""
+        got = {k: int(counts.get(k, 0)) for k in ("documents", "documents_split")}
+        self.documents += got["documents"]
+        self.documents_split += got["documents_split"]
+        return got
 
     def add_keys(self, per_key: dict[str, dict[str, Any]], *, probe: list[dict[str, int]] | None = None) -> None:
         """Counters per key of the pool (``key0``, ``key1``…), plus what checking each key before the run
@@ -110,7 +119,9 @@ class EmbedReport:
                      f"{inc['new']} new, {inc['dropped']} dropped{'; ' + inc['note'] if inc.get('note') else ''})")
         return (f"{self.rows_embedded}/{self.rows_in} rows embedded{reuse}, {self.rows_dead_letter} dead-lettered, "
                 f"{self.shards_done} shards done, {self.shards_skipped} skipped, {self.shards_failed} failed; "
-                f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
+                + (f"{self.documents} documents ({self.documents_split} longer than the context, sent as several "
+                   "windows); " if self.documents else "")
+                + f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
                 f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"
                 + (" (per key: " + ", ".join(f"{k} {c.get('utilization', 0):.1%}, {c['http_429']} 429s"
                                             for k, c in self.keys.items()) + ")" if len(self.keys) > 1 else "")

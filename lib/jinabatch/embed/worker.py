@@ -75,6 +75,8 @@ class ShardResult:
     raw_tokens: float = 0.0  # uncalibrated estimate of what was sent: tokens / raw_tokens calibrates the next plan
     rows_reused: int = 0  # vectors carried over from output.previous (no request)
     key: str | None = None  # the key of the pool it used (key0, key1...; never the value)
+    documents: int = 0  # late chunking: documents embedded, and those longer than the context (several windows)
+    documents_split: int = 0
 
 
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
@@ -280,7 +282,10 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
                     else:
                         alone.append((i, f"too long (about {est} tokens > {limit})"))
             if late:
-                groups = [([(b, i) for i in rows], None) for rows in document_windows(b.table, keep, cs, client)]
+                windows = document_windows(b.table, keep, cs, client)
+                res.documents += windows.documents
+                res.documents_split += windows.split
+                groups = [([(b, i) for i in rows], None) for rows in windows.rows]
             else:
                 for hb, _ in carry:
                     hb.held -= 1
@@ -307,7 +312,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
         write_dead_letter(out, shard.name, dead_rows, id_field.type)
         # counts a resumed run reports for this shard without reading its dead letters
         writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons, rows_truncated=res.rows_truncated,
-                      rows_reused=res.rows_reused)
+                      rows_reused=res.rows_reused, documents=res.documents, documents_split=res.documents_split)
     except BaseException:
         for t in live:
             t.cancel()
