@@ -61,6 +61,7 @@ class Shard:
     sub: str
     rows: int
     meta: dict[str, Any]
+    row_groups: tuple[int, ...] = ()  # rows per row group (load.verify samples across them)
 
     @property
     def name(self) -> str:
@@ -165,7 +166,9 @@ def read_output(path: str | Path | Storage, storage: StorageSettings | None = No
         if meta.get("model") not in (None, report["model"]):
             raise LoadError(f"{f}: model {meta['model']!r} but _report.json says {report['model']!r}; "
                             "the folder mixes two runs — use a fresh output.path")
-        shards.append(Shard(out, sub, pf.metadata.num_rows, meta))
+        md = pf.metadata
+        shards.append(Shard(out, sub, md.num_rows, meta, tuple(md.row_group(i).num_rows
+                                                               for i in range(md.num_row_groups))))
     rows = sum(s.rows for s in shards)
     if rows != int(report["rows_embedded"]):
         raise LoadError(f"{out.uri}: the shards hold {rows} rows but _report.json says rows_embedded = "

@@ -12,7 +12,8 @@ One readable pass (``run_load``)::
             the server reads the shards where they are, or copies in its bucket / on its disk
             (jinabatch.load.importfiles); dynamic-field keys: copies with a $meta column (load.staging)
     index + load                                              index built after the data is in
-    verify  count(*) == rows_embedded; sampled ids' vectors and carried values == the shard's
+    verify  count(*) == rows_embedded; ids sampled over every shard and row group (seeded: the seed is in
+            the report): vectors and carried values == the shard's
     swap    alter_alias / create_alias                        atomic: queries never see a partial load
     tidy    remove the copies made for the import; release the previous collection; keep keep_previous
             verified ones behind it, drop everything else
@@ -82,6 +83,7 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     uri: str = ""
     verified_ids: int = 0
+    verify_seed: int | None = None  # the seed of the sampled ids (load.verify), to replay the check
     server: str = ""  # e.g. "Milvus v2.3.5-lite (no nullable fields)"
     carried: dict[str, str] = field(default_factory=dict)  # column -> how it is held ("nullable field", ...)
     phases: list[dict] = field(default_factory=list)  # {"phase", "seconds"} per step, in order (for _report.html)
@@ -218,8 +220,8 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
     dropped = _tidy(client, alias, name, ms.keep_previous)
     mark("tidy")
     return LoadReport(alias, name, inp.rows, BULK if mode == BULK_COPIES else mode, 0.0, previous, dropped,
-                      verified_ids=checked, server=info.describe(), carried=carried, phases=phases, imports=imports,
-                      import_files=files.describe() if files is not None else {})
+                      verified_ids=checked.ids, verify_seed=checked.seed, server=info.describe(), carried=carried,
+                      phases=phases, imports=imports, import_files=files.describe() if files is not None else {})
 
 
 def _timing():
