@@ -18,6 +18,7 @@ from _cli import run_main, setup_logging
 from jinabatch.config import load_config
 from jinabatch.embed.preview import format_preview, preview
 from jinabatch.load.precheck import check_load_target
+from jinabatch.runtime import ray_session
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         if "milvus" in cfg.model_fields_set:  # what the load would refuse, refused now
             target = check_load_target(plan.column_types, cfg.milvus, files=plan.files,
                                        id_column=cfg.corpus.id_column, id_type=plan.id_type,
-                                       storage=cfg.storage, output=cfg.output.path).summary()
+                                       storage=cfg.storage, output=cfg.output.path,
+                                       ray_context=lambda: ray_session(cfg)).summary()  # Ray Data if big
         if args.json:
             print(json.dumps({**p.to_dict(), "load_target": target}, indent=2))
         else:

@@ -22,6 +22,7 @@ from jinabatch.load.milvus import connect
 from jinabatch.load.precheck import check_load_target
 from jinabatch.load.search import format_hits, search_target
 from jinabatch.load.stage import run_load
+from jinabatch.runtime import lazy_ray
 from jinabatch.storage import Storage
 
 SAMPLE_QUERIES = ["When was artificial intelligence founded?", "baking bread in a wood-fired oven",
@@ -31,9 +32,11 @@ SAMPLE_QUERIES = ["When was artificial intelligence founded?", "baking bread in 
 def check_target(cfg) -> str:
     """Refuse now what the load would refuse after the tokens are spent; the summary of how columns are held.
     The plan made here is kept in output.path/_plan/, so the embed stage reuses it instead of planning again."""
-    plan = plan_corpus(cfg, Storage.open(cfg.output.path, cfg.storage))
-    return check_load_target(plan.column_types, cfg.milvus, files=plan.files, id_column=cfg.corpus.id_column,
-                             id_type=plan.id_type, storage=cfg.storage, output=cfg.output.path).summary()
+    with lazy_ray(cfg) as need_ray:  # the passes over every row run on Ray Data for a big corpus
+        plan = plan_corpus(cfg, Storage.open(cfg.output.path, cfg.storage), ray_context=need_ray)
+        return check_load_target(plan.column_types, cfg.milvus, files=plan.files, id_column=cfg.corpus.id_column,
+                                 id_type=plan.id_type, storage=cfg.storage, output=cfg.output.path,
+                                 ray_context=need_ray).summary()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,12 +6,11 @@ that follows reuses it instead of planning again.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import Config
-from ..runtime import ray_session
+from ..runtime import lazy_ray
 from ..storage import Storage
 from .estimate import Estimate, estimate_run
 from .plan import Plan, plan_corpus
@@ -45,15 +44,7 @@ class Preview:
 def preview(config: Config) -> tuple[Preview, Plan]:
     out = Storage.open(config.output.path, config.storage)
     out.check("output.path")
-    with contextlib.ExitStack() as stack:
-        started: list[bool] = []
-
-        def need_ray():
-            if not started:
-                stack.enter_context(ray_session(config))
-                started.append(True)
-            return contextlib.nullcontext()
-
+    with lazy_ray(config) as need_ray:  # started only if a pass needs it
         plan = plan_corpus(config, out, ray_context=need_ray)
     resume = find_finished(config, plan, out)
     todo = [s for s in plan.shards if s.index not in resume.done]

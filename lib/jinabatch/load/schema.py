@@ -40,11 +40,11 @@ from pymilvus import DataType, MilvusClient
 from ..config import StorageSettings
 from ..errors import LoadError
 from ..storage import Storage
+from .scan import MAX_VARCHAR
 
 __all__ = ["Shard", "Column", "LoadInput", "read_output", "build_schema", "VECTOR_FIELD", "MAX_VARCHAR"]
 
 VECTOR_FIELD = "embedding"
-MAX_VARCHAR = 65_535  # Milvus's cap on VARCHAR max_length (bytes)
 _SCALARS = {
     pa.int64(): DataType.INT64, pa.int32(): DataType.INT32, pa.int16(): DataType.INT16, pa.int8(): DataType.INT8,
     pa.float64(): DataType.DOUBLE, pa.float32(): DataType.FLOAT, pa.bool_(): DataType.BOOL,
