@@ -13,7 +13,8 @@ and saying what to do, for anything the load would otherwise refuse after the to
   (``load.scan``: in process for a small corpus, on Ray Data above ``local_max_rows`` rows);
 * a remote server that does not answer, or ``mode = "bulk"`` where it cannot work (Milvus Lite; an output on
   object storage that a server on local storage cannot import from);
-* ``milvus.bucket`` unreachable with the job's endpoint and credentials (or missing, for a remote server).
+* ``milvus.bucket`` unreachable with the job's endpoint and credentials (or missing, for a remote server);
+  for the embedded server on a bucket, credentials it cannot use (``AWS_SESSION_TOKEN``: temporary ones).
 
 Nulls are not refused: the returned ``TargetCheck`` says where each column will go on this server
 (``jinabatch.load.target``) and ``summary()`` prints it. The server's capabilities are found without
@@ -130,6 +131,10 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
         scanned = scan_columns(files, list(facts), storage, local_max_rows=local_max_rows, ray_context=ray_context)
         for n, f in facts.items():
             f.nulls, f.longest = scanned[n].nulls, scanned[n].longest
+    if settings.uri == "embedded" and settings.bucket:  # credentials it cannot use: refused before it is needed
+        from .server import BucketStorage
+
+        BucketStorage(settings.bucket, settings.root_path, storage or StorageSettings()).check_credentials()
     probing = server is None
     server = server or probe_server(settings)
     layout = choose_layout({n: f.nulls for n, f in facts.items()}, server) if files else None
