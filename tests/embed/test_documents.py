@@ -23,11 +23,12 @@ def _write(path: Path, docs: list[str | None], start: int = 0, row_group_size: i
                    path, row_group_size=row_group_size)
 
 
-def _cfg(path, late: bool = True, rows_per_shard: int = 10):
+def _cfg(path, late: bool = True, rows_per_shard: int = 10, out: Path | None = None):
     corpus = {"path": str(path), "rows_per_shard": rows_per_shard}
     if late:
         corpus.update(document_column="doc", chunk_order_column="seq")
-    return parse_config({"corpus": corpus, "jina": {"late_chunking": late}})
+    return parse_config({"corpus": corpus, "jina": {"late_chunking": late},
+                         **({"output": {"path": str(out)}} if out else {})})
 
 
 def _docs(*lengths: int, prefix: str = "d") -> list[str]:
@@ -130,3 +131,13 @@ def test_ray_data_document_pass_finds_what_the_in_process_pass_finds(tmp_path, r
     with pytest.raises(CorpusError, match="document 'd5'.* to .*a.parquet row 310") as e:
         plan_corpus(_cfg(tmp_path / "s", rows_per_shard=100), Storage.open(tmp_path / "d"), local_max_rows=0)
     assert "and 1 other document" in str(e.value)  # the document whose row it took is scattered too
+
+
+def test_the_plan_preview_says_shards_run_over_to_finish_documents(tmp_path):
+    """jobs/plan.py's text names the largest shard when late chunking made one longer than rows_per_shard."""
+    from jinabatch.embed.preview import format_preview, preview
+
+    _write(tmp_path / "c" / "a.parquet", _docs(4, 8, 7, 3, 12))
+    p, plan = preview(_cfg(tmp_path / "c", out=tmp_path / "out"))
+    assert p.largest_shard == 12 == max(s.rows for s in plan.shards)
+    assert "shards   3 of 10 rows (cut at document ends: the largest has 12)" in format_preview(p)
