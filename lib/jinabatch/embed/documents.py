@@ -56,8 +56,8 @@ def _docs_batch(batch: pa.Table, column: str, settings: StorageSettings) -> pa.T
 
 
 def _judge(groups: pa.Table, rows_per_shard: int) -> pa.Table:
-    """Per-document (doc, n, first, last) in; out: the documents holding a shard edge (``scattered`` false) and
-    the first scattered document with their count in ``scattered`` (≤ 1 such row per input)."""
+    """Ray Data UDF too. Per-document (doc, n, first, last) in; out: the documents that hold a shard edge
+    (``scattered`` 0) and the first scattered document, with how many there are in ``scattered`` (≤ 1 such row)."""
     first, last = groups["first"], groups["last"]
     gap = pc.not_equal(groups["n"], pc.add(pc.subtract(last, first), 1))
     edge = pc.not_equal(pc.divide(first, rows_per_shard), pc.divide(last, rows_per_shard))  # integer division
@@ -68,10 +68,6 @@ def _judge(groups: pa.Table, rows_per_shard: int) -> pa.Table:
         worst = bad.take([pc.index(bad["first"], pc.min(bad["first"])).as_py()])
         spans = pa.concat_tables([spans, worst.append_column("scattered", pa.array([bad.num_rows], pa.int64()))])
     return spans
-
-
-def _judge_batch(batch: pa.Table, rows_per_shard: int) -> pa.Table:
-    return _judge(batch, rows_per_shard)
 
 
 def _in_process(files: Sequence[CorpusFile], column: str, settings: StorageSettings, rows_per_shard: int) -> pa.Table:
@@ -85,7 +81,7 @@ def _in_process(files: Sequence[CorpusFile], column: str, settings: StorageSetti
 
 
 def _on_ray(files: Sequence[CorpusFile], column: str, settings: StorageSettings, rows_per_shard: int,
-            rows: int) -> pa.Table:
+            rows: int) -> pa.Table | None:
     import ray
     from ray.data.aggregate import Count, Max, Min
 
@@ -96,7 +92,7 @@ def _on_ray(files: Sequence[CorpusFile], column: str, settings: StorageSettings,
                                  fn_kwargs={"column": column, "settings": settings})
         per_doc = docs.groupby("doc", num_partitions=num_partitions(rows)).aggregate(
             Count(alias_name="n"), Min("pos", alias_name="first"), Max("pos", alias_name="last"))
-        judged = per_doc.map_batches(_judge_batch, batch_format="pyarrow", fn_kwargs={"rows_per_shard": rows_per_shard})
+        judged = per_doc.map_batches(_judge, batch_format="pyarrow", fn_kwargs={"rows_per_shard": rows_per_shard})
         parts = [t for t in ray.get(judged.to_arrow_refs()) if t.num_rows]
     return pa.concat_tables(parts) if parts else None  # None: no document holds an edge, none is scattered
 

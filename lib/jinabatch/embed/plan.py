@@ -28,8 +28,8 @@ import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
 import pyarrow as pa
@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 
 from ..config import Config
 from ..storage import FileStat, Storage
-from .corpus import CorpusFile, inspect_files, list_corpus
 from .chunking import check_late_chunking
+from .corpus import CorpusFile, inspect_files, list_corpus
 from .dedup import LOCAL_MAX_ROWS, find_duplicates
 from .documents import Span, plan_documents, read_spans
 from .incremental import Reuse, plan_reuse

@@ -120,6 +120,10 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
     """
     names = list(column_types)
     _check_names(names, id_column)
+    if settings.uri == "embedded" and settings.bucket:  # credentials it cannot use: refused before anything is read
+        from .server import BucketStorage
+
+        BucketStorage(settings.bucket, settings.root_path, storage or StorageSettings()).check_credentials()
     first = str(getattr(files[0], "uri", files[0])) if files else "corpus"
     if id_type is not None:
         check_id_type(first, id_column, id_type)
@@ -131,10 +135,6 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
         scanned = scan_columns(files, list(facts), storage, local_max_rows=local_max_rows, ray_context=ray_context)
         for n, f in facts.items():
             f.nulls, f.longest = scanned[n].nulls, scanned[n].longest
-    if settings.uri == "embedded" and settings.bucket:  # credentials it cannot use: refused before it is needed
-        from .server import BucketStorage
-
-        BucketStorage(settings.bucket, settings.root_path, storage or StorageSettings()).check_credentials()
     probing = server is None
     server = server or probe_server(settings)
     layout = choose_layout({n: f.nulls for n, f in facts.items()}, server) if files else None
