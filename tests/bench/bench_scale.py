@@ -110,9 +110,9 @@ def precheck_phase(base: Path, label: str) -> list[dict]:
         r = {**json.loads(w.stdout.strip().splitlines()[-1]), "process_seconds": w.seconds,
              "driver_mb": w.driver_peak_mb, "other_private_mb": w.other_private_mb}
         results.append(r)
-        print(f"  {engine}: {r['rows']:,} rows checked in {r['seconds']:.1f}s ({w.seconds:.1f}s with listing and "
-              f"footers); driver peak {r['driver_mb']:.0f} MB, largest other {r['other_private_mb']:.0f} MB private",
-              flush=True)
+        print(f"  {engine}: {r['rows']:,} rows checked in {r['seconds']:.1f}s (Ray's start apart: {r['ray_start']:.1f}s; "
+              f"{w.seconds:.1f}s with listing and footers); driver peak {r['driver_mb']:.0f} MB, largest other "
+              f"{r['other_private_mb']:.0f} MB private", flush=True)
     return results
 
 
@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
           "(target <= 2048)")
     for c in checks:
         where = "on Ray Data" if c["engine"] == "ray" else "in the driver process"
-        print(f"carried-column check {where}: {c['rows']:,} rows in {c['seconds']:.1f} s; driver peak "
+        print(f"carried-column check {where}: {c['rows']:,} rows in {c['seconds']:.1f} s (+ {c['ray_start']:.1f} s to "
+              f"start Ray); driver peak "
               f"{c['driver_mb']:.0f} MB, largest other process {c['other_private_mb']:.0f} MB private")
     if first:
         print(f"100,000 shards: first API request {first['seconds']:.1f} s after the job started (target <= 60)")
