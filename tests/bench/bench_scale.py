@@ -110,7 +110,8 @@ def precheck_phase(base: Path, label: str) -> list[dict]:
         r = {**json.loads(w.stdout.strip().splitlines()[-1]), "process_seconds": w.seconds,
              "driver_mb": w.driver_peak_mb, "other_private_mb": w.other_private_mb}
         results.append(r)
-        print(f"  {engine}: {r['rows']:,} rows checked in {r['seconds']:.1f}s (Ray's start apart: {r['ray_start']:.1f}s; "
+        print(f"  {engine}: {r['rows']:,} rows checked in {r['seconds']:.1f}s (Ray's start apart: "
+              f"{r['ray_start']:.1f}s; "
               f"{w.seconds:.1f}s with listing and footers); driver peak {r['driver_mb']:.0f} MB, largest other "
               f"{r['other_private_mb']:.0f} MB private", flush=True)
     return results

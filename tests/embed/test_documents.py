@@ -18,7 +18,8 @@ def _write(path: Path, docs: list[str | None], start: int = 0, row_group_size: i
     """One row per entry of ``docs`` (its document), ids from ``start``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(docs)
-    pq.write_table(pa.table({"id": [f"r{start + i}" for i in range(n)], "text": [f"chunk {start + i}" for i in range(n)],
+    rows = range(start, start + n)
+    pq.write_table(pa.table({"id": [f"r{i}" for i in rows], "text": [f"chunk {i}" for i in rows],
                              "doc": pa.array(docs, pa.string()), "seq": list(range(n))}),
                    path, row_group_size=row_group_size)
 

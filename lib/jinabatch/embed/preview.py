@@ -76,7 +76,8 @@ def format_preview(p: Preview) -> str:
         f"shards   {p.shards:,} of {p.rows_per_shard:,} rows"
         + (f" (cut at document ends: the largest has {p.largest_shard:,})" if p.largest_shard > p.rows_per_shard
            else "")
-        + f"; {p.shards_done:,} already done in {p.output} ({p.rows_done:,} rows) — a run sends the other {e.shards:,}"
+        + f"; {p.shards_done:,} already done in {p.output} ({p.rows_done:,} rows)"
+        f" — a run sends the other {e.shards:,}"
         + (f"; {p.stale} stale shard file(s) of an earlier plan will be removed" if p.stale else "")
         + ("; plan reused from _plan/" if p.plan_reused else ""),
         f"tokens   ~{e.tokens:,} for {e.rows:,} rows (~{e.tokens_per_row:.1f}/row; ratio {e.ratio:.3f} from "

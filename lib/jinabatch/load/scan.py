@@ -6,9 +6,10 @@ the longest text in bytes; it raises ``CorpusError`` naming the file, row and co
 corpus order) that no Milvus field holds: a text over 65,535 bytes or ±infinity in a float column.
 
 Like the duplicate-id pass (``embed.passes``), it runs in this process up to ``local_max_rows`` rows and on Ray
-Data above: runs of row groups (``ITEM_ROWS`` each) are scanned by tasks on the cluster and only one small
-summary row per run and column comes back (``_summary``), so the driver never reads the columns — at 10⁸–10⁹ rows, text included,
-that read was a single-process bottleneck. In process it stops at the first offending row group.
+Data above: runs of row groups (up to ``ITEM_ROWS`` rows of one file) are scanned by tasks on the cluster and
+only one small summary row per run and column comes back (``_summary``), so the driver never reads the columns
+— at 10⁸–10⁹ rows, text included, that read was a single-process bottleneck. In process it stops at the first
+offending run.
 """
 from __future__ import annotations
 
