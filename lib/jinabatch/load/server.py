@@ -20,7 +20,8 @@ at plan time (``load.precheck``) and again here: Milvus 2.3's MinIO client signs
 and an empty session token (``credentials.NewStaticV4(key, secret, "")``), and has no setting for one. The
 bucket is reached with the job's credentials before the server starts, and while it starts its log is watched:
 a store that refuses the server's own bucket checks stops the start within seconds, never after the package's
-180 s readiness wait.
+180 s readiness wait — as does a server process that exits while starting (another embedded Milvus holding the
+fixed internal ports), with the error from its log.
 
 ``EmbeddedServer`` is the one place that starts and stops it; the test session's ``milvus_server``
 fixture is started through it too, so the job's embedded path is tested by pointing a config at it.
@@ -248,20 +249,23 @@ class _BucketRefused(Exception):
     """The server's own checks of its bucket keep failing: it would retry until the readiness wait times out."""
 
 
-def _bucket_refused(log_file: Path) -> str | None:
-    """The server's error once its log shows ``FAILED_BUCKET_CHECKS`` failed checks of its bucket, else None."""
+class _Exited(Exception):
+    """The server process ended while its start was awaited (the package would wait the whole 180 s for it)."""
+
+
+def _logged(log_file: Path, marker: str) -> tuple[int, str]:
+    """(lines of the server's log holding ``marker``, the ``error`` the last of them names — scrubbed of the AWS
+    key and secret, whatever the server logs)."""
     try:
-        lines = [line for line in log_file.read_text(errors="replace").splitlines() if BUCKET_CHECK_FAILED in line]
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if marker in line]
     except OSError:
-        return None
-    if len(lines) < FAILED_BUCKET_CHECKS:
-        return None
-    found = re.search(r'\[error="([^"]*)"\]', lines[-1])
-    why = found.group(1) if found else lines[-1][-300:]
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # never in a message, whatever the server logs
+        return 0, ""
+    found = re.search(r'\[error="([^"]*)"\]', lines[-1]) if lines else None
+    error = found.group(1) if found else ""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         if os.environ.get(var):
-            why = why.replace(os.environ[var], "***")
-    return f"{len(lines)} failed checks, the last: {why}"
+            error = error.replace(os.environ[var], "***")
+    return len(lines), error
 
 
 def _milvus_server(env: dict[str, str], watch_bucket: bool = False):
@@ -271,10 +275,12 @@ def _milvus_server(env: dict[str, str], watch_bucket: bool = False):
     ``prepend_path_to_envs`` (for LD_LIBRARY_PATH / DYLD_LIBRARY_PATH) just before spawning: the one hook that
     reaches it without putting the credentials into this process's own environment.
 
-    ``watch_bucket``: the readiness wait (the package's, 180 s) is cut into 2 s steps, and between them the
-    server's log is read; once it shows the server's bucket check failing ``FAILED_BUCKET_CHECKS`` times (a
-    store refusing its credentials: it retries for minutes and never becomes ready) the wait ends with
-    ``_BucketRefused`` — seconds after the start, not 180 s."""
+    The readiness wait (the package's, 180 s) is cut into 2 s steps. Between them: a server process that has
+    ended (the package counts it as running and would wait the whole time — e.g. another embedded Milvus holds
+    the fixed internal ports) ends the wait with ``_Exited`` and its log's last error; with ``watch_bucket``, a
+    log showing the server's bucket check failing ``FAILED_BUCKET_CHECKS`` times (a store refusing its
+    credentials: it retries for minutes and never becomes ready) ends it with ``_BucketRefused``. Seconds after
+    the start, not 180 s."""
     from milvus import MilvusServer  # heavy import, only when a server is really started
 
     class _Server(MilvusServer):
@@ -289,11 +295,14 @@ def _milvus_server(env: dict[str, str], watch_bucket: bool = False):
                 try:
                     return super().wait_started(timeout=2000)
                 except TimeoutError:
-                    why = _bucket_refused(log_file) if watch_bucket else None
-                    if why:
-                        raise _BucketRefused(why) from None
+                    if self.server_proc is not None and self.server_proc.poll() is not None:
+                        error = _logged(log_file, "[ERROR]")[1] or "no error in its log"
+                        raise _Exited(f"it exited with code {self.server_proc.returncode}: {error}") from None
+                    failed, error = _logged(log_file, BUCKET_CHECK_FAILED) if watch_bucket else (0, "")
+                    if failed >= FAILED_BUCKET_CHECKS:
+                        raise _BucketRefused(f"{failed} failed checks, the last: {error}") from None
                     if time.monotonic() >= deadline:
-                        raise
+                        raise TimeoutError(f"not ready after {timeout / 1000:.0f} s") from None
 
     return _Server()
 
