@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from jinabatch.embed.grants import ASK_TTL, MARGIN, GrantedLimiter, KeyBudget, Permit, Pool
+from jinabatch.embed.grants import ASK_TTL, GONE_TTL, MARGIN, GrantedLimiter, KeyBudget, Permit, Pool
 
 
 class Clock:
@@ -180,8 +180,47 @@ def test_a_task_that_stops_polling_leaves_the_line_so_it_blocks_no_one():
         kb.ask(s, [(1, 300)] if s == 8 else [])
     kb.grant()
     assert granted(kb, 8) == [300]
-    with pytest.raises(KeyError):
-        kb.take_granted(7)  # task 7 is out of the pool
+    assert granted(kb, 7) == []  # task 7's ask left the line; task 7 itself stays (a slow worker may poll again)
+
+
+def test_a_task_silent_past_the_ask_ttl_keeps_its_slots_and_is_served_when_it_polls_again():
+    """A starved worker (load, a long GC) polls after more than ASK_TTL: its asks had left the line, its grants not
+    handed went back, but its requests on the wire still hold their slots — and its next poll is served (this was a
+    KeyError that killed the shard's pump and hung the task)."""
+    kb, clock = budget(concurrency=3)
+    key = kb.pool.keys[0]
+    for ask in ([(1, 100), (2, 100)], [(2, 100)]):
+        kb.ask(7, ask)
+        kb.grant()
+        clock.t += 0.1
+    assert granted(kb, 7) == [100, 100]  # two requests on the wire
+    kb.ask(7, [(3, 100)])
+    kb.grant()  # granted, not handed: task 7 goes silent
+    clock.t += ASK_TTL + 0.5
+    kb.grant()
+    assert key.in_flight == 2  # the third came back; the two sent still hold their slots
+    kb.pool.report(7, {0: 1})  # it wakes up: one answered
+    kb.ask(7, [(3, 100)])
+    kb.grant()
+    assert granted(kb, 7) == [100] and key.in_flight == 2
+
+
+def test_a_task_silent_past_the_gone_ttl_frees_its_slots_and_its_comeback_frees_nothing_twice():
+    kb, clock = budget(concurrency=3)
+    key = kb.pool.keys[0]
+    for ask in ([(1, 100), (2, 100), (3, 100)], [(2, 100), (3, 100)], [(3, 100)]):
+        kb.ask(7, ask)
+        kb.grant()
+        clock.t += 0.1
+    assert len(granted(kb, 7)) == 3 and key.in_flight == 3
+    clock.t += GONE_TTL + 1
+    kb.grant()
+    assert key.in_flight == 0  # its worker is taken for dead: others may use the slots
+    kb.ask(8, [(1, 100)])
+    kb.grant()
+    assert granted(kb, 8) == [100] and key.in_flight == 1
+    kb.pool.report(7, {0: 3})  # it was alive after all: its three answers free nothing more
+    assert key.in_flight == 1
 
 
 def test_a_task_that_ends_gives_back_the_grants_it_was_never_handed_and_its_slots():

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from jinabatch.jina.limits import Share, Slowdown, TokenBucket, WorkerLimiter, share_of
+from jinabatch.jina.limits import Share, Slowdown, TokenBucket, Wakeup, WorkerLimiter, share_of
 
 
 class FakeClock:
@@ -222,3 +222,23 @@ def test_a_request_cancelled_while_waiting_leaves_the_line_and_the_next_one_goes
         return lim.waiting, lim.in_flight
 
     assert asyncio.run(run()) == (0, 1)
+
+
+def test_wakeup_wakes_every_waiter_and_a_waiter_cancelled_or_timed_out_leaves_nothing_held():
+    """The limiters' waits (no lock to re-acquire: with asyncio.Condition + wait_for on 3.11 a timed-out or
+    cancelled wait could leave the lock broken and the task's end waiting forever)."""
+    async def go():
+        wake = Wakeup()
+        timed_out = [asyncio.ensure_future(wake.wait(0.001)) for _ in range(50)]
+        cancelled = [asyncio.ensure_future(wake.wait(60)) for _ in range(50)]
+        await asyncio.sleep(0.01)
+        for t in cancelled:
+            t.cancel()
+        await asyncio.wait_for(asyncio.gather(*timed_out, *cancelled, return_exceptions=True), 1)
+        woken = [asyncio.ensure_future(wake.wait(60)) for _ in range(3)]
+        await asyncio.sleep(0)
+        wake.notify()
+        await asyncio.wait_for(asyncio.gather(*woken), 1)  # woken by notify, not by their 60 s
+        return [t.cancelled() for t in cancelled]
+
+    assert all(asyncio.run(go()))

@@ -41,16 +41,15 @@ back (``counts``), and hands the grants back (``grant``).
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..jina.limits import Slowdown, TokenBucket
+from ..jina.limits import Slowdown, TokenBucket, Wakeup
 
-__all__ = ["KeyBudget", "Pool", "GrantedLimiter", "Permit", "BURST_SECONDS", "MARGIN", "SEND_LAG", "ASK_TTL"]
+__all__ = ["KeyBudget", "Pool", "GrantedLimiter", "Permit", "BURST_SECONDS", "MARGIN", "SEND_LAG", "ASK_TTL", "GONE_TTL"]
 
 BURST_SECONDS = 2.0  # the buckets we assume the API keeps: the shortest a real server is likely to use
 MARGIN = 0.1  # of the server's bucket at least: room for grants reaching it out of step, estimates in flight
@@ -58,6 +57,7 @@ MAX_MARGIN = 0.5  # of the server's bucket at most
 SEND_LAG = 0.05  # seconds from a grant's delivery to its request reaching the server, beyond the poll gaps
 LAG_WINDOW = 5.0  # seconds of poll gaps the margin looks back on
 ASK_TTL = 2.0  # seconds after which the asks of a task that stopped polling leave the line (tasks poll ~10×/s)
+GONE_TTL = 30.0  # seconds of silence after which a task is gone: the slots of its requests free (it may come back)
 
 Ask = tuple[int, float]  # (ticket, estimated tokens)
 Grant = tuple[int, float, int]  # (ticket, tokens, key)
@@ -160,6 +160,7 @@ class _Asker:
     granted: list[Grant] = field(default_factory=list)  # not delivered yet
     sent: dict[int, int] = field(default_factory=dict)  # key -> grants made to it (cumulative)
     done: dict[int, int] = field(default_factory=dict)  # key -> grants it reported finished or given back
+    returned: dict[int, int] = field(default_factory=dict)  # key -> grants never handed to it, given back here
 
 
 class Pool:
@@ -171,16 +172,27 @@ class Pool:
         self.started = False
         self._line: dict[tuple[int, int], tuple[float, float]] = {}  # (shard, ticket) -> (first asked, tokens)
         self._askers: dict[int, _Asker] = {}
+        self._gone: dict[int, _Asker] = {}  # tasks silent past GONE_TTL, kept to take them back if they poll again
         self._gaps: deque[tuple[float, float]] = deque()  # (when, seconds) between polls of a task that had asks
 
     def join(self, shard: int, home: int) -> None:
         self.leave(shard)
+        self._gone.pop(shard, None)
         self._askers[shard] = _Asker(home, asked=self._clock())
+
+    def _asker(self, shard: int) -> _Asker:
+        """A joined task's record; a task that was silent long enough to be taken for gone is taken back (a
+        starved worker, a long pause): its counts were kept, so nothing it reports frees a slot twice."""
+        a = self._askers.get(shard)
+        if a is None:
+            a = self._askers[shard] = self._gone.pop(shard)
+            a.asked = self._clock()
+        return a
 
     def ask(self, shard: int, asks: Sequence[Ask]) -> None:
         """``shard``'s waiting requests (ticket, estimated tokens) in its own order; replaces what it asked before
         (a ticket it no longer lists was cancelled, or is granted and on its way)."""
-        a = self._askers[shard]
+        a = self._asker(shard)
         now = self._clock()
         if a.asking:  # a grant made since its last poll waited this long for it
             self._gaps.append((now, now - a.asked))
@@ -195,7 +207,7 @@ class Pool:
 
     def report(self, shard: int, done: dict[int, int]) -> None:
         """Cumulative per key: requests ``shard`` has finished or given back; frees their slots."""
-        a = self._askers[shard]
+        a = self._asker(shard)
         for key, n in done.items():
             new = n - a.done.get(key, 0)
             if new > 0:
@@ -207,17 +219,25 @@ class Pool:
         a = self._askers.pop(shard, None)
         if a is None:
             return
+        self._drop_asks(shard, a)
+        for key, n in a.sent.items():
+            handed = n - a.returned.get(key, 0)
+            self.keys[key].finished(handed - a.done.get(key, 0))
+            a.done[key] = handed
+        self._gone[shard] = a
+
+    def _drop_asks(self, shard: int, a: _Asker) -> None:
+        """``shard``'s asks leave the line and the grants it was not handed yet come back to their keys."""
         for k in [k for k in self._line if k[0] == shard]:
             del self._line[k]
         for _, tokens, key in a.granted:
             self.keys[key].give_back(1, tokens)
-            a.done[key] = a.done.get(key, 0) + 1
-        for key, n in a.sent.items():
-            self.keys[key].finished(n - a.done.get(key, 0))
+            a.returned[key] = a.returned.get(key, 0) + 1
+        a.granted, a.asking = [], False
 
     def take_granted(self, shard: int) -> list[Grant]:
         """The grants made to ``shard`` since it last asked."""
-        a = self._askers[shard]
+        a = self._asker(shard)
         out, a.granted = a.granted, []
         return out
 
@@ -232,8 +252,11 @@ class Pool:
     def grant(self) -> None:
         """Grant whole requests from the head of the line, each on the first key that can take it."""
         now = self._clock()
-        for shard in [s for s, a in self._askers.items() if now - a.asked > ASK_TTL]:  # stopped polling: gone
-            self.leave(shard)
+        for shard, a in list(self._askers.items()):
+            if now - a.asked > GONE_TTL:  # its worker is gone: the slots of its requests free
+                self.leave(shard)
+            elif now - a.asked > ASK_TTL and (a.asking or a.granted):  # stopped polling: it blocks no one
+                self._drop_asks(shard, a)
         for kb in self.keys:
             kb.update()
         if not self._line:
@@ -282,7 +305,7 @@ class GrantedLimiter:
         self._refusals: list[tuple[float, int]] = []  # (tokens, key) of requests answered 429 since the last report
         self._done: dict[int, int] = {}  # key -> requests finished or given back (cumulative)
         self._by_key: dict[int, dict[str, int]] = {}  # key -> tokens, requests, 429s of the requests sent on it
-        self._cond: asyncio.Condition | None = None
+        self._wakeup = Wakeup()
 
     def request_tokens(self) -> int | None:
         """Largest request (in tokens) worth sending through this limiter; None = no opinion."""
@@ -347,31 +370,25 @@ class GrantedLimiter:
     # -- the Limiter protocol --------------------------------------------------------------------
     async def acquire(self, tokens: int) -> Permit:
         """Wait until this request's ticket is granted on a key that is not paused; returns that key."""
-        if self._cond is None:
-            self._cond = asyncio.Condition()
         entry = (next(self._tickets), tokens)
         self._queue.append(entry)
         ticket = entry[0]
         if self.on_need is not None:
             self.on_need()
         try:
-            async with self._cond:
-                while True:
-                    wait = 1.0
-                    if ticket in self._granted:
-                        granted, key = self._granted[ticket]
-                        wait = self._paused.get(key, 0.0) - self._clock()
-                        if wait <= 0:
-                            del self._granted[ticket]
-                            self._queue.remove(entry)
-                            if tokens != granted:  # estimated anew since it asked (a retry): settle the difference
-                                self._settled[key] = self._settled.get(key, 0.0) + tokens - granted
-                            self.in_flight += 1
-                            return Permit(key)
-                    try:  # sleep until a grant or the end of a pause changes the picture
-                        await asyncio.wait_for(self._cond.wait(), timeout=min(max(wait, 0.05), 1.0))
-                    except asyncio.TimeoutError:
-                        pass
+            while True:
+                wait = 1.0
+                if ticket in self._granted:
+                    granted, key = self._granted[ticket]
+                    wait = self._paused.get(key, 0.0) - self._clock()
+                    if wait <= 0:
+                        del self._granted[ticket]
+                        self._queue.remove(entry)
+                        if tokens != granted:  # estimated anew since it asked (a retry): settle the difference
+                            self._settled[key] = self._settled.get(key, 0.0) + tokens - granted
+                        self.in_flight += 1
+                        return Permit(key)
+                await self._wakeup.wait(min(max(wait, 0.05), 1.0))  # until a grant or a pause's end changes it
         finally:
             if entry in self._queue:  # cancelled (or failed) while waiting: leave the line, give back its grant
                 self._queue.remove(entry)
@@ -402,18 +419,7 @@ class GrantedLimiter:
         self._notify()
 
     def _notify(self) -> None:
-        if self._cond is None:
-            return
-        cond = self._cond
-
-        async def _wake() -> None:
-            async with cond:
-                cond.notify_all()
-
-        try:
-            asyncio.get_running_loop().create_task(_wake())
-        except RuntimeError:  # no loop running (sync use): nobody waits
-            pass
+        self._wakeup.notify()
 
     def __repr__(self) -> str:
         return (f"GrantedLimiter(in_flight={self.in_flight}, waiting={len(self._queue)}, "

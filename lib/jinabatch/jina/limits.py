@@ -26,10 +26,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Limiter", "NoLimiter", "Share", "share_of", "TokenBucket", "Slowdown", "WorkerLimiter",
+__all__ = ["Wakeup", "Limiter", "NoLimiter", "Share", "share_of", "TokenBucket", "Slowdown", "WorkerLimiter",
            "explicit_limiter", "UNLIMITED"]
 
 UNLIMITED = 1e12  # a rate or capacity no real limit reaches (finite, so arithmetic stays finite)
+
+
+class Wakeup:
+    """Wakes every coroutine of one event loop that waits on it.
+
+    No lock: waiters and wakers share one loop, so there is nothing to guard, and a waiter cancelled mid-wait (a
+    request cancelled with its shard, a timeout) leaves nothing held. ``asyncio.Condition`` with ``wait_for`` on
+    Python 3.11 could: a timed-out wait left the condition's lock released under its owner ("Lock is not
+    acquired"), and the cancelled waiters then waited forever to re-acquire it, hanging a shard task at its end.
+    """
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        """Wake everyone waiting now (callable from plain code in the loop's thread, or with no loop at all)."""
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next ``notify`` or ``timeout`` seconds, whichever comes first."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
 
 
 @runtime_checkable
@@ -204,7 +232,7 @@ class WorkerLimiter:
         self.last_retry_after: float | None = None
         self._queue: deque[tuple[int, int]] = deque()  # (ticket, tokens) of waiting requests, arrival order
         self._tickets = itertools.count()
-        self._cond: asyncio.Condition | None = None
+        self._wakeup = Wakeup()
         self.share = share
         self._requests = TokenBucket(0, UNLIMITED, level=0, clock=clock)
         self._tokens = TokenBucket(0, UNLIMITED, level=0, clock=clock)
@@ -270,29 +298,23 @@ class WorkerLimiter:
     # -- the Limiter protocol ------------------------------------------------------------------
     async def acquire(self, tokens: int) -> None:
         """Wait (in arrival order) until one request of ``tokens`` fits the budget and a slot is free."""
-        if self._cond is None:
-            self._cond = asyncio.Condition()
         entry = (next(self._tickets), tokens)
         self._queue.append(entry)
         try:
-            async with self._cond:
-                while True:
-                    self._recover()
-                    wait = 1.0
-                    if self._queue[0] is entry and self.in_flight < self.share.concurrency:
-                        wait = max(self._paused_until - self._clock(), self._requests.wait_time(1),
-                                   self._tokens.wait_time(tokens))
-                        if wait <= 0:
-                            self._requests.take(1)
-                            self._tokens.take(tokens)
-                            self.in_flight += 1
-                            self._queue.popleft()
-                            self._cond.notify_all()  # the next in line may go now
-                            return
-                    try:  # sleep, but wake early if a release changes the picture
-                        await asyncio.wait_for(self._cond.wait(), timeout=min(wait, 1.0))
-                    except asyncio.TimeoutError:
-                        pass
+            while True:
+                self._recover()
+                wait = 1.0
+                if self._queue[0] is entry and self.in_flight < self.share.concurrency:
+                    wait = max(self._paused_until - self._clock(), self._requests.wait_time(1),
+                               self._tokens.wait_time(tokens))
+                    if wait <= 0:
+                        self._requests.take(1)
+                        self._tokens.take(tokens)
+                        self.in_flight += 1
+                        self._queue.popleft()
+                        self._wakeup.notify()  # the next in line may go now
+                        return
+                await self._wakeup.wait(min(wait, 1.0))  # sleep, but wake early if a release changes the picture
         finally:
             if entry in self._queue:  # cancelled (or failed) while waiting: leave the line, wake the next
                 self._queue.remove(entry)
@@ -315,18 +337,7 @@ class WorkerLimiter:
         self._notify()
 
     def _notify(self) -> None:
-        if self._cond is None:
-            return
-        cond = self._cond
-
-        async def _wake() -> None:
-            async with cond:
-                cond.notify_all()
-
-        try:
-            asyncio.get_running_loop().create_task(_wake())
-        except RuntimeError:  # no loop running (sync use): nobody waits
-            pass
+        self._wakeup.notify()
 
     def __repr__(self) -> str:
         s = self.share
