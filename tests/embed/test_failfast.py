@@ -64,12 +64,12 @@ def test_a_refused_key_of_a_pool_is_named_by_index_and_variable_never_by_value(j
     assert jina_server.stats()["requests"] == before + 2  # one per key, no retries
 
 
-def test_the_check_reports_what_each_key_spent(jina_server, jina_key):
+def test_the_check_reports_what_each_key_spent_and_the_width_it_answered(jina_server, jina_key):
     from jinabatch.jina.probe import PROBE_TEXT
     from jinabatch.local_api import fakemodel
 
     spent = check_endpoint(JinaSettings(dimensions=64), jina_server.url, Secret(jina_key))
-    assert spent == [{"tokens": fakemodel.count_tokens(PROBE_TEXT), "requests": 1, "stand_in": True}]
+    assert spent == [{"tokens": fakemodel.count_tokens(PROBE_TEXT), "requests": 1, "stand_in": True, "dim": 64}]
 
 
 def test_the_stand_in_at_an_explicit_url_is_named_in_a_warning(jina_server, jina_key, monkeypatch, caplog):
