@@ -14,9 +14,9 @@ tested on its own with a real client against the local server.
   requests would waste requests a minute could fill). Under late chunking a request is one document's window.
 * A request the API rejects as invalid (400/422) is split in halves until the bad rows are isolated: those rows
   go to the dead letters with the API's reason, the rest are embedded. When the refusal named a smaller cap on
-  inputs per request (a model whose cap Jina does not publish), the request is cut to that cap instead. Transient failures are retried by the
-  client; what stays failed fails the shard (which the driver reports, and a rerun retries) — a row is never
-  silently dropped.
+  inputs per request (a model whose cap Jina does not publish), the request is cut to that cap instead.
+  Transient failures are retried by the client; what stays failed fails the shard (which the driver reports, and
+  a rerun retries) — a row is never silently dropped.
 """
 from __future__ import annotations
 
@@ -47,8 +47,7 @@ Member = tuple[PendingRows, int]  # one row of a request: its group and its inde
 
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
     """What a finished shard's footer says about how it was made: settings and every piece (never the key)."""
-    j = config.jina
-    return {**config.embedding_key(), "embedding_type": j.wire_type, "shard": shard.index,
+    return {**config.embedding_key(), "shard": shard.index,
             "shard_key": shard.key, "start": shard.start, "stop": shard.stop, "pieces": [p.describe() for p in shard.pieces],
             "fingerprint": config.fingerprint(), "id_column": config.corpus.id_column,
             "columns": list(config.corpus.columns)}

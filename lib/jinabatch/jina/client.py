@@ -203,7 +203,8 @@ class JinaClient:
         """Token budget per request (under late chunking, also the model's context), or less once the API named a
         smaller cap."""
         lc = self.settings.late_chunking if late_chunking is None else late_chunking
-        budget = min(self.settings.max_tokens_per_request, self._caps.get("tokens", self.settings.max_tokens_per_request))
+        budget = self.settings.max_tokens_per_request
+        budget = min(budget, self._caps.get("tokens", budget))
         return min(budget, self.settings.context) if lc else budget
 
     def text_estimate(self, *, truncate: bool = False):

@@ -116,7 +116,7 @@ class JinaEmbeddingFunction:
 
     # -- the pymilvus contract -------------------------------------------------------------------
     def encode_documents(self, documents: Sequence[str]) -> list[np.ndarray]:
-        """Embeddings for documents at indexing time (the document side: ``retrieval.passage``, ``nl2code.passage``...)."""
+        """Embeddings for documents at indexing time (the document side: ``retrieval.passage``...)."""
         return self._encode(documents, self._sides.document)
 
     def encode_queries(self, queries: Sequence[str]) -> list[np.ndarray]:

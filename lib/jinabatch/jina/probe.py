@@ -88,9 +88,10 @@ def _width(resp: httpx.Response, url: str, settings: JinaSettings) -> int:
     dim = vectors.shape[1] * (8 if settings.wire_type in ("binary", "ubinary") else 1)
     want = settings.dim
     if want is not None and dim != want:
-        why = "jina.dimensions" if settings.dimensions is not None else f"the width the model table gives {settings.model}"
-        raise ResponseError(f"{url} answered {dim}-dim vectors for {settings.model}, not {want} ({why}): the vectors "
-                            "would not fit the collection; check jina.model and jina.dimensions", status=resp.status_code)
+        why = "jina.dimensions" if settings.dimensions is not None else "the model table's width"
+        raise ResponseError(f"{url} answered {dim}-dim vectors for {settings.model}, not {want} ({why}): the "
+                            "vectors would not fit the collection; check jina.model and jina.dimensions",
+                            status=resp.status_code)
     return dim
 
 
