@@ -18,6 +18,7 @@ CODE_S, CODE_L = "jina-code-embeddings-0.5b", "jina-code-embeddings-1.5b"
 V6 = "jina-embeddings-v6-test"  # served by the stand-in, unknown to the table
 BARE = "jina-embeddings-v6-bare"  # takes no optional field at all: a request with one more field is a 422
 TINY = "jina-embeddings-v6-tiny"  # at most 40 inputs a request, a cap Jina would not have published
+SHORT = "jina-embeddings-v6-short"  # a context of 300 tokens for a late-chunking request
 TEXTS = [f"function number {i} parses a CSV file into rows of {i * 3} columns" for i in range(12)]
 FAST = dict(retry_wait_initial=0.01, retry_wait_max=0.05, retry_wait_jitter=0.0)
 
@@ -25,7 +26,8 @@ FAST = dict(retry_wait_initial=0.01, retry_wait_max=0.05, retry_wait_jitter=0.0)
 @pytest.fixture(scope="module")
 def srv():
     extra = [{"name": V6, "dim": 640, "tasks": ["retrieval.query", "retrieval.passage", "text-matching"]},
-             {"name": BARE, "dim": 320, "fields": []}, {"name": TINY, "dim": 128, "max_inputs": 40}]
+             {"name": BARE, "dim": 320, "fields": []}, {"name": TINY, "dim": 128, "max_inputs": 40},
+             {"name": SHORT, "dim": 64, "max_tokens": 300, "fields": ["late_chunking"]}]
     with LocalServer(ServerSettings(api_keys=frozenset({KEY}), extra_models=extra, record_inputs=1)) as s:
         yield s
 
@@ -114,3 +116,18 @@ def test_a_refusal_that_names_no_cap_is_the_callers_error(srv):
 
     with pytest.raises(InvalidRequest, match="empty string"):
         asyncio.run(go())
+
+
+def test_a_400_naming_a_late_chunking_context_lowers_the_tokens_of_one_request(srv):
+    """The job starts at 8,192 tokens a late-chunking request where the context is not published; SHORT's 400
+    names 300, and the client's request budget under late chunking (what windows are cut by) follows it."""
+    texts = ["one two three four five " * 20] * 4  # ~ 4 × 102 tokens: one request over 300
+
+    async def go():
+        async with JinaClient(api_key=KEY, base_url=srv.url, model=SHORT, late_chunking=True, **FAST) as c:
+            assert c.max_tokens(late_chunking=True) == 8192
+            with pytest.raises(InvalidRequest, match="tokens in total"):
+                await c.embed_batch(texts)
+            return c.max_tokens(late_chunking=True), c.max_tokens(late_chunking=False)
+
+    assert asyncio.run(go()) == (300, 60_000)

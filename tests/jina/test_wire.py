@@ -47,7 +47,8 @@ def test_the_body_carries_only_the_fields_given_for_a_model_the_table_does_not_k
      ("inputs", 512)),
     ("input: List should have at most 2048 items after validation, not 3000", 3000, ("inputs", 2048)),
     ("Too many inputs in one request", 300, ("inputs", 150)),  # names no figure: half
-    ("input: 9000 tokens in total, over the limit of 8192 for one late-chunking request", 30, ("tokens", 8192)),
+    ("input: 9000 tokens in total, over the limit of 8192 for one late-chunking request", 30, ("context", 8192)),
+    ("request too large: 70000 tokens, over the limit of 65536 tokens per request (input)", 30, ("tokens", 65536)),
     ("input[3]: 9000 tokens, over jina-embeddings-v5-text-small's limit of 8192; shorten it", 30, None),  # one input
     ("input[1]: empty string; remove it or send some text", 30, None),
     ("task: jina-embeddings-v5-text-small accepts ['retrieval.query']", 30, None),

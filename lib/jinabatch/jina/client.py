@@ -16,8 +16,8 @@ cuts texts into requests of the limiter's current size as it goes, runs them con
 request a 429 refused when it is bigger than the budget learnt since.
 
 Caps the model table does not give (``JinaSettings.max_inputs`` starts cautious) are learnt from the API: a 400/422
-naming a request cap (``wire.cap_named``) lowers this client's inputs per request, or its tokens per request, for
-every request after it; :meth:`JinaClient.embed` re-sends the refused texts in requests that fit.
+naming a request cap (``wire.cap_named``) lowers this client's inputs or tokens per request (or its late-chunking
+context) for every request after it; :meth:`JinaClient.embed` re-sends the refused texts in requests that fit.
 
 The API key lives in a :class:`~jinabatch.jina.keys.Secret` whose repr/str are ``***`` and which refuses to
 pickle; it is only ever written into the ``Authorization`` header by an ``httpx.Auth`` hook. httpx
@@ -201,11 +201,11 @@ class JinaClient:
 
     def max_tokens(self, *, late_chunking: bool | None = None) -> int:
         """Token budget per request (under late chunking, also the model's context), or less once the API named a
-        smaller cap."""
+        smaller cap (a context it named counts under late chunking only)."""
         lc = self.settings.late_chunking if late_chunking is None else late_chunking
         budget = self.settings.max_tokens_per_request
         budget = min(budget, self._caps.get("tokens", budget))
-        return min(budget, self.settings.context) if lc else budget
+        return min(budget, self.settings.context, self._caps.get("context", budget)) if lc else budget
 
     def text_estimate(self, *, truncate: bool = False):
         """The calibrated per-text estimate (a function of one text) as of now; under ``truncate`` never above
@@ -371,7 +371,7 @@ class JinaClient:
         if named is None:
             return
         kind, cap = named
-        now = self.max_inputs if kind == "inputs" else self.max_tokens()
+        now = self.max_inputs if kind == "inputs" else self.max_tokens(late_chunking=kind == "context")
         if cap < now:
             self._caps[kind] = cap
             log.warning("%s refused a request naming its cap (%s): requests now hold at most %d %s", self.spec.name,

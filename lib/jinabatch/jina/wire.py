@@ -214,8 +214,9 @@ _CAP_WORDS = ("too many", "at most", "limit", "maximum", "max ", "exceed", "per 
 
 
 def cap_named(detail: str, model: str, *, inputs: int) -> tuple[str, int] | None:
-    """The request cap a 400/422 names, as ("inputs", n) — inputs per request — or ("tokens", n) — tokens of one
-    request (a late-chunking request's context) —, or None when it names none (a bad input, an unknown field).
+    """The request cap a 400/422 names, as ("inputs", n) — inputs per request —, ("tokens", n) — tokens of one
+    request —, ("context", n) — tokens of one late-chunking request, the model's context —, or None when it names
+    none (a bad input, an unknown field).
 
     ``inputs`` is how many the refused request held: the cap is the largest figure the message gives below it
     (``600 inputs, over the limit of 512``, ``at most 2048 items, not 3000``), else half of it."""
@@ -226,7 +227,7 @@ def cap_named(detail: str, model: str, *, inputs: int) -> tuple[str, int] | None
     if "token" in d:  # a request-wide token cap ("in total", "one request"); a per-input one cannot be cut
         if not any(w in d for w in ("in total", "request", "batch", "sum")) or not figures:
             return None
-        return "tokens", min(figures)
+        return ("context" if "late" in d else "tokens"), min(figures)
     if inputs < 2:
         return None
     below = [f for f in figures if 0 < f < inputs]
