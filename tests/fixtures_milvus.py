@@ -133,8 +133,10 @@ def milvus_config(tmp_path):
 
 def make_output(path: str | Path, texts: list[str], *, rows_per_shard: int = 100, id_type: str = "string",
                 model: str = MODEL, dims: int = DIMS, extra: dict[str, list] | None = None,
-                id_column: str = "id", task: str = "retrieval.passage") -> dict[str, np.ndarray]:
-    """Write an embed output folder; returns {id: vector} for every row written."""
+                id_column: str = "id", task: str = "retrieval.passage",
+                row_group_size: int | None = None) -> dict[str, np.ndarray]:
+    """Write an embed output folder (each shard in row groups of ``row_group_size`` rows, one by default);
+    returns {id: vector} for every row written."""
     path = Path(path)
     (path / "shards").mkdir(parents=True, exist_ok=True)
     vectors = embed(model, task, dims, texts)
@@ -159,7 +161,7 @@ def make_output(path: str | Path, texts: list[str], *, rows_per_shard: int = 100
                 "rows": stop - start, "fingerprint": "test", "shard": n_shards - 1, "id_column": id_column,
                 "columns": columns}
         table = table.replace_schema_metadata({b"jinabatch": json.dumps(meta).encode()})
-        pq.write_table(table, path / "shards" / f"shard-{n_shards - 1:05d}.parquet")
+        pq.write_table(table, path / "shards" / f"shard-{n_shards - 1:05d}.parquet", row_group_size=row_group_size)
     (path / "shards" / "shard-00000.parquet.tmp-abc").write_bytes(b"half a file")  # must be ignored
     report = {"rows_in": len(texts), "rows_embedded": len(texts), "rows_dead_letter": 0, "shards_total": n_shards,
               "model": model, "task": task, "dimensions": dims, "id_column": id_column,

@@ -7,7 +7,9 @@ stops it afterwards; otherwise it resolves the keys from the environment and fai
 when one is missing. With ``probe=True`` it then checks the endpoint and every key with one tiny request each
 (``jinabatch.jina.probe``), so a typo in the URL, a dead network or a revoked key fails in seconds, before a
 job schedules anything. ``ray_session(config)`` connects to ``ray.address`` or starts a local Ray (token auth
-off: it is this process's private cluster) and shuts down only what it started.
+off: it is this process's private cluster) and shuts down only what it started; ``lazy_ray(config)`` yields
+the ``ray_context`` the plan-time passes take: Ray is started only if a pass needs it, and kept until the
+block ends.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ import contextlib
 import logging
 import os
 import secrets
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .config import LOCAL_BASE_URL, JinaSettings, LimitsSettings
 from .jina.keys import KeyPool, Secret, resolve_keys
 
-__all__ = ["jina_endpoint", "ray_session", "local_token_count", "serve_stand_in"]
+__all__ = ["jina_endpoint", "ray_session", "lazy_ray", "local_token_count", "serve_stand_in"]
 
 log = logging.getLogger("jinabatch")
 
@@ -99,3 +101,19 @@ def ray_session(config) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def lazy_ray(config) -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
+    """A ``ray_context`` for ``plan_corpus`` / ``check_load_target``: its first call starts ``ray_session(config)``,
+    which lasts until this block ends (no Ray at all when every pass runs in process)."""
+    with contextlib.ExitStack() as stack:
+        started: list[bool] = []
+
+        def need() -> contextlib.AbstractContextManager:
+            if not started:
+                stack.enter_context(ray_session(config))
+                started.append(True)
+            return contextlib.nullcontext()
+
+        yield need

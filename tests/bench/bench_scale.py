@@ -8,7 +8,11 @@
    flat in rows, no process above 2 GB, 20M rows within 2 minutes here.
 2. **100k shards.** `jobs/embed.py` on the 1M-row corpus cut into 100,000 shards of 10 rows: seconds from
    start to the server's first request (plan, resume check, estimate, Ray, scheduling); target within a minute.
-3. **Run.** `jobs/embed.py` over the 1M-row corpus against the local Jina-compatible server in its own process,
+3. **Carried-column check.** `load.precheck.check_load_target` with the text column carried, over the 20M-row
+   corpus (`--precheck 20M`), in a fresh process each: on Ray Data (what a corpus above 1M rows gets) and in
+   the driver process (what every corpus got before): seconds, the driver's peak RSS and the largest other
+   process's (tests/bench/precheck_scan.py).
+4. **Run.** `jobs/embed.py` over the 1M-row corpus against the local Jina-compatible server in its own process,
    limits far above need: rows/s and CPU seconds per 1,000 rows of the whole job (driver, Ray, workers; not the
    server), with the fixed start-up cost (a 1,000-row run measured the same way) taken out. Target ≤ 0.1.
 """
@@ -93,6 +97,26 @@ def plan_phase(sizes: list[str], base: Path) -> list[dict]:
     return rows_out
 
 
+def precheck_phase(base: Path, label: str) -> list[dict]:
+    n = _rows(label)
+    corpus = base / f"corpus-{label}"
+    write(corpus, n, max(20, min(200, n // 500_000)))
+    results = []
+    for engine in ("ray", "local"):
+        w = run_watched([sys.executable, str(Path(__file__).parent / "precheck_scan.py"), str(corpus),
+                         "--engine", engine], env=_env())
+        if w.returncode != 0:
+            raise SystemExit(f"carried-column check ({engine}) failed: {w.stderr[-2000:]}")
+        r = {**json.loads(w.stdout.strip().splitlines()[-1]), "process_seconds": w.seconds,
+             "driver_mb": w.driver_peak_mb, "other_private_mb": w.other_private_mb}
+        results.append(r)
+        print(f"  {engine}: {r['rows']:,} rows checked in {r['seconds']:.1f}s (Ray's start apart: "
+              f"{r['ray_start']:.1f}s; "
+              f"{w.seconds:.1f}s with listing and footers); driver peak {r['driver_mb']:.0f} MB, largest other "
+              f"{r['other_private_mb']:.0f} MB private", flush=True)
+    return results
+
+
 def first_request_phase(base: Path, rows: int = 1_000_000, shards: int = 100_000) -> dict:
     import time
 
@@ -161,11 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dims", type=int, default=1024)
     ap.add_argument("--base", default=str(ROOT / "out" / "scale"))
     ap.add_argument("--skip-run", action="store_true")
+    ap.add_argument("--precheck", default="20M", help="corpus size for the carried-column check ('' skips it)")
     a = ap.parse_args(argv)
     base = Path(a.base)
     base.mkdir(parents=True, exist_ok=True)
     print("== plan (jobs/plan.py from scratch, one process each) ==", flush=True)
     plans = plan_phase([s.strip() for s in a.sizes.split(",") if s.strip()], base)
+    checks = []
+    if a.precheck:
+        print(f"== carried-column check over {a.precheck} rows (text carried; Ray Data vs the driver) ==", flush=True)
+        checks = precheck_phase(base, a.precheck)
     run = first = None
     if not a.skip_run:
         print("== time to the first request with 100,000 shards ==", flush=True)
@@ -181,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndriver peak RSS: max {worst['driver_mb']:.0f} MB (target <= 1024, flat in rows); largest private "
           f"memory of any process {max(max(p['driver_mb'], p['other_private_mb']) for p in plans):.0f} MB "
           "(target <= 2048)")
+    for c in checks:
+        where = "on Ray Data" if c["engine"] == "ray" else "in the driver process"
+        print(f"carried-column check {where}: {c['rows']:,} rows in {c['seconds']:.1f} s (+ {c['ray_start']:.1f} s to "
+              f"start Ray); driver peak "
+              f"{c['driver_mb']:.0f} MB, largest other process {c['other_private_mb']:.0f} MB private")
     if first:
         print(f"100,000 shards: first API request {first['seconds']:.1f} s after the job started (target <= 60)")
     if run:

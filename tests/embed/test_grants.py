@@ -112,6 +112,7 @@ def test_after_an_idle_moment_the_burst_stays_inside_the_servers_bucket_less_the
     kb.ask(0, [(0, 1)])
     kb.grant()
     granted(kb, 0)
+    kb.ask(0, [])  # nothing waits
     clock.t += 5  # idle: both full
     kb.ask(0, [(i, 1000) for i in range(1, 40)])
     kb.grant()
@@ -290,3 +291,19 @@ def test_the_worker_reports_the_bill_per_key_gives_back_grants_it_could_not_use_
     lim.release(200, None, rate_limited=True, retry_after=3.0, permit=Permit(0))
     assert lim.take_refusals() == [(200.0, 0)] and lim.take_refusals() == []
     assert lim.unspent() == ({}, {1: 1, 0: 2})
+
+
+def test_the_margin_grows_when_grants_wait_longer_for_their_tasks_polls():
+    """On a loaded machine a task polls late, and a grant made at another task's poll reaches its request late:
+    the server's bucket is then further behind the model, so the margin is the refill of the longest recent gap."""
+    kb, clock = budget()  # 10,000 tokens a second; bucket 20,000
+    kb.ask(1, [(1, 1)])
+    kb.grant()
+    granted(kb, 1)
+    clock.t += 0.8  # task 1 polls 0.8 s after its last poll, with asks outstanding
+    kb.ask(1, [(2, 1)])
+    assert kb.pool.lag() == pytest.approx(0.8 + 0.05)
+    kb.ask(0, [(i, 1000) for i in range(1, 40)])
+    kb.grant()
+    burst = sum(granted(kb, 0))
+    assert burst <= 20_000 - 10_000 * 0.85  # 8,500 of margin rather than the 2,000 of the 10%

@@ -111,7 +111,7 @@ def test_verification_compares_carried_values_so_a_changed_null_stops_the_swap(t
     cfg = milvus_config(str(tmp_path / "lite.db"), tmp_path / "out")
     real = milvus._rows
     monkeypatch.setattr(milvus, "_rows", lambda *a: [{**r, "title": r["title"] or ""} for r in real(*a)])
-    with pytest.raises(LoadError, match=r"came back with title = '' but shard-0000\d\.parquet holds None"):
+    with pytest.raises(LoadError, match=r"came back with title = '' but shard-0000\d\.parquet row group 0 holds None"):
         run_load(cfg, progress=False)
     client = MilvusClient(str(tmp_path / "lite.db"))
     assert cfg.milvus.collection not in client.list_aliases().get("aliases", [])

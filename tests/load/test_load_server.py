@@ -148,3 +148,19 @@ def test_s3_output_into_the_embedded_server_on_local_storage_is_downloaded_for_t
     rows = _rows(MilvusClient(milvus_server.uri), cfg.milvus.collection)
     assert rows.keys() == vectors.keys()
     assert all(np.array_equal(np.asarray(rows[i]["embedding"], np.float32), v) for i, v in vectors.items())
+
+
+def test_a_second_embedded_server_that_cannot_start_is_given_up_in_seconds_naming_the_cause(milvus_server, tmp_path):
+    """Two embedded servers collide on Milvus's fixed internal ports: the second exits at once. Its start is given
+    up then with the error from its log — not after the package's 180 s readiness wait, for which a process that
+    has exited still counts as running — and the first keeps serving."""
+    import time
+
+    from jinabatch.load.server import EmbeddedServer, milvus_answers
+
+    second = EmbeddedServer(tmp_path / "second", port=milvus_server.port + 63)
+    t0 = time.monotonic()
+    with pytest.raises(LoadError, match=r"did not start \(it exited with code -?\d+: .*address already in use\)"):
+        second.start()
+    assert time.monotonic() - t0 < 60 and not second.running
+    assert milvus_answers(milvus_server.port)

@@ -2,8 +2,11 @@
 everything the load would refuse is refused here, naming column, file and setting; nulls are placed, not refused."""
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -164,3 +167,75 @@ def test_probe_finds_capabilities_without_starting_a_server(tmp_path):
     with pytest.raises(ConfigError, match=rf"milvus\.uri = 'http://127\.0\.0\.1:{port}': cannot reach Milvus.*"
                                           r"nothing has been sent yet"):
         probe_server(MilvusSettings(uri=f"http://127.0.0.1:{port}"), timeout=2)
+
+
+def _big_corpus(tmp_path, bad: dict[str, tuple[int, int, object]] | None = None) -> list[Path]:
+    """Three files of 3,000 rows in row groups of 500 with carried title (string, nulls) and score (float, NaNs);
+    ``bad``: column -> (file, row, value) planted late in that file."""
+    paths = []
+    for f in range(3):
+        title = [None if i % 7 == 0 else f"t{f}-{i}" for i in range(3000)]
+        score = [float("nan") if i % 11 == 0 else i / 3 for i in range(3000)]
+        for col, (bf, row, value) in (bad or {}).items():
+            if bf == f:
+                (title if col == "title" else score)[row] = value
+        path = tmp_path / "c" / f"p{f}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": [f"{f}-{i}" for i in range(3000)], "text": ["x"] * 3000, "title": title,
+                                 "score": score}), path, row_group_size=500)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.slow
+def test_above_the_threshold_the_columns_are_read_on_ray_data_not_in_the_driver(tmp_path, ray_local, monkeypatch):
+    """With local_max_rows below the corpus, no carried column is read in this process (every Parquet read here
+    fails), yet the facts are those of the in-process scan; a text over 65,535 bytes and a -inf planted late in
+    the second and third files are refused naming the first of them in corpus order, as in process."""
+    from jinabatch.config import parse_config
+    from jinabatch.embed.plan import plan_corpus
+    from jinabatch.storage import Storage
+
+    types = {"title": pa.string(), "score": pa.float64()}
+
+    def planned(paths_dir, out):
+        return plan_corpus(parse_config({"corpus": {"path": str(paths_dir), "columns": list(types)}}),
+                           Storage.open(out)).files
+
+    _big_corpus(tmp_path / "ok")
+    files = planned(tmp_path / "ok" / "c", tmp_path / "out-ok")
+    _big_corpus(tmp_path / "bad", {"title": (1, 2600, "y" * 70_000), "score": (2, 10, float("-inf"))})
+    bad_files = planned(tmp_path / "bad" / "c", tmp_path / "out-bad")
+    local = check_load_target(types, MilvusSettings(), files=files, server=OLD)
+    with pytest.raises(CorpusError) as in_process:
+        check_load_target(types, MilvusSettings(), files=bad_files, server=OLD)
+
+    def no_reads_here(*a, **k):
+        raise AssertionError("a carried column was read in the driver process")
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", no_reads_here)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", no_reads_here)
+    monkeypatch.setattr(pq.ParquetFile, "read", no_reads_here)
+    on_ray = check_load_target(types, MilvusSettings(), files=files, server=OLD, local_max_rows=0,
+                               ray_context=lambda: contextlib.nullcontext())
+    assert {n: (c.nulls, c.longest) for n, c in on_ray.columns.items()} == \
+        {n: (c.nulls, c.longest) for n, c in local.columns.items()} == {"title": (1287, 7), "score": (819, 0)}
+    with pytest.raises(CorpusError) as distributed:
+        check_load_target(types, MilvusSettings(), files=bad_files, server=OLD, local_max_rows=0)
+    assert str(distributed.value) == str(in_process.value)
+    assert re.search(r"p1\.parquet: row 2600 of carried column 'title' holds 70000 bytes", str(distributed.value))
+
+
+def test_a_carried_column_from_a_hive_path_is_checked_by_type_and_not_read_from_the_files(tmp_path):
+    """lang comes from lang=en/ in the path, not from the files: the scan reads only title from them."""
+    from jinabatch.config import parse_config
+    from jinabatch.embed.plan import plan_corpus
+    from jinabatch.storage import Storage
+
+    path = tmp_path / "c" / "lang=en" / "a.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["x", "y"], "title": ["t", None]}), path)
+    plan = plan_corpus(parse_config({"corpus": {"path": str(tmp_path / "c"), "columns": ["lang", "title"]}}),
+                       Storage.open(tmp_path / "out"))
+    check = check_load_target(plan.column_types, MilvusSettings(), files=plan.files, server=OLD)
+    assert (check.columns["title"].nulls, check.columns["lang"].nulls) == (1, 0)

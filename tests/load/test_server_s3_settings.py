@@ -97,3 +97,78 @@ def test_plan_time_check_of_an_embedded_server_on_a_bucket_refuses_bad_credentia
     with pytest.raises(StorageError, match=r"^milvus\.bucket = 'jb-not-created-yet' \(the embedded Milvus's storage\)"):
         check_load_target({"title": pa.string()}, ms, files=[str(tmp_path / "a.parquet")], output=str(tmp_path / "o"))
     assert not (tmp_path / "never").exists()
+
+
+def test_a_session_token_is_refused_at_plan_time_for_the_embedded_server_on_a_bucket(monkeypatch):
+    """Temporary credentials cannot reach the embedded Milvus 2.3 (its MinIO client has no session token):
+    check_load_target refuses them naming AWS_SESSION_TOKEN and milvus.bucket, before anything is probed or
+    started; a remote server on a bucket is not concerned (the job's own clients use the token)."""
+    import pyarrow as pa
+
+    from jinabatch.load.precheck import check_load_target
+    from jinabatch.load.target import ServerInfo
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "FQoGZXIvYXdzEBYaDTemporary")
+    old = ServerInfo.of("server", "v2.3.5-lite")
+    with pytest.raises(ConfigError, match=r"milvus\.bucket = 'milvus-data' with uri = \"embedded\": "
+                                          r"AWS_SESSION_TOKEN is set.*cannot use temporary credentials") as e:
+        check_load_target({"title": pa.string()}, MilvusSettings(uri="embedded", bucket="milvus-data"), server=old)
+    assert "FQoGZXIvYXdz" not in str(e.value)
+    check_load_target({"title": pa.string()}, MilvusSettings(uri="http://m:19530", bucket="milvus-data"), server=old)
+
+
+def test_jobs_plan_with_a_session_token_and_the_embedded_server_on_a_bucket_exits_1_in_seconds(tmp_path, jina_key):
+    """The job as a user runs it: one line naming the setting, exit code 1, no Milvus started."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fixtures_ray import base_config
+    from procs import job_env, toml_of
+
+    (tmp_path / "c").mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", "two"]}), tmp_path / "c" / "a.parquet")
+    data = base_config(tmp_path / "c", tmp_path / "out", "local", corpus={"columns": []})
+    data["milvus"] = {"uri": "embedded", "bucket": "milvus-data", "data_dir": str(tmp_path / "milvus"), "port": 19596}
+    (tmp_path / "cfg.toml").write_text(toml_of(data))
+    env = dict(job_env(jina_key), AWS_SESSION_TOKEN="FQoGZXIvYXdzEBYaDTemporary")
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "plan.py"),
+                        str(tmp_path / "cfg.toml")], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and time.monotonic() - t0 < 60, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ConfigError: milvus.bucket = 'milvus-data'") and "AWS_SESSION_TOKEN" in last
+    assert not (tmp_path / "milvus").exists() and json.dumps(p.stderr).count("FQoGZXIvYXdz") == 0
+
+
+@pytest.mark.slow
+def test_credentials_the_server_cannot_use_stop_its_start_in_seconds_not_after_the_readiness_wait(
+        s3_server, milvus_slot, monkeypatch, tmp_path):
+    """Credentials from a profile file: the job's check of the bucket passes with them (pyarrow reads profiles),
+    but the server signs with the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY pair only and the store refuses its
+    bucket checks. Its log says so within seconds; the start is given up then, naming milvus.bucket — not after
+    the package's 180 s readiness wait — and no process or server id file is left behind."""
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = {S3_KEY_ID}\naws_secret_access_key = {S3_SECRET}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    bucket = BucketStorage(s3_server.bucket(), "files")
+    bucket.check()  # what runs before the start passes: the job itself can use the bucket
+    milvus_slot.vacate()  # one embedded Milvus per machine
+    before = set(server_mod.SERVER_ID_DIR.glob("server_id_*"))
+    server = EmbeddedServer(tmp_path / "m", 19595, bucket)
+    t0 = time.monotonic()
+    with pytest.raises(StorageError) as e:
+        server.start()
+    took = time.monotonic() - t0
+    msg = str(e.value)
+    assert took < 60, f"the start was given up after {took:.0f}s"
+    assert msg.startswith(f"milvus.bucket = '{bucket.bucket}' (the embedded Milvus's storage): the server could "
+                          "not use it (") and "failed checks, the last: " in msg and "\n" not in msg
+    assert S3_SECRET not in msg and S3_KEY_ID not in msg
+    assert not server.running and set(server_mod.SERVER_ID_DIR.glob("server_id_*")) <= before

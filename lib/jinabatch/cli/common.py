@@ -67,13 +67,15 @@ def run_main(fn: Callable[[], int | None]) -> int:
         return EXIT_INTERRUPTED
 
 
-def check_target(cfg: Config, plan) -> str:
+def check_target(cfg: Config, plan, ray_context=None) -> str:
     """What the configured Milvus would refuse of ``plan`` (``embed.plan.Plan``) refused now, before any request
-    (``load.precheck.check_load_target``); the summary of how each carried column will be held."""
+    (``load.precheck.check_load_target``; on Ray Data through ``ray_context`` for a big corpus); the summary of how
+    each carried column will be held."""
     from ..load.precheck import check_load_target
 
     return check_load_target(plan.column_types, cfg.milvus, files=plan.files, id_column=cfg.corpus.id_column,
-                             id_type=plan.id_type, storage=cfg.storage, output=cfg.output.path).summary()
+                             id_type=plan.id_type, storage=cfg.storage, output=cfg.output.path,
+                             ray_context=ray_context).summary()
 
 
 def embed_outcome(rep, *, prefix: str = "") -> int:

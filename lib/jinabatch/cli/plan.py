@@ -28,10 +28,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         from ..embed.preview import format_preview, preview
+        from ..runtime import lazy_ray
 
         cfg = config_of(args)
         p, plan = preview(cfg)
-        target = check_target(cfg, plan) if "milvus" in cfg.model_fields_set else None  # refused now
+        target = None
+        if "milvus" in cfg.model_fields_set:  # what the load would refuse, refused now (on Ray Data if big)
+            with lazy_ray(cfg) as need_ray:
+                target = check_target(cfg, plan, ray_context=need_ray)
         if args.json:
             print(json.dumps({**p.to_dict(), "load_target": target}, indent=2))
         else:

@@ -38,13 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         from ..load.search import format_hits, search_target
         from ..load.stage import run_load
         from ..observe.report_html import report_page
+        from ..runtime import lazy_ray
         from ..storage import Storage
 
         cfg = config_of(args)
         # refuse now what the load would refuse after the tokens are spent; the plan made here is kept in
-        # output.path/_plan/, so the embed stage reuses it instead of planning again
-        plan = plan_corpus(cfg, Storage.open(cfg.output.path, cfg.storage))
-        print(check_target(cfg, plan), flush=True)
+        # output.path/_plan/, so the embed stage reuses it instead of planning again. The passes over every row
+        # run on Ray Data for a big corpus, on one Ray started only if one of them needs it
+        with lazy_ray(cfg) as need_ray:
+            plan = plan_corpus(cfg, Storage.open(cfg.output.path, cfg.storage), ray_context=need_ray)
+            print(check_target(cfg, plan, ray_context=need_ray), flush=True)
         if code := embed_outcome(run_embed(cfg, progress=not args.no_progress), prefix="embed: "):
             return code
         queries = args.query or (SAMPLE_QUERIES if "sample" in cfg.corpus.path else [])

@@ -5,14 +5,15 @@ chunk in the context of the others, so a request must never mix documents. ``cor
 each row's document and ``corpus.chunk_order_column`` (optional) orders a document's chunks; a shard's rows
 are grouped by document (in order of first appearance) and each document becomes one or more *windows* —
 consecutive chunks whose estimated tokens fit the model's context (and the request caps). A document longer
-than the context is thus split into consecutive windows that each fit; a window the API still finds too long
-is split in halves by the worker's bisect, which keeps windows consecutive.
+than the context is thus split into consecutive windows that each fit (the report counts those documents); a
+window the API still finds too long is split in halves by the worker's bisect, which keeps windows consecutive.
 
-Chunks of one document that fall in different shards (the corpus is cut every ``rows_per_shard`` rows) are
-embedded as separate windows: write the corpus sorted by document so that happens only at shard edges.
+A document is never split between shards: the plan cuts shards at document boundaries and refuses a corpus
+whose documents are not in consecutive rows (``embed.documents``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -24,7 +25,16 @@ from ..jina.tokens import plan_batches
 if TYPE_CHECKING:
     from ..jina.client import JinaClient
 
-__all__ = ["document_windows", "check_late_chunking"]
+__all__ = ["document_windows", "check_late_chunking", "Windows"]
+
+
+@dataclass
+class Windows:
+    """A shard's requests under late chunking: ``rows`` = one list of row indices per window."""
+
+    rows: list[list[int]]
+    documents: int  # documents with at least one row in a window
+    split: int  # documents longer than one window's context: sent as several consecutive windows
 
 
 def check_late_chunking(cs: CorpusSettings) -> None:
@@ -35,7 +45,7 @@ def check_late_chunking(cs: CorpusSettings) -> None:
                           "corpus.chunk_order_column if the rows are not in chunk order), or set late_chunking = false")
 
 
-def document_windows(table: pa.Table, rows: list[int], cs: CorpusSettings, client: "JinaClient") -> list[list[int]]:
+def document_windows(table: pa.Table, rows: list[int], cs: CorpusSettings, client: "JinaClient") -> Windows:
     """``rows`` (indices into ``table``) grouped into windows: each one document's consecutive chunks, in order,
     fitting the model's context and the request caps."""
     docs = table.column(cs.document_column).to_pylist()
@@ -46,10 +56,12 @@ def document_windows(table: pa.Table, rows: list[int], cs: CorpusSettings, clien
         by_doc.setdefault(docs[i], []).append(i)
     cap = client.max_tokens(late_chunking=True)
     windows: list[list[int]] = []
+    split = 0
     for chunk_rows in by_doc.values():
         if order is not None:
             chunk_rows = sorted(chunk_rows, key=lambda i: (order[i] is None, order[i] if order[i] is not None else 0))
         groups = plan_batches([texts[i] for i in chunk_rows], max_inputs=client.max_inputs, max_tokens=cap,
                               estimate=client.estimator.estimate_one)  # consecutive, so chunks stay in order
         windows += [[chunk_rows[g] for g in group] for group in groups]
-    return windows
+        split += len(groups) > 1
+    return Windows(windows, len(by_doc), split)

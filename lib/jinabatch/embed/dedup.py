@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ContextManager
 
 import numpy as np
@@ -34,14 +34,13 @@ from ..config import StorageSettings
 from ..errors import CorpusError
 from ..storage import Storage
 from .corpus import CorpusFile
+from .passes import LOCAL_MAX_ROWS, SHUFFLE_BATCH_BYTES, locate, num_partitions, ray_data, read_positions, row_groups
 
 __all__ = ["find_duplicates", "read_duplicates", "DUPLICATES", "LOCAL_MAX_ROWS", "SHUFFLE_BATCH_BYTES"]
 
 log = logging.getLogger("jinabatch.embed")
 
 DUPLICATES = "_plan/duplicates.parquet"
-LOCAL_MAX_ROWS = 1_000_000  # above this the pass runs on Ray Data
-SHUFFLE_BATCH_BYTES = 64 * 2**20  # input per shuffle map batch (Ray's default 1 GiB made one worker hold 12 GB)
 _SCHEMA = pa.schema([("pos", pa.int64()), ("first_file", pa.string()), ("first_row", pa.int64())])
 
 
@@ -49,24 +48,9 @@ def _none() -> pa.Table:
     return pa.table({"pos": pa.array([], pa.int64()), "first_pos": pa.array([], pa.int64())})
 
 
-def _row_groups(files: list[CorpusFile]) -> Iterator[dict[str, Any]]:
-    for f in files:
-        pos = f.offset
-        for rg, n in enumerate(f.row_groups):
-            yield {"uri": f.uri, "rg": rg, "pos0": pos}
-            pos += n
-
-
-def _read_ids(uri: str, rg: int, pos0: int, id_column: str, settings: StorageSettings) -> pa.Table:
-    parent, _, name = uri.rpartition("/")
-    store = Storage.open(parent or "/", settings)
-    col = pq.ParquetFile(store.open_input_file(name)).read_row_group(rg, columns=[id_column]).column(id_column)
-    return pa.table({"id": col, "pos": pa.array(np.arange(pos0, pos0 + len(col), dtype=np.int64))})
-
-
 def _ids_batch(batch: pa.Table, id_column: str, settings: StorageSettings) -> pa.Table:
     """Ray Data UDF: a batch of row-group descriptions in, their (id, pos) rows out."""
-    tables = [_read_ids(u, int(r), int(p), id_column, settings)
+    tables = [read_positions(u, int(r), int(p), id_column, settings)
               for u, r, p in zip(batch["uri"].to_pylist(), batch["rg"].to_pylist(), batch["pos0"].to_pylist())]
     return pa.concat_tables(tables)
 
@@ -92,7 +76,7 @@ def _later(ids: pa.Table, dup: pa.Table) -> pa.Table:
 
 
 def _in_process(files: list[CorpusFile], id_column: str, settings: StorageSettings) -> pa.Table:
-    tables = [_read_ids(g["uri"], g["rg"], g["pos0"], id_column, settings) for g in _row_groups(files)]
+    tables = [read_positions(g["uri"], g["rg"], g["pos0"], id_column, settings) for g in row_groups(files)]
     if not tables:
         return _none()
     ids = _concat_ids(tables, id_column)
@@ -112,21 +96,14 @@ def _concat_ids(tables: list[pa.Table], id_column: str) -> pa.Table:
 
 def _on_ray(files: list[CorpusFile], id_column: str, settings: StorageSettings, rows: int) -> pa.Table:
     import ray
-    from ray.data import DataContext
     from ray.data.aggregate import Count, Min
 
-    ctx = DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes)
-    # Ray's default shuffle (v2, hash-partitioned); its map side buffers 1 GiB of input per batch by default, which
-    # grew one worker to 5-12 GB on 20-50M ids: 64 MiB batches keep every process well under 2 GB
-    ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = False, SHUFFLE_BATCH_BYTES
-    try:
-        groups = list(_row_groups(files))
+    with ray_data():  # Ray's default shuffle; see embed.passes
+        groups = list(row_groups(files))
         items = ray.data.from_items(groups, override_num_blocks=max(1, min(len(groups) // 8, 2000)))
         ids = items.map_batches(_ids_batch, batch_size=8, batch_format="pyarrow",
                                 fn_kwargs={"id_column": id_column, "settings": settings})
-        partitions = int(min(1024, max(4, rows // 2_000_000)))
-        counts = ids.groupby("id", num_partitions=partitions).aggregate(
+        counts = ids.groupby("id", num_partitions=num_partitions(rows)).aggregate(
             Count(alias_name="n"), Min("pos", alias_name="first"))
         refs = counts.filter(expr="n > 1").select_columns(["id", "first"]).to_arrow_refs()
         found = [t for t in ray.get(refs) if t.num_rows]
@@ -136,8 +113,6 @@ def _on_ray(files: list[CorpusFile], id_column: str, settings: StorageSettings, 
         later = ids.map_batches(_later_batch, batch_format="pyarrow", fn_kwargs={"dups": [ray.put(dup)]})
         parts = [t for t in ray.get(later.to_arrow_refs()) if t.num_rows]
         return pa.concat_tables(parts) if parts else _none()
-    finally:
-        ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = saved
 
 
 def find_duplicates(files: list[CorpusFile], id_column: str, out: Storage, *, settings: StorageSettings,
@@ -156,14 +131,10 @@ def find_duplicates(files: list[CorpusFile], id_column: str, out: Storage, *, se
             later = _on_ray(files, id_column, settings, rows)
         engine = "Ray Data"
     later = later.sort_by("pos")
-    offsets = np.array([f.offset for f in files], dtype=np.int64)
-    first = later["first_pos"].to_numpy()
-    which = np.searchsorted(offsets, first, side="right") - 1
+    which, first_row = locate(files, later["first_pos"].to_numpy())
     names = np.array([f.name for f in files], dtype=object)
-    table = pa.table({"pos": later["pos"], "first_file": pa.array(names[which].tolist() if len(which) else [],
-                                                                   pa.string()),
-                      "first_row": pa.array(first - offsets[which] if len(which) else [], pa.int64())},
-                     schema=_SCHEMA)
+    table = pa.table({"pos": later["pos"], "first_file": pa.array(names[which].tolist(), pa.string()),
+                      "first_row": pa.array(first_row, pa.int64())}, schema=_SCHEMA)
     tmp = out.local_temp(DUPLICATES)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, tmp, row_group_size=65536)

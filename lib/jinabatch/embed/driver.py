@@ -126,8 +126,7 @@ def _skip_finished(config: Config, plan: Plan, out: Storage, rep: EmbedReport) -
         out.delete_many(resume.stale)
     skipped = [resume.done[s.index] for s in plan.shards if s.index in resume.done]
     for r in skipped:
-        rep.add_rows(r.rows_in, r.rows_embedded, r.rows_dead_letter, r.reasons, r.rows_truncated)
-        rep.rows_reused += r.rows_reused
+        rep.add_shard(r)
     rep.shards_skipped = len(skipped)
     return [s for s in plan.shards if s.index not in resume.done], skipped
 
@@ -263,8 +262,7 @@ class _Schedule:
             rep.shards_done += 1
             if r.node:
                 rep.shards_by_node[r.node] = rep.shards_by_node.get(r.node, 0) + 1
-            rep.add_rows(r.rows_in, r.rows_embedded, r.rows_dead_letter, r.reasons, r.rows_truncated)
-            rep.rows_reused += r.rows_reused
+            rep.add_shard(r)
             return
         rep.shards_failed += 1
         first = s.pieces[0]

@@ -14,8 +14,10 @@ is granted, whole (never a part of a request's tokens), on a key — the task's 
 * the **server's bucket, as modelled**, holds it with a margin: buckets at the limits, holding ``burst_seconds``
   of them, full at the start (an idle key), charged at each grant and settled with the bill. Were every request
   to reach the server the same time after its grant, the server's bucket would be the model's shifted in time;
-  the margin (``MARGIN`` of the bucket) covers the differences (polls, the network) and estimates not settled
-  yet. A request that needs more than the bucket holds — with the margin, or bigger than the bucket itself,
+  the margin covers the differences and estimates not settled yet: ``MARGIN`` of the bucket, or more when
+  grants take longer to reach their requests — the refill of the longest recent gap between a task's polls (a
+  grant made at another task's poll waits for its own; on a loaded machine those gaps grow) plus ``SEND_LAG``,
+  up to ``MAX_MARGIN`` of the bucket (beyond that, seconds-long stalls would idle the key to avoid a 429). A request that needs more than the bucket holds — with the margin, or bigger than the bucket itself,
   which a server admits only when full — goes when the model has been full as long as the excess takes to refill;
 * a **slot** is free: requests granted on the key and not reported finished stay under its concurrency limit
   (a grant not yet sent, or a finish not yet reported, counts as in flight: the server never sees more).
@@ -48,10 +50,13 @@ from dataclasses import dataclass, field
 
 from ..jina.limits import Slowdown, TokenBucket
 
-__all__ = ["KeyBudget", "Pool", "GrantedLimiter", "Permit", "BURST_SECONDS", "MARGIN", "ASK_TTL"]
+__all__ = ["KeyBudget", "Pool", "GrantedLimiter", "Permit", "BURST_SECONDS", "MARGIN", "SEND_LAG", "ASK_TTL"]
 
 BURST_SECONDS = 2.0  # the buckets we assume the API keeps: the shortest a real server is likely to use
-MARGIN = 0.1  # of the server's bucket: room for grants reaching it out of step and for estimates in flight
+MARGIN = 0.1  # of the server's bucket at least: room for grants reaching it out of step, estimates in flight
+MAX_MARGIN = 0.5  # of the server's bucket at most
+SEND_LAG = 0.05  # seconds from a grant's delivery to its request reaching the server, beyond the poll gaps
+LAG_WINDOW = 5.0  # seconds of poll gaps the margin looks back on
 ASK_TTL = 2.0  # seconds after which the asks of a task that stopped polling leave the line (tasks poll ~10×/s)
 
 Ask = tuple[int, float]  # (ticket, estimated tokens)
@@ -94,11 +99,12 @@ class KeyBudget:
         if self.slowdown.update(self.paused_until):
             self._apply()
 
-    def fits(self, tokens: float) -> bool:
-        """Whether a request of ``tokens`` may go on this key now."""
+    def fits(self, tokens: float, lag: float = 0.0) -> bool:
+        """Whether a request of ``tokens`` may go on this key now, if it reaches the server up to ``lag`` seconds
+        later than the grant."""
         return (self.in_flight < self.concurrency and self._clock() >= self.paused_until
                 and self.requests.refill() >= 0 and self.tokens.refill() >= 0
-                and _holds(self.server_requests, 1) and _holds(self.server_tokens, tokens))
+                and _holds(self.server_requests, 1, lag) and _holds(self.server_tokens, tokens, lag))
 
     def take(self, tokens: float) -> None:
         for bucket, amount in ((self.requests, 1), (self.server_requests, 1), (self.tokens, tokens),
@@ -136,10 +142,11 @@ class KeyBudget:
         return max(0.0, self.paused_until - self._clock())
 
 
-def _holds(bucket: TokenBucket, amount: float) -> bool:
-    """Whether the modelled server bucket holds ``amount`` with the margin (a request bigger than the bucket:
-    whether it has been full for as long as the excess takes to refill)."""
-    need = min(amount, bucket.capacity) + MARGIN * bucket.capacity
+def _holds(bucket: TokenBucket, amount: float, lag: float = 0.0) -> bool:
+    """Whether the modelled server bucket holds ``amount`` with the margin (``MARGIN`` of it, or ``lag`` seconds of
+    refill); a request bigger than the bucket: whether it has been full for as long as the excess takes to refill."""
+    need = min(amount, bucket.capacity) + min(MAX_MARGIN * bucket.capacity,
+                                              max(MARGIN * bucket.capacity, lag * bucket.rate))
     if need <= bucket.capacity:
         return bucket.refill() >= need
     return bucket.full_for() * bucket.rate >= need - bucket.capacity
@@ -149,6 +156,7 @@ def _holds(bucket: TokenBucket, amount: float) -> bool:
 class _Asker:
     home: int  # the key its shard was given
     asked: float = 0.0  # when it last reported its asks
+    asking: bool = False  # whether it had any then
     granted: list[Grant] = field(default_factory=list)  # not delivered yet
     sent: dict[int, int] = field(default_factory=dict)  # key -> grants made to it (cumulative)
     done: dict[int, int] = field(default_factory=dict)  # key -> grants it reported finished or given back
@@ -163,6 +171,7 @@ class Pool:
         self.started = False
         self._line: dict[tuple[int, int], tuple[float, float]] = {}  # (shard, ticket) -> (first asked, tokens)
         self._askers: dict[int, _Asker] = {}
+        self._gaps: deque[tuple[float, float]] = deque()  # (when, seconds) between polls of a task that had asks
 
     def join(self, shard: int, home: int) -> None:
         self.leave(shard)
@@ -172,7 +181,10 @@ class Pool:
         """``shard``'s waiting requests (ticket, estimated tokens) in its own order; replaces what it asked before
         (a ticket it no longer lists was cancelled, or is granted and on its way)."""
         a = self._askers[shard]
-        now = a.asked = self._clock()
+        now = self._clock()
+        if a.asking:  # a grant made since its last poll waited this long for it
+            self._gaps.append((now, now - a.asked))
+        a.asked, a.asking = now, bool(asks)
         keep = {ticket for ticket, _ in asks}
         for k in [k for k in self._line if k[0] == shard and k[1] not in keep]:
             del self._line[k]
@@ -209,6 +221,14 @@ class Pool:
         out, a.granted = a.granted, []
         return out
 
+    def lag(self) -> float:
+        """How late a request may reach the server after its grant: the longest recent gap between a task's polls
+        (while it had asks), plus ``SEND_LAG``."""
+        now = self._clock()
+        while self._gaps and self._gaps[0][0] < now - LAG_WINDOW:
+            self._gaps.popleft()
+        return max((g for _, g in self._gaps), default=0.0) + SEND_LAG
+
     def grant(self) -> None:
         """Grant whole requests from the head of the line, each on the first key that can take it."""
         now = self._clock()
@@ -222,9 +242,10 @@ class Pool:
             self.started = True
             for kb in self.keys:
                 kb.start()
+        lag = self.lag()
         for (shard, ticket), (_, tokens) in sorted(self._line.items(), key=lambda kv: kv[1][0]):
             a = self._askers[shard]
-            key = next((k for k in (a.home, *range(len(self.keys))) if self.keys[k].fits(tokens)), None)
+            key = next((k for k in (a.home, *range(len(self.keys))) if self.keys[k].fits(tokens, lag)), None)
             if key is None:
                 break
             self.keys[key].take(tokens)

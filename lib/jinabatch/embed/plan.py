@@ -4,7 +4,9 @@ A shard is ``rows_per_shard`` consecutive rows of the corpus in corpus order (fi
 the files look like: a row group bigger than a shard is split into row ranges, small files and row groups
 are grouped, so a shard is a list of *pieces* (file, row range) — and one shard is one output file. Cuts
 fall at exact multiples of ``rows_per_shard`` of the global row position, so the same corpus always gives
-the same shards and rows appended at the end of the corpus only touch the last shard.
+the same shards and rows appended at the end of the corpus only touch the last shard. Under late chunking a
+cut that would fall inside a document moves to that document's end (``embed.documents``), so a shard may run
+over ``rows_per_shard``.
 
 ``plan_corpus`` lists the corpus (``embed.corpus``), and if ``output/_plan/`` holds a plan of this very
 corpus (same files, sizes and modification times) and the same settings, reuses it: a rerun neither reopens
@@ -15,6 +17,7 @@ every footer nor repeats the duplicate pass. Otherwise it opens every footer, ru
     _plan/files.parquet        one row per file: uri, fingerprint, rows, offset, rows per row group, partition
     _plan/duplicates.parquet   later occurrences of an id, sorted by position (read by each shard's task)
     _plan/reuse.parquet        with output.previous: rows whose vector is carried over (embed.incremental)
+    _plan/documents.parquet    under late chunking: the documents a cut would split (embed.documents)
 
 The driver's memory follows the number of files and shards, never the number of rows.
 """
@@ -25,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
@@ -34,8 +38,10 @@ import pyarrow.parquet as pq
 from ..config import Config
 from ..observe.report import EmbedReport
 from ..storage import FileStat, Storage
+from .chunking import check_late_chunking
 from .corpus import CorpusFile, inspect_files, list_corpus
 from .dedup import LOCAL_MAX_ROWS, find_duplicates
+from .documents import Span, plan_documents, read_spans
 from .incremental import Reuse, plan_reuse
 
 __all__ = ["Piece", "Shard", "Plan", "plan_corpus", "cut_shards", "corpus_fingerprint", "PLAN_DIR"]
@@ -108,24 +114,40 @@ class Plan:
         return sum(f.rows for f in self.files)
 
 
-def cut_shards(files: list[CorpusFile], rows_per_shard: int) -> list[Shard]:
+def _ends(rows: int, rows_per_shard: int, spans: Sequence[Span]) -> list[int]:
+    """Where shards end: every multiple of ``rows_per_shard``, moved past the document ``spans`` (sorted
+    (first, last) positions) that hold it; the end of the corpus last."""
+    ends: list[int] = []
+    k = 0
+    for cut in range(rows_per_shard, rows, rows_per_shard):
+        while k < len(spans) and spans[k][1] < cut:
+            k += 1
+        if k < len(spans) and spans[k][0] < cut:  # inside a document: its shard runs on to the document's end
+            cut = spans[k][1] + 1
+        if cut < rows and (not ends or cut > ends[-1]):
+            ends.append(cut)
+    return ends + [rows] if rows else []
+
+
+def cut_shards(files: list[CorpusFile], rows_per_shard: int, spans: Sequence[Span] = ()) -> list[Shard]:
     """Cut the corpus's rows (file order, then row) into shards of ``rows_per_shard`` rows (the last may be
-    smaller); a shard's pieces are the file ranges it covers."""
+    smaller); a shard's pieces are the file ranges it covers. ``spans``: documents an edge must not split
+    (late chunking, ``embed.documents``): their shard runs over ``rows_per_shard`` to finish them."""
+    ends = iter(_ends(sum(f.rows for f in files), rows_per_shard, spans))
     shards: list[Shard] = []
     pieces: list[Piece] = []
-    start, n = 0, 0
+    start = pos = 0
+    end = next(ends, 0)
     for f in files:
         row = 0
         while row < f.rows:
-            take = min(rows_per_shard - n, f.rows - row)
+            take = min(end - pos, f.rows - row)
             pieces.append(Piece(f.uri, f.fingerprint, row, row + take, f.partition))
             row += take
-            n += take
-            if n == rows_per_shard:
-                shards.append(Shard(len(shards), start, start + n, tuple(pieces)))
-                start, n, pieces = start + n, 0, []
-    if pieces:
-        shards.append(Shard(len(shards), start, start + n, tuple(pieces)))
+            pos += take
+            if pos == end:
+                shards.append(Shard(len(shards), start, pos, tuple(pieces)))
+                start, pieces, end = pos, [], next(ends, pos)
     return shards
 
 
@@ -141,6 +163,8 @@ def corpus_fingerprint(root: Storage, stats: list[FileStat]) -> str:
 def _settings(config: Config) -> dict[str, Any]:
     c = config.corpus
     s = {"id": c.id_column, "text": c.text_column, "columns": list(c.columns), "rows_per_shard": c.rows_per_shard}
+    if config.jina.late_chunking:  # shards are cut at document boundaries (embed.documents)
+        s["documents"] = c.document_column
     if config.output.previous:  # the join depends on what the previous output holds and how it was made
         prev = Storage.open(config.output.previous, config.storage)
         rep = EmbedReport.read(prev)
@@ -177,6 +201,9 @@ def _load(out: Storage, config: Config, root: Storage, fingerprint: str) -> Plan
     if not meta or meta.get("version") != PLAN_VERSION or meta.get("corpus_fingerprint") != fingerprint \
             or meta.get("settings") != _settings(config) or out.stat(f"{PLAN_DIR}/duplicates.parquet") is None:
         return None
+    spans = read_spans(out) if config.jina.late_chunking else []
+    if spans is None:
+        return None
     try:
         table = pq.read_table(out.open_input_file(f"{PLAN_DIR}/files.parquet"))
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
@@ -187,7 +214,7 @@ def _load(out: Storage, config: Config, root: Storage, fingerprint: str) -> Plan
                                                   ("uri", "fingerprint", "rows", "offset", "row_groups", "partition")))]
     column_types = {f.name: f.type for f in schema if f.name != "__id__"}
     reuse = Reuse(**meta["reuse"]) if meta.get("reuse") else None
-    return Plan(root.uri, files, cut_shards(files, config.corpus.rows_per_shard), schema.field("__id__").type,
+    return Plan(root.uri, files, cut_shards(files, config.corpus.rows_per_shard, spans), schema.field("__id__").type,
                 column_types, tuple(meta.get("partition_columns", [])), int(meta["duplicates"]), fingerprint,
                 reused=True, reuse=reuse)
 
@@ -207,11 +234,16 @@ def plan_corpus(config: Config, out: Storage, *, ray_context: Callable[[], Conte
     found = inspect_files(root, stats, cs)
     duplicates = find_duplicates(found.files, cs.id_column, out, settings=config.storage,
                                  local_max_rows=local_max_rows, ray_context=ray_context)
+    spans: list[Span] = []
+    if config.jina.late_chunking:  # a shard edge never splits a document
+        check_late_chunking(cs)
+        spans = plan_documents(found.files, cs, cs.rows_per_shard, out, settings=config.storage,
+                               local_max_rows=local_max_rows, ray_context=ray_context)
     reuse = None
     if config.output.previous:
         reuse = plan_reuse(config, found.files, out, ray_context=ray_context, local_max_rows=local_max_rows)
-    plan = Plan(root.uri, found.files, cut_shards(found.files, cs.rows_per_shard), found.id_type, found.column_types,
-                found.partition_columns, duplicates, fingerprint, reuse=reuse)
+    plan = Plan(root.uri, found.files, cut_shards(found.files, cs.rows_per_shard, spans), found.id_type,
+                found.column_types, found.partition_columns, duplicates, fingerprint, reuse=reuse)
     _save(out, plan, config)
     log.info("planned %s: %d files, %d rows, %d shards, %d duplicate ids", root.uri, len(plan.files), plan.rows,
              len(plan.shards), duplicates)

@@ -6,12 +6,11 @@ that follows reuses it instead of planning again.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import Config
-from ..runtime import ray_session
+from ..runtime import lazy_ray
 from ..storage import Storage
 from .estimate import Estimate, estimate_run
 from .plan import Plan, plan_corpus
@@ -39,6 +38,7 @@ class Preview:
     incremental: dict[str, Any] | None = None  # reused / changed / new / dropped against output.previous
     limits: dict[str, Any] = field(default_factory=dict)
     price_per_million_tokens: float | None = None
+    largest_shard: int = 0  # rows; over rows_per_shard when late chunking extends a shard to finish a document
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,15 +49,7 @@ def preview(config: Config) -> tuple[Preview, Plan]:
     plan)."""
     out = Storage.open(config.output.path, config.storage)
     out.check("output.path")
-    with contextlib.ExitStack() as stack:
-        started: list[bool] = []
-
-        def need_ray():
-            if not started:
-                stack.enter_context(ray_session(config))
-                started.append(True)
-            return contextlib.nullcontext()
-
+    with lazy_ray(config) as need_ray:  # started only if a pass needs it
         plan = plan_corpus(config, out, ray_context=need_ray)
     resume = find_finished(config, plan, out)
     todo = [s for s in plan.shards if s.index not in resume.done]
@@ -69,7 +61,8 @@ def preview(config: Config) -> tuple[Preview, Plan]:
                    stale=len([p for p in resume.stale if p.startswith("shards/")]), plan_reused=plan.reused,
                    estimate=est, incremental=plan.reuse.to_dict() if plan.reuse else None, limits={"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency,
                                          "target": lim.target},
-                   price_per_million_tokens=config.jina.price_per_million_tokens), plan
+                   price_per_million_tokens=config.jina.price_per_million_tokens,
+                   largest_shard=max((sh.rows for sh in plan.shards), default=0)), plan
 
 
 def _duration(seconds: float) -> str:
@@ -85,8 +78,11 @@ def format_preview(p: Preview) -> str:
     lines = [
         f"corpus   {p.corpus}: {p.files:,} file(s), {p.rows:,} rows, {p.duplicates:,} duplicate id(s) "
         "(dead-lettered, first occurrence kept)",
-        f"shards   {p.shards:,} of {p.rows_per_shard:,} rows; {p.shards_done:,} already done in {p.output} "
-        f"({p.rows_done:,} rows) — a run sends the other {e.shards:,}"
+        f"shards   {p.shards:,} of {p.rows_per_shard:,} rows"
+        + (f" (cut at document ends: the largest has {p.largest_shard:,})" if p.largest_shard > p.rows_per_shard
+           else "")
+        + f"; {p.shards_done:,} already done in {p.output} ({p.rows_done:,} rows)"
+        f" — a run sends the other {e.shards:,}"
         + (f"; {p.stale} stale shard file(s) of an earlier plan will be removed" if p.stale else "")
         + ("; plan reused from _plan/" if p.plan_reused else ""),
         f"tokens   ~{e.tokens:,} for {e.rows:,} rows (~{e.tokens_per_row:.1f}/row; ratio {e.ratio:.3f} from "

@@ -31,19 +31,18 @@ class Resume:
     stale: list[str] = field(default_factory=list)  # paths under the output to delete before the run
 
 
-def _skipped(shard: Shard, fingerprint: str, *, embedded: int, dead: int, truncated: int, reused: int,
-             reasons: dict[str, int]) -> ShardRecord:
-    """The record a rerun logs for ``shard``, finished before: its counts, under this plan's key and settings."""
+def _skipped(shard: Shard, fingerprint: str, *, embedded: int, reasons: dict[str, int],
+             kept: dict[str, int]) -> ShardRecord:
+    """The record a rerun logs for ``shard``, finished before: its counts (``kept``: ``Tally.KEPT``), under this
+    plan's key and settings."""
     return ShardRecord(shard=shard.index, name=shard.name, status="skipped", rows_in=shard.rows, rows_embedded=embedded,
-                       rows_dead_letter=dead, rows_truncated=truncated, rows_reused=reused, reasons=reasons,
-                       shard_key=shard.key, fingerprint=fingerprint)
+                       reasons=reasons, shard_key=shard.key, fingerprint=fingerprint, **kept)
 
 
 def _from_footer(shard: Shard, fingerprint: str, meta: dict[str, Any]) -> ShardRecord:
     """The record of a shard finished by a run whose log did not say so, from its footer (``ShardWriter.commit``)."""
-    return _skipped(shard, fingerprint, embedded=int(meta["rows"]), dead=int(meta.get("rows_dead_letter", 0)),
-                    truncated=int(meta.get("rows_truncated", 0)), reused=int(meta.get("rows_reused", 0)),
-                    reasons=meta.get("reasons", {}))
+    return _skipped(shard, fingerprint, embedded=int(meta["rows"]), reasons=meta.get("reasons", {}),
+                    kept={k: int(meta.get(k, 0)) for k in ShardRecord.KEPT})
 
 
 def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, ShardRecord] | None = None,
@@ -64,8 +63,8 @@ def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, Sha
             continue
         rec = known.get(shard.index)
         if rec and rec.shard_key == shard.key and rec.fingerprint == fingerprint:
-            res.done[shard.index] = _skipped(shard, fingerprint, embedded=rec.rows_embedded, dead=rec.rows_dead_letter,
-                                             truncated=rec.rows_truncated, reused=rec.rows_reused, reasons=rec.reasons)
+            res.done[shard.index] = _skipped(shard, fingerprint, embedded=rec.rows_embedded, reasons=rec.reasons,
+                                             kept={k: getattr(rec, k) for k in rec.KEPT})
         else:
             check.append(shard)
 

@@ -162,8 +162,7 @@ class ShardOutput:
                                  "(a bug: please report it with the shard's pieces)")
         write_dead_letter(self.out, self.shard.name, self.dead_rows, self.id_type)
         # counts a resumed run reports for this shard without reading its dead letters
-        self.writer.commit(rows_dead_letter=res.rows_dead_letter, reasons=res.reasons,
-                           rows_truncated=res.rows_truncated, rows_reused=res.rows_reused)
+        self.writer.commit(reasons=res.reasons, **{k: getattr(res, k) for k in res.KEPT})
         return res
 
     def abort(self) -> None:

@@ -185,7 +185,10 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
         while (b := await rows.next_group(cs)) is not None:
             verdict = _judge(config, client, rows, b, res)
             if j.late_chunking:  # a request is one document's window
-                batches = [[(b, i) for i in w] for w in document_windows(b.table, verdict.keep, cs, client)]
+                windows = document_windows(b.table, verdict.keep, cs, client)
+                res.documents += windows.documents
+                res.documents_split += windows.split
+                batches = [[(b, i) for i in w] for w in windows.rows]
             else:
                 batches = packer.pack([(b, i) for i in verdict.keep])
             for members in batches:

@@ -9,10 +9,12 @@ and saying what to do, for anything the load would otherwise refuse after the to
 * a type with no Milvus scalar even after the embed stage's conversions (``jinabatch.embed.columns``);
 * more fields than a collection holds (64);
 * with ``files``: a text value over 65,535 bytes (Milvus's VARCHAR cap), or ±infinity in a float column
-  (Milvus stores no non-finite scalar; a NaN is written as null, which loads);
+  (Milvus stores no non-finite scalar; a NaN is written as null, which loads) — the columns are read once
+  (``load.scan``: in process for a small corpus, on Ray Data above ``local_max_rows`` rows);
 * a remote server that does not answer, or ``mode = "bulk"`` where it cannot work (Milvus Lite; an output on
   object storage that a server on local storage cannot import from);
-* ``milvus.bucket`` unreachable with the job's endpoint and credentials (or missing, for a remote server).
+* ``milvus.bucket`` unreachable with the job's endpoint and credentials (or missing, for a remote server);
+  for the embedded server on a bucket, credentials it cannot use (``AWS_SESSION_TOKEN``: temporary ones).
 
 Nulls are not refused: the returned ``TargetCheck`` says where each column will go on this server
 (``jinabatch.load.target``) and ``summary()`` prints it. The server's capabilities are found without
@@ -20,21 +22,23 @@ starting anything (``probe_server``).
 """
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ContextManager
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..config import MilvusSettings, StorageSettings
-from ..embed.columns import check_carried_type, check_id_type, shard_type, to_shard
+from ..embed.columns import check_carried_type, check_id_type, shard_type
+from ..embed.passes import LOCAL_MAX_ROWS
 from ..errors import ConfigError, CorpusError
 from ..storage import Storage
 from .importfiles import COPY, DEFAULT_IMPORT_ROOT, DOWNLOAD, IN_BUCKET, placement
-from .schema import MAX_VARCHAR, VECTOR_FIELD
+from .scan import scan_columns
+from .schema import VECTOR_FIELD
 from .staging import DYNAMIC_FIELD
 from .target import (
     INSERT,
@@ -49,7 +53,6 @@ from .target import (
 __all__ = ["check_load_target", "TargetCheck", "ColumnFacts"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SCAN_ROWS = 65_536
 
 
 @dataclass
@@ -100,42 +103,11 @@ def _check_names(names: Sequence[str], id_column: str) -> None:
                               + (" or drop it from corpus.columns" if key == "corpus.columns" else ""))
 
 
-def _scan(files: Sequence[str | Path], facts: dict[str, ColumnFacts], storage: StorageSettings | None) -> None:
-    """Count nulls, find the longest text and any ±inf, file by file, batch by batch (local or object storage)."""
-    names = list(facts)
-    for f in files:
-        f = str(getattr(f, "uri", f))
-        parent, _, name = f.rpartition("/")
-        pf = pq.ParquetFile(Storage.open(parent or "/", storage).open_input_file(name))
-        row = 0
-        for rb in pf.iter_batches(batch_size=SCAN_ROWS, columns=names):
-            for n in names:
-                col = to_shard(rb.column(n))
-                facts[n].nulls = (facts[n].nulls or 0) + col.null_count
-                t = col.type
-                if pa.types.is_string(t) and len(col) - col.null_count:
-                    lengths = pc.binary_length(col)
-                    longest = pc.max(lengths).as_py() or 0
-                    if longest > MAX_VARCHAR:
-                        at = row + pc.index(lengths, longest).as_py()
-                        raise CorpusError(f"{f}: row {at} of carried column {n!r} holds {longest} bytes; Milvus "
-                                          f"text values hold at most {MAX_VARCHAR} — shorten those values in the "
-                                          "corpus or drop the column from corpus.columns")
-                    facts[n].longest = max(facts[n].longest, longest)
-                if pa.types.is_floating(t):
-                    inf = pc.is_inf(col)
-                    if pc.any(inf).as_py():
-                        at = row + pc.index(inf, True).as_py()
-                        raise CorpusError(f"{f}: row {at} of carried column {n!r} is {col[at - row].as_py()}; Milvus "
-                                          "stores no infinite value — replace it (e.g. with null) in the corpus or "
-                                          "drop the column from corpus.columns")
-            row += rb.num_rows
-
-
 def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusSettings, *,
                       files: Sequence[str | Path] = (), id_column: str = "id", id_type: pa.DataType | None = None,
                       server: ServerInfo | None = None, storage: StorageSettings | None = None,
-                      output: str | None = None) -> TargetCheck:
+                      output: str | None = None, local_max_rows: int = LOCAL_MAX_ROWS,
+                      ray_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> TargetCheck:
     """Refuse (ConfigError / CorpusError) what the Milvus of ``settings`` could not hold; say how the rest goes.
 
     ``column_types``: carried column → corpus Arrow type, in ``corpus.columns`` order (``Plan.column_types``).
@@ -143,9 +115,15 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
     once (nulls, text lengths, ±inf), through ``storage`` for object-store URIs.
     ``server``: skip probing the server and its bucket (tests, or a caller that knows).
     ``output``: ``output.path``, to check that bulk import can reach the files from there.
+    ``ray_context()``: makes Ray available when the files hold more than ``local_max_rows`` rows: the columns
+    are then read on Ray Data (``load.scan``), not in this process.
     """
     names = list(column_types)
     _check_names(names, id_column)
+    if settings.uri == "embedded" and settings.bucket:  # credentials it cannot use: refused before anything is read
+        from .server import BucketStorage
+
+        BucketStorage(settings.bucket, settings.root_path, storage or StorageSettings()).check_credentials()
     first = str(getattr(files[0], "uri", files[0])) if files else "corpus"
     if id_type is not None:
         check_id_type(first, id_column, id_type)
@@ -154,7 +132,9 @@ def check_load_target(column_types: Mapping[str, pa.DataType], settings: MilvusS
         check_carried_type(first, n, t)
         facts[n] = ColumnFacts(n, str(t), str(shard_type(t)))
     if files:
-        _scan(files, facts, storage)
+        scanned = scan_columns(files, list(facts), storage, local_max_rows=local_max_rows, ray_context=ray_context)
+        for n, f in facts.items():
+            f.nulls, f.longest = scanned[n].nulls, scanned[n].longest
     probing = server is None
     server = server or probe_server(settings)
     layout = choose_layout({n: f.nulls for n, f in facts.items()}, server) if files else None

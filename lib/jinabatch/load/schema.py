@@ -41,11 +41,11 @@ from ..config import StorageSettings
 from ..errors import LoadError
 from ..observe.report import REPORT, EmbedReport
 from ..storage import Storage
+from .scan import MAX_VARCHAR
 
 __all__ = ["ShardFile", "Column", "LoadInput", "read_output", "build_schema", "VECTOR_FIELD", "MAX_VARCHAR"]
 
 VECTOR_FIELD = "embedding"
-MAX_VARCHAR = 65_535  # Milvus's cap on VARCHAR max_length (bytes)
 _SCALARS = {
     pa.int64(): DataType.INT64, pa.int32(): DataType.INT32, pa.int16(): DataType.INT16, pa.int8(): DataType.INT8,
     pa.float64(): DataType.DOUBLE, pa.float32(): DataType.FLOAT, pa.bool_(): DataType.BOOL,
@@ -63,6 +63,7 @@ class ShardFile:
     sub: str
     rows: int
     meta: dict[str, Any]
+    row_groups: tuple[int, ...] = ()  # rows per row group (load.verify samples across them)
 
     @property
     def name(self) -> str:
@@ -168,7 +169,9 @@ def read_output(path: str | Path | Storage, storage: StorageSettings | None = No
         if meta.get("model") not in (None, report.model):
             raise LoadError(f"{f}: model {meta['model']!r} but _report.json says {report.model!r}; "
                             "the folder mixes two runs — use a fresh output.path")
-        shards.append(ShardFile(out, sub, pf.metadata.num_rows, meta))
+        md = pf.metadata
+        shards.append(ShardFile(out, sub, md.num_rows, meta, tuple(md.row_group(i).num_rows
+                                                                   for i in range(md.num_row_groups))))
     rows = sum(s.rows for s in shards)
     if rows != report.rows_embedded:
         raise LoadError(f"{out.uri}: the shards hold {rows} rows but _report.json says rows_embedded = "

@@ -15,8 +15,13 @@ Milvus deployment on object storage does. The endpoint is ``[storage] endpoint``
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` from this process's environment, handed to the server
 process only in *its* environment (Milvus reads ``MINIO_ACCESSKEYID`` / ``MINIO_SECRETACCESSKEY`` over its
 config file): they are never written to the ``milvus.yaml`` it is started with, nor logged. Without them the
-server uses the instance role (``minio.useIAM``). Temporary credentials (``AWS_SESSION_TOKEN``) are refused:
-Milvus 2.3 has no setting for a session token.
+server uses the instance role (``minio.useIAM``). Temporary credentials (``AWS_SESSION_TOKEN``) are refused
+at plan time (``load.precheck``) and again here: Milvus 2.3's MinIO client signs with a static key and secret
+and an empty session token (``credentials.NewStaticV4(key, secret, "")``), and has no setting for one. The
+bucket is reached with the job's credentials before the server starts, and while it starts its log is watched:
+a store that refuses the server's own bucket checks stops the start within seconds, never after the package's
+180 s readiness wait — as does a server process that exits while starting (another embedded Milvus holding the
+fixed internal ports), with the error from its log.
 
 ``EmbeddedServer`` is the one place that starts and stops it; the test session's ``milvus_server``
 fixture is started through it too, so the job's embedded path is tested by pointing a config at it.
@@ -26,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +50,8 @@ __all__ = ["EmbeddedServer", "BucketStorage", "embedded_uri", "milvus_answers", 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 20  # seconds a graceful stop may take before the server is killed
+BUCKET_CHECK_FAILED = "failed to check blob bucket exist"  # what Milvus 2.3 logs when its store refuses it
+FAILED_BUCKET_CHECKS = 3  # of them before its start is given up (one failure may be a store still starting)
 SERVER_ID_DIR = Path("/tmp/milvus")  # the server writes server_id_<pid> here, whatever its data dir
 
 
@@ -98,16 +107,26 @@ class BucketStorage:
                 # placeholders in the written milvus.yaml: the server process gets the real values in its environment
                 "minio.accessKeyID": "from-environment", "minio.secretAccessKey": "from-environment"}
 
-    def server_env(self) -> dict[str, str]:
-        """What the server process's environment must hold: the credentials (never a file, never a log)."""
+    def check_credentials(self) -> None:
+        """ConfigError, before anything starts, for credentials the server could not use: temporary ones (Milvus
+        2.3's MinIO client signs with a static key and secret and an empty session token, and has no setting
+        for one: with AWS_SESSION_TOKEN it would be refused by the store and never become ready), or half a pair.
+        Reads only the environment; ``jobs/run.py`` and ``jobs/plan.py`` call it through ``load.precheck``."""
         key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
         if os.environ.get("AWS_SESSION_TOKEN"):
-            raise ConfigError("milvus.bucket: AWS_SESSION_TOKEN is set, but the embedded Milvus (2.3) cannot use "
-                              "temporary credentials; give it long-lived AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
-                              "or an instance role (neither variable set)")
+            raise ConfigError(f"milvus.bucket = {self.bucket!r} with uri = \"embedded\": AWS_SESSION_TOKEN is set, "
+                              "but the embedded Milvus (2.3) cannot use temporary credentials (its MinIO client has "
+                              "no session token); give it long-lived AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or an "
+                              "instance role (none of the three variables set), or unset milvus.bucket to keep its "
+                              "data on local disk")
         if bool(key) != bool(secret):
             raise ConfigError("milvus.bucket: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the embedded "
                               "Milvus's bucket (or neither, to use the instance role)")
+
+    def server_env(self) -> dict[str, str]:
+        """What the server process's environment must hold: the credentials (never a file, never a log)."""
+        self.check_credentials()
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
         if not key:
             return {"MINIO_USEIAM": "true"}
         return {"MINIO_ACCESSKEYID": key, "MINIO_SECRETACCESSKEY": secret}
@@ -161,7 +180,7 @@ class EmbeddedServer:
             config, env = self.bucket.milvus_config(), self.bucket.server_env()
             self.bucket.check()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        server = _milvus_server(env)
+        server = _milvus_server(env, watch_bucket=self.bucket is not None)
         server.set_base_dir(str(self.data_dir))
         server.listen_port = self.port
         for key, value in config.items():
@@ -170,7 +189,14 @@ class EmbeddedServer:
         try:
             server.start()
         except Exception as e:
+            pid = server.server_proc.pid if server.server_proc else None
             server.stop()
+            (SERVER_ID_DIR / f"server_id_{pid}").unlink(missing_ok=True)
+            if isinstance(e, _BucketRefused):
+                raise StorageError(f"milvus.bucket = {self.bucket.bucket!r} (the embedded Milvus's storage): the "
+                                   f"server could not use it ({e}) and was stopped; it signs with AWS_ACCESS_KEY_ID / "
+                                   "AWS_SECRET_ACCESS_KEY only (no session token, profile or SSO credentials) — see "
+                                   f"{self.data_dir / 'logs'}") from None
             raise LoadError(f"the embedded Milvus server did not start ({e}); see {self.data_dir / 'logs'} — "
                             "another embedded Milvus on this machine blocks its internal ports"
                             + (f", or it cannot use {self.bucket.uri}" if self.bucket else "")) from None
@@ -219,18 +245,64 @@ class EmbeddedServer:
         self.stop()
 
 
-def _milvus_server(env: dict[str, str]):
+class _BucketRefused(Exception):
+    """The server's own checks of its bucket keep failing: it would retry until the readiness wait times out."""
+
+
+class _Exited(Exception):
+    """The server process ended while its start was awaited (the package would wait the whole 180 s for it)."""
+
+
+def _logged(log_file: Path, marker: str) -> tuple[int, str]:
+    """(lines of the server's log holding ``marker``, the ``error`` the last of them names — scrubbed of the AWS
+    key and secret, whatever the server logs)."""
+    try:
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if marker in line]
+    except OSError:
+        return 0, ""
+    found = re.search(r'\[error="([^"]*)"\]', lines[-1]) if lines else None
+    error = found.group(1) if found else ""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        if os.environ.get(var):
+            error = error.replace(os.environ[var], "***")
+    return len(lines), error
+
+
+def _milvus_server(env: dict[str, str], watch_bucket: bool = False):
     """The package's ``MilvusServer``, with ``env`` added to the environment of the process it spawns.
 
     ``MilvusServer.start`` builds the child's environment from ``os.environ`` and passes it through
     ``prepend_path_to_envs`` (for LD_LIBRARY_PATH / DYLD_LIBRARY_PATH) just before spawning: the one hook that
-    reaches it without putting the credentials into this process's own environment."""
+    reaches it without putting the credentials into this process's own environment.
+
+    The readiness wait (the package's, 180 s) is cut into 2 s steps. Between them: a server process that has
+    ended (the package counts it as running and would wait the whole time — e.g. another embedded Milvus holds
+    the fixed internal ports) ends the wait with ``_Exited`` and its log's last error; with ``watch_bucket``, a
+    log showing the server's bucket check failing ``FAILED_BUCKET_CHECKS`` times (a store refusing its
+    credentials: it retries for minutes and never becomes ready) ends it with ``_BucketRefused``. Seconds after
+    the start, not 180 s."""
     from milvus import MilvusServer  # heavy import, only when a server is really started
 
     class _Server(MilvusServer):
         def prepend_path_to_envs(self, envs, name, val):  # see the docstring above
             super().prepend_path_to_envs(envs, name, val)
             envs.update(env)
+
+        def wait_started(self, timeout=180000):
+            deadline = time.monotonic() + timeout / 1000
+            log_file = Path(self.config.base_data_dir) / "logs" / "milvus-stdout.log"  # truncated at each start
+            while True:
+                try:
+                    return super().wait_started(timeout=2000)
+                except TimeoutError:
+                    if self.server_proc is not None and self.server_proc.poll() is not None:
+                        error = _logged(log_file, "[ERROR]")[1] or "no error in its log"
+                        raise _Exited(f"it exited with code {self.server_proc.returncode}: {error}") from None
+                    failed, error = _logged(log_file, BUCKET_CHECK_FAILED) if watch_bucket else (0, "")
+                    if failed >= FAILED_BUCKET_CHECKS:
+                        raise _BucketRefused(f"{failed} failed checks, the last: {error}") from None
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"not ready after {timeout / 1000:.0f} s") from None
 
     return _Server()
 

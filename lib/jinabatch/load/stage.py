@@ -12,7 +12,8 @@ One readable pass (``run_load``)::
             the server reads the shards where they are, or copies in its bucket / on its disk
             (jinabatch.load.importfiles); dynamic-field keys: copies with a $meta column (load.staging)
     index + load                                              index built after the data is in
-    verify  count(*) == rows_embedded; sampled ids' vectors and carried values == the shard's
+    verify  count(*) == rows_embedded; ids sampled over every shard and row group (seeded: the seed is in
+            the report): vectors and carried values == the shard's
     swap    alter_alias / create_alias                        atomic: queries never see a partial load
     tidy    remove the copies made for the import; release the previous collection; keep keep_previous
             verified ones behind it, drop everything else
@@ -202,8 +203,9 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
     dropped = _tidy(client, alias, name, ms.keep_previous)
     steps.mark("tidy")
     return LoadReport(collection=alias, physical=name, rows=inp.rows, mode=BULK if mode == BULK_COPIES else mode,
-                      seconds=0.0, previous=previous, dropped=dropped, verified_ids=checked, server=info.describe(),
-                      carried=carried, phases=steps.phases, imports=imports,
+                      seconds=0.0, previous=previous, dropped=dropped, verified_ids=checked.ids,
+                      verify_seed=checked.seed, server=info.describe(), carried=carried, phases=steps.phases,
+                      imports=imports,
                       import_files=files.describe() if files is not None else {})
 
 

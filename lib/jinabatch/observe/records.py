@@ -89,11 +89,16 @@ class KeyCounters(Counters):
 class Tally(Record):
     """Rows and requests of a shard or of a whole run: ``rows_in == rows_embedded + rows_dead_letter`` once done."""
 
+    KEPT: ClassVar[tuple[str, ...]] = ("rows_dead_letter", "rows_truncated", "rows_reused", "documents",
+                                       "documents_split")  # the counts a shard's footer keeps for a rerun
+
     rows_in: int = 0
     rows_embedded: int = 0
     rows_dead_letter: int = 0
     rows_truncated: int = 0  # kept although over the model's limit by estimate (the API truncated them)
     rows_reused: int = 0  # vectors carried over from output.previous (no request)
+    documents: int = 0  # late chunking: documents embedded, each whole in one shard
+    documents_split: int = 0  # of them, longer than the model's context: sent as several consecutive windows
     tokens: int = 0  # billed (usage.total_tokens)
     requests: int = 0  # HTTP attempts, retries included
     retries: int = 0

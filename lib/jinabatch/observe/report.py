@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from ..storage import Storage
-from .records import KeyCounters, Limits, Record, ReportSummary
+from .records import KeyCounters, Limits, Record, ReportSummary, ShardOutcome
 
 __all__ = ["EmbedReport", "LoadReport", "ShardFailure", "Phase", "ImportPoint", "utilization", "REPORT",
            "LOAD_REPORT"]
@@ -78,6 +78,13 @@ class EmbedReport(ReportSummary):
         for k, v in reasons.items():
             self.dead_letter_reasons[k] = self.dead_letter_reasons.get(k, 0) + v
 
+    def add_shard(self, r: ShardOutcome) -> None:
+        """Count a finished (or skipped) shard into the totals: its rows, dead-letter reasons and the counts its
+        footer keeps (reused rows, late-chunking documents)."""
+        self.add_rows(r.rows_in, r.rows_embedded, r.rows_dead_letter, r.reasons, r.rows_truncated)
+        for k in ("rows_reused", "documents", "documents_split"):
+            setattr(self, k, getattr(self, k) + getattr(r, k))
+
     def add_keys(self, per_key: dict[str, dict[str, Any]], *, probe: list[dict[str, int]] | None = None) -> None:
         """Counters per key of the pool (``key0``, ``key1``…), plus what checking each key before the run
         cost (one tiny request each), which is added to the totals too: the report matches the bill."""
@@ -122,7 +129,9 @@ class EmbedReport(ReportSummary):
                      f"{inc['new']} new, {inc['dropped']} dropped{'; ' + inc['note'] if inc.get('note') else ''})")
         return (f"{self.rows_embedded}/{self.rows_in} rows embedded{reuse}, {self.rows_dead_letter} dead-lettered, "
                 f"{self.shards_done} shards done, {self.shards_skipped} skipped, {self.shards_failed} failed; "
-                f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
+                + (f"{self.documents} documents ({self.documents_split} longer than the context, sent as several "
+                   "windows); " if self.documents else "")
+                + f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
                 f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"
                 + (" (per key: " + ", ".join(f"{k} {c.utilization:.1%}, {c.http_429} 429s"
                                             for k, c in self.keys.items()) + ")" if len(self.keys) > 1 else "")
@@ -155,6 +164,7 @@ class LoadReport(Record):
     dropped: list[str] = Field(default_factory=list)
     uri: str = ""
     verified_ids: int = 0
+    verify_seed: int | None = None  # the seed of the sampled ids (load.verify), to replay the check
     server: str = ""  # e.g. "Milvus v2.3.5-lite (no nullable fields)"
     carried: dict[str, str] = Field(default_factory=dict)  # column -> how it is held ("nullable field", ...)
     phases: list[Phase] = Field(default_factory=list)  # each step's seconds, in order
