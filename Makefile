@@ -2,6 +2,7 @@
 #   make run   — create .venv, install, embed the sample corpus with the local Jina-compatible server,
 #                load it into a local Milvus, search it; every service is started and stopped by the job.
 #   make test  — the same set-up, then the whole test suite (unit + end-to-end with Ray, Milvus, HTTP).
+#   make backfill — after make run: the README's model upgrade (v3 → v5-text-small) on the stand-in, rollback included.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED = 0
 export PYTHONUNBUFFERED = 1
 
-.PHONY: install browser run plan embed load search test test-fast bench bench-scale serve clean
+.PHONY: install browser run backfill plan embed load search test test-fast bench bench-scale serve clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,22 @@ browser:
 run: install
 	$(PY) jobs/sample_corpus.py --out out/sample/corpus
 	$(JB) run $(CONFIG)
+
+# The README's worked model upgrade, on the stand-in: the collection of $(CONFIG) (jina-embeddings-v3 at 1024 dims)
+# → $(BACKFILL) (jina-embeddings-v5-text-small at 1024): plan, embed into a new output, load into a new collection
+# behind the same alias (verified, then switched), compare old and new answers, roll back.
+BACKFILL ?= configs/backfill.toml
+SAMPLE_QUERIES := "When was artificial intelligence founded?" "baking bread in a wood-fired oven" \
+                  "telescopes observing a distant galaxy"
+backfill: install
+	$(PY) jobs/sample_corpus.py --out out/sample/corpus
+	$(JB) run $(CONFIG) --no-progress
+	$(JB) plan $(BACKFILL)
+	$(JB) embed $(BACKFILL) --no-progress
+	$(JB) load $(BACKFILL) --no-progress
+	$(JB) search $(BACKFILL) --compare previous $(SAMPLE_QUERIES) -k 5
+	$(JB) load $(BACKFILL) --rollback
+	$(JB) search $(CONFIG) "When was artificial intelligence founded?" -k 3
 
 plan: install
 	$(JB) plan $(CONFIG)

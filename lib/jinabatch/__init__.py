@@ -22,7 +22,7 @@ from .errors import __all__ as _errors_all
 
 _LAZY = {
     "JinaClient": ".jina.client", "Secret": ".jina.client", "JinaEmbeddingFunction": ".jina.facade",
-    "MODELS": ".models", "ModelSpec": ".models", "get_model": ".models",
+    "MODELS": ".models", "ModelSpec": ".models", "get_model": ".models", "spec_of": ".models",
     "plan_corpus": ".embed.plan", "run_embed": ".embed.driver", "EmbedReport": ".observe.report",
     "run_load": ".load.stage", "LoadReport": ".load.stage", "search": ".load.search",
     "compare": ".load.compare",

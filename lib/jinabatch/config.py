@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tomllib
@@ -20,13 +21,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from .errors import ConfigError
-from .models import ModelSpec, get_model
+from .models import CAUTIOUS_CONTEXT, CAUTIOUS_INPUTS, ModelSpec, close_models, spec_of
 
 __all__ = [
     "Config", "CorpusSettings", "JinaSettings", "LimitsSettings", "RaySettings", "OutputSettings",
@@ -36,6 +38,11 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.jina.ai/v1"
 LOCAL_BASE_URL = "local"  # start the bundled Jina-compatible server for the run
+
+log = logging.getLogger("jinabatch")
+_WARNED: set[str] = set()  # models the table does not know, warned about once per process
+# [jina] settings that become request fields of the same name, when the model takes them (late_chunking: when true)
+_REQUEST_SETTINGS = ("task", "dimensions", "late_chunking", "embedding_type", "normalized")
 
 
 class _Section(BaseModel):
@@ -81,14 +88,18 @@ def key_envs(value: str | Sequence[str]) -> tuple[str, ...]:
 
 
 class JinaSettings(_Section):
-    """``[jina]``: the API, the model and its request settings, retries."""
+    """``[jina]``: the API, the model and its request settings, retries.
+
+    A model of the table (``jinabatch.models``) is checked here: a setting it refuses is an error naming it. A model
+    the table does not know runs with a one-line warning; its requests carry only the settings the user wrote
+    (``request_fields``), and its width is ``dimensions`` or the endpoint check's answer (``answered``)."""
 
     base_url: str = DEFAULT_BASE_URL
     # the variable holding the key, or a list of variables = a pool of keys, [limits] being each key's budget;
     # held as the tuple of names either way
     api_key_env: Annotated[tuple[str, ...], BeforeValidator(key_envs)] = ("JINAAI_API_KEY",)
     model: str = "jina-embeddings-v3"
-    task: str | None = "retrieval.passage"
+    task: str | None = None  # None: the model's document task (retrieval.passage; nl2code.passage for code models)
     dimensions: int | None = None  # None = the model's default width (TOML has no null: omit the key)
     late_chunking: bool = False
     on_too_long: Literal["truncate", "skip", "fail"] = "truncate"
@@ -106,6 +117,8 @@ class JinaSettings(_Section):
     retry_after_max: float = Field(120.0, ge=0)  # cap on a server's Retry-After (s)
     concurrency: int = Field(4, gt=0)  # requests in flight per client in JinaClient.embed
     price_per_million_tokens: float | None = Field(None, ge=0)  # for cost estimates and spend in reports (USD)
+    # the width the endpoint answered with, for a model whose width is neither configured nor published
+    _answered_dim: int | None = PrivateAttr(None)
 
     @field_validator("api_key_env")
     @classmethod
@@ -118,30 +131,102 @@ class JinaSettings(_Section):
 
     @model_validator(mode="after")
     def _fits_model(self) -> "JinaSettings":
+        spec = self.spec
+        if self.dimensions is not None and self.dimensions < 1:
+            raise ValueError(f"dimensions: a width of at least 1; got {self.dimensions}")
+        if not spec.known:
+            _warn_unknown(self.model)
+            return self
+        for name in self._written() - {"dimensions"}:  # a setting the user wrote that the model refuses (422)
+            if name not in spec.fields:
+                raise ValueError(f"{name}: {self.model} does not take {name!r} (its request fields: "
+                                 f"{sorted(spec.fields)}); remove jina.{name}")
         try:
-            spec = get_model(self.model)
+            spec.check_task(self.task)
         except ValueError as e:
-            raise ValueError(f"model: {e}") from None
-        if spec.takes_task and self.task is not None and self.task not in spec.tasks:
-            raise ValueError(f"task: {self.model} accepts {list(spec.tasks)}; got {self.task!r}")
+            raise ValueError(f"task: {e}") from None
         if spec.takes_dimensions or self.dimensions is not None:
             try:
                 spec.check_dimensions(self.dimensions)
             except ValueError as e:
                 raise ValueError(f"dimensions: {e}") from None
-        if self.late_chunking and not spec.late_chunking:
-            raise ValueError(f"late_chunking: {self.model} does not support late chunking")
         return self
 
     @property
     def spec(self) -> ModelSpec:
-        """The model's entry in the model table."""
-        return get_model(self.model)
+        """The model's entry in the model table (``ModelSpec.unknown`` for a model it does not know)."""
+        return spec_of(self.model)
+
+    def _written(self) -> set[str]:
+        """The request settings the user wrote (late_chunking only when true: false is not asking for anything)."""
+        return {n for n in _REQUEST_SETTINGS if n in self.model_fields_set and getattr(self, n) is not None
+                and (n != "late_chunking" or self.late_chunking)}
 
     @property
-    def dim(self) -> int:
-        """The width of the vectors: ``dimensions``, or the model's default or fixed width."""
-        return self.spec.check_dimensions(self.dimensions if self.spec.takes_dimensions else None)
+    def request_fields(self) -> frozenset[str]:
+        """The optional request fields this config's requests may carry: those the model takes; for a model the
+        table does not know, only the settings the user wrote (``truncate`` when ``on_too_long = "truncate"``)."""
+        spec = self.spec
+        if spec.known:
+            return spec.fields
+        chosen = set(self._written())
+        if "on_too_long" in self.model_fields_set and self.on_too_long == "truncate":
+            chosen.add("truncate")
+        return frozenset(chosen)
+
+    @property
+    def embed_task(self) -> str | None:
+        """The task the corpus is embedded with: ``task``, else the model's document task; None if none is sent."""
+        if "task" not in self.request_fields:
+            return None
+        return self.task or self.spec.document_task
+
+    @property
+    def wire_type(self) -> str:
+        """The embedding type answers come in: ``embedding_type``, or the API's default (float) when not sent."""
+        return self.embedding_type if "embedding_type" in self.request_fields else "float"
+
+    @property
+    def dim(self) -> int | None:
+        """The width of the vectors: ``dimensions``, the model's published width, or the width the endpoint
+        answered with (``answered``); None until then for a width that is neither configured nor published."""
+        d = self.spec.check_dimensions(self.dimensions if "dimensions" in self.request_fields else None)
+        return d if d is not None else self._answered_dim
+
+    @property
+    def max_inputs(self) -> int:
+        """Inputs per request to start from: ``max_inputs_per_request`` within the model's cap, or within
+        ``CAUTIOUS_INPUTS`` where Jina publishes none (a 4xx naming a smaller cap lowers it, in the client)."""
+        cap = self.spec.max_inputs or CAUTIOUS_INPUTS
+        return min(cap, self.max_inputs_per_request) if self.max_inputs_per_request else cap
+
+    @property
+    def context(self) -> int:
+        """Tokens one late-chunking request may hold: the model's context, else ``CAUTIOUS_CONTEXT``."""
+        return self.spec.max_tokens or CAUTIOUS_CONTEXT
+
+    @property
+    def answered_dim(self) -> int | None:
+        """The width the endpoint check answered with, when the config was completed with it (``answered``)."""
+        return self._answered_dim
+
+    def answered(self, dim: int) -> "JinaSettings":
+        """A copy that knows the width the endpoint answered with (sent nowhere: it only fills ``dim``)."""
+        copy = self.model_copy()
+        copy._answered_dim = dim
+        return copy
+
+
+def _warn_unknown(model: str) -> None:
+    if model in _WARNED:
+        return
+    _WARNED.add(model)
+    near = close_models(model)
+    hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+    log.warning("jina.model %r is not in jinabatch's model table%s: running it as the API serves it — requests carry "
+                "only the [jina] settings you wrote, the width is jina.dimensions or the endpoint check's answer, "
+                "and requests start at %d inputs, cut smaller if the API names a lower cap", model, hint,
+                CAUTIOUS_INPUTS)
 
 
 class LimitsSettings(_Section):
@@ -276,13 +361,22 @@ class Config(_Section):
     source: str | None = Field(None, exclude=True)  # the file it came from, for messages
 
     def embedding_key(self) -> dict[str, Any]:
-        """What decides a vector's value: model, task, dimensions, late chunking, normalization, wire type,
-        truncation policy — and who computes it: the local stand-in's vectors are never the real model's."""
+        """What decides a vector's value: model, task, dimensions (the width the vectors have: configured,
+        published or answered), late chunking, normalization, wire type, truncation policy — and who computes it:
+        the local stand-in's vectors are never the real model's. For a model the table does not know, also the
+        request fields that were sent (``fields``), so a search sends the same."""
         j = self.jina
-        return {"model": j.model, "task": j.task if j.spec.takes_task else None, "dimensions": self.jina.dim,
-                "late_chunking": j.late_chunking, "normalized": j.normalized, "embedding_type": j.embedding_type,
-                "truncation": j.on_too_long,
-                "served_by": "local stand-in" if j.base_url.rstrip("/") == LOCAL_BASE_URL else "api"}
+        key = {"model": j.model, "task": j.embed_task, "dimensions": j.dim, "late_chunking": j.late_chunking,
+               "normalized": j.normalized if "normalized" in j.request_fields else None,
+               "embedding_type": j.wire_type, "truncation": j.on_too_long,
+               "served_by": "local stand-in" if j.base_url.rstrip("/") == LOCAL_BASE_URL else "api"}
+        if not j.spec.known:
+            key["fields"] = sorted(j.request_fields)
+        return key
+
+    def answered(self, dim: int) -> "Config":
+        """A copy whose ``jina`` knows the width the endpoint answered with (``JinaSettings.answered``)."""
+        return self.model_copy(update={"jina": self.jina.answered(dim)})
 
     def fingerprint(self) -> str:
         """Hash of everything that decides a shard's content (not paths of the output, not limits)."""

@@ -14,7 +14,7 @@ from corpus_gen import make_corpus, write_rows
 from fixtures_ray import KEY_ENV, base_config
 from jinabatch.config import JinaSettings, parse_config
 from jinabatch.embed.driver import run_embed
-from jinabatch.errors import AuthError, BadRowError, InvalidRequest
+from jinabatch.errors import AuthError, BadRowError, InvalidRequest, ResponseError
 from jinabatch.jina.keys import KeyPool, Secret
 from jinabatch.jina.probe import check_endpoint
 
@@ -45,6 +45,28 @@ def test_unresolvable_host_fails_in_one_line_before_ray_starts(tmp_path, jina_ke
     assert jina_key not in p.stdout + p.stderr
 
 
+def test_a_misspelt_model_fails_in_the_endpoint_check_in_one_line_naming_it_and_the_url(tmp_path, jina_key):
+    """jobs/embed.py with model = "jina-embedings-v3" (a typo the table does not know, so it only warns): the stand-in
+    refuses it, the endpoint check ends the run with one line naming the model, the URL and the model meant — before
+    the plan, before Ray starts, nothing written."""
+    p = _job(tmp_path, jina_key, base_url="local", model="jina-embedings-v3")
+    assert p.returncode == 1, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: InvalidRequest: http://127.0.0.1:") and "/v1/embeddings refused jina.model " \
+        "'jina-embedings-v3' (422: model: unknown model 'jina-embedings-v3'" in last
+    assert "check the spelling (did you mean 'jina-embeddings-v3'" in last
+    assert "not in jinabatch's model table" in p.stderr  # the warning came first, as one line
+    assert "Started a local Ray" not in p.stderr and not (tmp_path / "out" / "_plan").exists()
+
+
+def test_an_answer_of_another_width_than_configured_fails_in_the_check_not_in_every_shard(make_jina_server, jina_key):
+    srv = make_jina_server(fault_every=1, faults=("wrong_dims",))
+    with pytest.raises(ResponseError) as e:
+        check_endpoint(JinaSettings(dimensions=64), srv.url, Secret(jina_key))
+    assert str(e.value).startswith(f"{srv.url}/embeddings answered 32-dim vectors for jina-embeddings-v3, not 64 "
+                                   "(jina.dimensions)")
+
+
 def test_a_typo_in_the_path_is_a_404_naming_the_url_and_the_setting(jina_server, jina_key):
     url = jina_server.url.replace("/v1", "/v2")
     with pytest.raises(InvalidRequest) as e:
@@ -64,12 +86,12 @@ def test_a_refused_key_of_a_pool_is_named_by_index_and_variable_never_by_value(j
     assert jina_server.stats()["requests"] == before + 2  # one per key, no retries
 
 
-def test_the_check_reports_what_each_key_spent(jina_server, jina_key):
+def test_the_check_reports_what_each_key_spent_and_the_width_it_answered(jina_server, jina_key):
     from jinabatch.jina.probe import PROBE_TEXT
     from jinabatch.local_api import fakemodel
 
     spent = check_endpoint(JinaSettings(dimensions=64), jina_server.url, Secret(jina_key))
-    assert spent == [{"tokens": fakemodel.count_tokens(PROBE_TEXT), "requests": 1, "stand_in": True}]
+    assert spent == [{"tokens": fakemodel.count_tokens(PROBE_TEXT), "requests": 1, "stand_in": True, "dim": 64}]
 
 
 def test_the_stand_in_at_an_explicit_url_is_named_in_a_warning(jina_server, jina_key, monkeypatch, caplog):

@@ -10,8 +10,8 @@ import pytest
 from jinabatch.local_api import fakemodel
 from jinabatch.errors import (AuthError, BillingError, InvalidRequest, RateLimited, ResponseError,
                               ServerError)
-from jinabatch.models import get_model
-from jinabatch.jina.wire import build_body, decode_response, error_for_status, parse_retry_after, short_text
+from jinabatch.models import get_model, spec_of
+from jinabatch.jina.wire import build_body, cap_named, decode_response, error_for_status, parse_retry_after, short_text
 
 V3, V2 = get_model("jina-embeddings-v3"), get_model("jina-embeddings-v2-base-en")
 BODY_KW = dict(embedding_type="base64", task="retrieval.passage", dimensions=256, late_chunking=False,
@@ -35,6 +35,27 @@ def test_v3_body_has_jina_fields_and_no_none():
 def test_v2_body_omits_task_dimensions_and_late_chunking():
     body = build_body(V2, ["a"], **BODY_KW)
     assert set(body) == {"model", "input", "embedding_type", "normalized", "truncate"}
+
+
+def test_the_body_carries_only_the_fields_given_for_a_model_the_table_does_not_know():
+    body = build_body(spec_of("jina-embeddings-v6"), ["a"], **BODY_KW, fields=frozenset({"task"}))
+    assert body == {"model": "jina-embeddings-v6", "input": ["a"], "task": "retrieval.passage"}
+
+
+@pytest.mark.parametrize("detail, inputs, want", [
+    ("input: 600 inputs, over jina-embeddings-v5-text-small's limit of 512 per request; split the batch", 600,
+     ("inputs", 512)),
+    ("input: List should have at most 2048 items after validation, not 3000", 3000, ("inputs", 2048)),
+    ("Too many inputs in one request", 300, ("inputs", 150)),  # names no figure: half
+    ("input: 9000 tokens in total, over the limit of 8192 for one late-chunking request", 30, ("context", 8192)),
+    ("request too large: 70000 tokens, over the limit of 65536 tokens per request (input)", 30, ("tokens", 65536)),
+    ("input[3]: 9000 tokens, over jina-embeddings-v5-text-small's limit of 8192; shorten it", 30, None),  # one input
+    ("input[1]: empty string; remove it or send some text", 30, None),
+    ("task: jina-embeddings-v5-text-small accepts ['retrieval.query']", 30, None),
+    ("too many inputs", 1, None),  # one input cannot be cut
+])
+def test_a_refusal_names_a_request_cap_or_none(detail, inputs, want):
+    assert cap_named(detail, "jina-embeddings-v5-text-small", inputs=inputs) == want
 
 
 def test_base64_rows_decode_in_index_order_into_one_array():

@@ -1,5 +1,6 @@
-"""A model upgrade end to end (README, "Upgrading the model (backfill)"): embed the same corpus with a new model or
-dimension into a NEW output, load it into a new collection behind the SAME alias, compare, roll back.
+"""A model upgrade end to end (README, "Upgrading the model (backfill)": jina-embeddings-v3 at 1024 dims →
+jina-embeddings-v5-text-small at 1024): embed the same corpus with a new model or dimension into a NEW output, load
+it into a new collection behind the SAME alias, compare, roll back.
 
 Real parts: the embed stage on the session's local Ray against the local Jina-compatible server, the load stage
 into Milvus Lite (and, marked ``milvus``, into the real Milvus server by bulk import). Every expectation is
@@ -128,19 +129,20 @@ def _upgrade(tmp_path, ray_local, embed_config, jina_server, monkeypatch, milvus
 
 
 @pytest.mark.slow
-def test_v3_256_to_1024_on_lite_switches_at_the_load_and_rolls_back(tmp_path, ray_local, embed_config, jina_server,
-                                                                     monkeypatch):
+def test_v3_1024_to_v5_small_1024_on_lite_switches_at_the_load_and_rolls_back(tmp_path, ray_local, embed_config,
+                                                                              jina_server, monkeypatch):
+    """The README's worked backfill: same width, new model — the collection decides which model embeds a query."""
     lite = str(tmp_path / "milvus" / "lite.db")
     cfg, first, second, client, answers, texts = _upgrade(
         tmp_path, ray_local, embed_config, jina_server, monkeypatch, {"uri": lite, "collection": "docs"},
-        ("jina-embeddings-v3", 256), ("jina-embeddings-v3", 1024))
+        ("jina-embeddings-v3", 1024), ("jina-embeddings-v5-text-small", 1024))
     back = run_load(cfg, rollback=True, progress=False)  # what jobs/load.py --rollback runs
     assert (back.physical, back.previous) == (first.physical, second.physical)
     assert alias_target(client, "docs") == first.physical
-    assert answers(cfg) == {q: exact_top_k(texts, "jina-embeddings-v3", 256, q) for q in QUERIES}
+    assert answers(cfg) == {q: exact_top_k(texts, "jina-embeddings-v3", 1024, q) for q in QUERIES}
     # the collection rolled back from stays until the next load: it can still be compared by name
     rep = compare(cfg, second.physical, QUERIES[:1], k=K)
-    assert (rep.current.dimensions, rep.other.dimensions) == (256, 1024)
+    assert (rep.current.model, rep.other.model) == ("jina-embeddings-v3", "jina-embeddings-v5-text-small")
 
 
 @pytest.mark.slow
@@ -176,30 +178,31 @@ def _job(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_walkthrough_commands_load_compare_and_roll_back(tmp_path):
-    """As README's walkthrough runs them (outputs written as the embed stage would): jobs/load.py for v3 256d, then
-    for v3 1024d; jobs/search.py --compare previous (text and --json, queries from a file); jobs/load.py --rollback."""
+    """As README's walkthrough runs them (outputs written as the embed stage would): jobs/load.py for v3 at 1024, then
+    for v5-text-small at 1024; jobs/search.py --compare previous (text and --json, queries from a file);
+    jobs/load.py --rollback."""
     texts = sample_texts(80)
     texts[3] = "quasar nebula telescope log"  # the only row with these words: first for the query in both models
-    make_output(tmp_path / "emb-v3-256", texts, dims=256, rows_per_shard=40)
-    make_output(tmp_path / "emb-v3-1024", texts, dims=1024, rows_per_shard=40)
+    models = {"emb-v3": "jina-embeddings-v3", "emb-v5-small": "jina-embeddings-v5-text-small"}
     milvus = {"uri": str(tmp_path / "lite.db"), "collection": "docs", "index": FLAT}
     configs = {}
-    for name, dims in (("emb-v3-256", 256), ("emb-v3-1024", 1024)):
+    for name, model in models.items():
+        make_output(tmp_path / name, texts, model=model, dims=1024, rows_per_shard=40)
         configs[name] = tmp_path / f"{name}.toml"
-        jina = {"base_url": "local", "model": "jina-embeddings-v3", "dimensions": dims}
+        jina = {"base_url": "local", "model": model, "dimensions": 1024}
         configs[name].write_text(_toml({"jina": jina, "output": {"path": str(tmp_path / name)}, "milvus": milvus}))
     loads = [_job("jobs/load.py", str(configs[n]), "--no-progress") for n in configs]
     assert [r.returncode for r in loads] == [0, 0], loads[-1].stderr[-2000:]
     old, new = (json.loads(r.stdout.strip().splitlines()[-1])["physical"] for r in loads)
     queries = tmp_path / "queries.txt"
     queries.write_text("quasar nebula telescope\n\nmarathon training for beginners\n")
-    cfg = str(configs["emb-v3-1024"])
+    cfg = str(configs["emb-v5-small"])
 
     shown = _job("jobs/search.py", cfg, "--compare", "previous", "--queries", str(queries), "-k", "3")
     assert shown.returncode == 0, shown.stderr[-2000:]
     lines = shown.stdout.splitlines()
-    assert lines[0] == f"alias 'docs': {new} (jina-embeddings-v3, 1024 dims, task retrieval.query)"
-    assert lines[1] == f"other 'previous': {old} (jina-embeddings-v3, 256 dims, task retrieval.query)"
+    assert lines[0] == f"alias 'docs': {new} (jina-embeddings-v5-text-small, 1024 dims, task retrieval.query)"
+    assert lines[1] == f"other 'previous': {old} (jina-embeddings-v3, 1024 dims, task retrieval.query)"
     assert lines[2].startswith("2 queries, k = 3: mean overlap@3 ")
     q1 = next(i for i, x in enumerate(lines) if x.startswith("query 1: quasar nebula telescope  overlap@3 "))
     assert lines[q1 + 1].split() == ["rank", "alias", "score", "change", "other", "score"]

@@ -17,6 +17,13 @@ from jinabatch.local_api import fakemodel
     ("jina-embeddings-v3", "classification", "classification"),
     ("jina-embeddings-v3", "", "retrieval.query"),  # a collection without a recorded task: what search always did
     ("jina-embeddings-v2-base-en", "", None),  # the model takes no task
+    ("jina-embeddings-v5-text-small", "retrieval.passage", "retrieval.query"),
+    ("jina-embeddings-v5-text-nano", "clustering", "clustering"),
+    ("jina-code-embeddings-0.5b", "nl2code.passage", "nl2code.query"),
+    ("jina-code-embeddings-1.5b", "qa.passage", "qa.query"),
+    ("jina-code-embeddings-0.5b", "", "nl2code.query"),  # the family's own query side
+    ("jina-embeddings-v6-someday", "retrieval.passage", "retrieval.query"),  # not in the table: by the task's name
+    ("jina-embeddings-v6-someday", "", None),  # ...and no task recorded: none sent
 ])
 def test_query_task_is_the_query_side_of_the_collections_task(model, task, want):
     assert query_task(model, task) == want

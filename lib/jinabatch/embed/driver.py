@@ -2,15 +2,18 @@
 
 ``run_embed``::
 
-    output reachable? → plan (embed.plan: corpus listed and checked, duplicates found — or the stored plan of
-    the same corpus reused) → settings match the output folder? → finished shards found with one listing
-    (embed.resume), stale ones deleted → local Jina server (base_url = "local") / the key
+    output reachable? → [a model the table does not know, or whose width only an answer gives: the endpoint
+    check first, its answer's width completing the config] → plan (embed.plan: corpus listed and checked,
+    duplicates found — or the stored plan of the same corpus reused) → settings match the output folder? →
+    finished shards found with one listing (embed.resume), stale ones deleted → local Jina server
+    (base_url = "local") / the key → the endpoint check (if not done first)
     → Ray: ≤ ray.workers shard tasks in flight (embed.task), each retried by Ray if its worker process dies
     → progress (a bar on a terminal, log lines elsewhere) fed by the coordinator actor → RunLog (a small
       _manifest.json snapshot, _progress/ and _timeseries/ chunk logs) → _report.json, _report.html
 
 Ray is started only when needed: for the distributed duplicate pass of a big corpus, or to embed; a rerun
-with nothing left to do starts no service at all. Finishing a shard costs the driver O(1): a record buffered
+with nothing left to do starts no service at all (but the endpoint check that comes first for a model the table
+does not know). Finishing a shard costs the driver O(1): a record buffered
 by the RunLog and, every few seconds, one small new object — never a rewrite of a per-shard list.
 
 The API key reaches workers through the object store (``ray.put``), never through task arguments,
@@ -76,6 +79,22 @@ def _check_output(config: Config, out: Storage) -> None:
                       "folder (e.g. for a backfill, with output.previous pointing at this one) or delete the old one")
 
 
+def _asks_first(config: Config) -> bool:
+    """True when the endpoint check must come before the plan: a model the table does not know (a misspelling fails
+    there, before anything else) or a width neither configured nor published (the output is made for the answer's)."""
+    return not config.jina.spec.known or config.jina.dim is None
+
+
+def _answered(config: Config, keys: KeyPool) -> Config:
+    """``config`` completed with the width the endpoint check answered with, when nothing else gives it."""
+    if config.jina.dim is not None:
+        return config
+    dim = next(p["dim"] for p in keys.probe_spend if p.get("dim"))
+    log.info("%s answers with %d-dim vectors (a width neither jina.dimensions nor the model table gives): the output "
+             "and its collection are made for %d", config.jina.model, dim, dim)
+    return config.answered(dim)
+
+
 def _limits(config: Config) -> Limits:
     lim = config.limits
     return Limits(rpm=lim.rpm, tpm=lim.tpm, concurrency=lim.concurrency)
@@ -93,7 +112,7 @@ def _run_meta(config: Config, plan: Plan, out: Storage, todo: list[Shard]) -> Ru
 def _new_report(config: Config, plan: Plan, out: Storage) -> EmbedReport:
     j = config.jina
     return EmbedReport(shards_total=len(plan.shards), limits=_limits(config), workers=config.ray.workers, model=j.model,
-                       task=config.embedding_key()["task"], dimensions=j.dim, embedding_type=j.embedding_type,
+                       task=j.embed_task, dimensions=j.dim, embedding_type=j.wire_type,
                        id_column=config.corpus.id_column, columns=list(config.corpus.columns),
                        fingerprint=config.fingerprint(), output=out.uri, embedding=config.embedding_key(),
                        incremental=plan.reuse.to_dict() if plan.reuse is not None else None)
@@ -120,6 +139,10 @@ def run_embed(config: Config, *, progress: bool | str = True) -> EmbedReport:
     out = Storage.open(config.output.path, config.storage)
     out.check("output.path")
     with contextlib.ExitStack() as stack:
+        endpoint = None
+        if _asks_first(config):
+            endpoint = stack.enter_context(jina_endpoint(config.jina, config.limits, probe=True))
+            config = _answered(config, endpoint[1])
         started: list[bool] = []
 
         def need_ray() -> contextlib.AbstractContextManager:
@@ -139,7 +162,7 @@ def run_embed(config: Config, *, progress: bool | str = True) -> EmbedReport:
             with runlog.failing(lambda: rep):  # a failure to start a service also ends the manifest as "failed"
                 if out.abort_multipart_uploads():
                     log.info("aborted uploads an earlier run's killed workers left under %s", out.uri)
-                base_url, keys = stack.enter_context(jina_endpoint(config.jina, config.limits, probe=True))
+                base_url, keys = endpoint or stack.enter_context(jina_endpoint(config.jina, config.limits, probe=True))
                 need_ray()
                 run = _Schedule(config, plan, out, rep, runlog, progress, rows_before=sum(r.rows_in for r in skipped))
                 window, fatal = run.run(todo, base_url, keys)

@@ -122,9 +122,7 @@ def estimate_run(config: Config, plan: Plan, out: Storage, todo: list[Shard]) ->
     if reuse and reuse.reused:  # carried-over rows cost nothing: only new and changed ones are sent
         rows = int(round(rows * (reuse.changed + reuse.new) / max(1, reuse.reused + reuse.changed + reuse.new)))
     tokens = int(round(rows * tokens_per_row))
-    spec = config.jina.spec
-    max_inputs = min(config.jina.max_inputs_per_request or spec.max_inputs, spec.max_inputs)
-    requests = _requests(todo, max(tokens_per_row, 1e-9), request_token_budget(config), max_inputs)
+    requests = _requests(todo, max(tokens_per_row, 1e-9), request_token_budget(config), config.jina.max_inputs)
     keys = len(config.jina.api_key_env)
     lim = config.limits
     t_tokens = tokens / (lim.tpm * lim.target * keys) * 60

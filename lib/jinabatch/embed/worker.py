@@ -13,9 +13,10 @@ tested on its own with a real client against the local server.
   from a group waits for the next group's rows, so only a shard's last request is short (under RPM, short
   requests would waste requests a minute could fill). Under late chunking a request is one document's window.
 * A request the API rejects as invalid (400/422) is split in halves until the bad rows are isolated: those rows
-  go to the dead letters with the API's reason, the rest are embedded. Transient failures are retried by the
-  client; what stays failed fails the shard (which the driver reports, and a rerun retries) — a row is never
-  silently dropped.
+  go to the dead letters with the API's reason, the rest are embedded. When the refusal named a smaller cap on
+  inputs per request (a model whose cap Jina does not publish), the request is cut to that cap instead.
+  Transient failures are retried by the client; what stays failed fails the shard (which the driver reports, and
+  a rerun retries) — a row is never silently dropped.
 """
 from __future__ import annotations
 
@@ -40,13 +41,13 @@ from .triage import Triage, triage
 __all__ = ["ShardResult", "RequestPacker", "process_shard", "shard_meta"]
 
 FLOAT_TYPES = ("base64", "float")  # embedding types that decode to float32 vectors
+NO_LIMIT = 2 ** 62  # the token limit triage judges by when the model's is not published
 Member = tuple[PendingRows, int]  # one row of a request: its group and its index there
 
 
 def shard_meta(config: Config, shard: Shard) -> dict[str, Any]:
     """What a finished shard's footer says about how it was made: settings and every piece (never the key)."""
-    j = config.jina
-    return {**config.embedding_key(), "embedding_type": j.embedding_type, "shard": shard.index,
+    return {**config.embedding_key(), "shard": shard.index,
             "shard_key": shard.key, "start": shard.start, "stop": shard.stop, "pieces": [p.describe() for p in shard.pieces],
             "fingerprint": config.fingerprint(), "id_column": config.corpus.id_column,
             "columns": list(config.corpus.columns)}
@@ -63,12 +64,13 @@ async def _embed_rows(client: JinaClient, texts: list[str], truncate: bool) -> t
     except InvalidRequest as e:
         if len(texts) == 1:
             return np.empty((0, 0), np.float32), [], {0: f"rejected by the API: {e}"}, 0
-    mid = len(texts) // 2
-    (va, pa_, ba, ta), (vb, pb, bb, tb) = await asyncio.gather(
-        _embed_rows(client, texts[:mid], truncate), _embed_rows(client, texts[mid:], truncate))
-    parts = [v for v in (va, vb) if len(v)]
-    vectors = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
-    return vectors, pa_ + [p + mid for p in pb], {**ba, **{p + mid: why for p, why in bb.items()}}, ta + tb
+    size = client.max_inputs if len(texts) > client.max_inputs else (len(texts) + 1) // 2  # a cap it named, else halves
+    cuts = list(range(0, len(texts), size))
+    parts = await asyncio.gather(*[_embed_rows(client, texts[c:c + size], truncate) for c in cuts])
+    vectors = [v for v, *_ in parts if len(v)]
+    ok = [p + c for c, (_, pos, _, _) in zip(cuts, parts) for p in pos]
+    bad = {p + c: why for c, (_, _, b, _) in zip(cuts, parts) for p, why in b.items()}
+    return (np.concatenate(vectors) if vectors else np.empty((0, 0), np.float32)), ok, bad, sum(t for *_, t in parts)
 
 
 class RequestPacker:
@@ -139,7 +141,8 @@ def _judge(config: Config, client: JinaClient, rows: ShardInput, b: PendingRows,
     counts in ``res``. A row refused under ``on_too_long = "fail"`` stops the shard (BadRowError naming it)."""
     cs, j = config.corpus, config.jina
     documents = b.table.column(cs.document_column).to_pylist() if j.late_chunking else None
-    verdict = triage(b.ids, b.texts, b.positions, estimate=client.estimator.estimate_one, limit=j.spec.max_tokens,
+    verdict = triage(b.ids, b.texts, b.positions, estimate=client.estimator.estimate_one,
+                     limit=j.spec.max_tokens or NO_LIMIT,  # a context Jina does not publish: the API decides
                      on_too_long=j.on_too_long, duplicates=rows.duplicates, reuse=rows.reuse, documents=documents,
                      document_column=cs.document_column)
     if verdict.refused:
@@ -162,7 +165,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
     hears of rows as they are written; at most ``max_pending`` requests are in flight before the oldest group
     is written. Raises what stops the shard (``BadRowError`` under ``on_too_long = "fail"``, client errors)."""
     cs, j = config.corpus, config.jina
-    if j.embedding_type not in FLOAT_TYPES:  # packed sign bits would land in list<float32> as byte values
+    if j.wire_type not in FLOAT_TYPES:  # packed sign bits would land in list<float32> as byte values
         raise ConfigError(f"jina.embedding_type = {j.embedding_type!r}: the embed stage writes float32 vectors; "
                           "use \"base64\" (fastest) or \"float\"")
     output = ShardOutput(out, shard, id_field, carried, shard_meta(config, shard), cs, on_rows)

@@ -15,6 +15,10 @@ from usage and 429s; a 429 pauses the whole client); ``rpm=`` / ``tpm=`` give it
 cuts texts into requests of the limiter's current size as it goes, runs them concurrently, and splits a
 request a 429 refused when it is bigger than the budget learnt since.
 
+Caps the model table does not give (``JinaSettings.max_inputs`` starts cautious) are learnt from the API: a 400/422
+naming a request cap (``wire.cap_named``) lowers this client's inputs or tokens per request (or its late-chunking
+context) for every request after it; :meth:`JinaClient.embed` re-sends the refused texts in requests that fit.
+
 The API key lives in a :class:`~jinabatch.jina.keys.Secret` whose repr/str are ``***`` and which refuses to
 pickle; it is only ever written into the ``Authorization`` header by an ``httpx.Auth`` hook. httpx
 exceptions (whose ``.request`` carries that header) are never chained onto ours, and server messages are
@@ -39,6 +43,7 @@ import stamina
 from ..config import LOCAL_BASE_URL, JinaSettings
 from ..errors import (
     ConfigError,
+    InvalidRequest,
     JinaError,
     RateLimited,
     RetriesExhausted,
@@ -49,7 +54,7 @@ from .keys import FALLBACK_KEY_ENV, KeyPool, Secret, resolve_api_key
 from .limits import Limiter, NoLimiter, explicit_limiter
 from .pacing import AdaptiveLimiter
 from .tokens import TokenEstimator, next_batch, plan_batches, raw_estimate
-from .wire import DTYPES, build_body, decode_response, error_for_status, row_width
+from .wire import DTYPES, build_body, cap_named, decode_response, error_for_status, row_width, short_text
 
 __all__ = ["JinaClient", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "KeyPool",
            "resolve_api_key", "FALLBACK_KEY_ENV"]
@@ -112,7 +117,9 @@ class JinaClient:
         settings = settings or JinaSettings()
         if overrides:
             try:
-                settings = JinaSettings.model_validate({**settings.model_dump(), **overrides})
+                # exclude_unset: what the user wrote stays what they wrote (a model the table does not know gets
+                # only those fields)
+                settings = JinaSettings.model_validate({**settings.model_dump(exclude_unset=True), **overrides})
             except pydantic.ValidationError as e:
                 msgs = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'settings'}: {x['msg']}" for x in e.errors())
                 raise ConfigError(f"JinaClient: invalid jina settings: {msgs}") from None
@@ -143,8 +150,11 @@ class JinaClient:
         self.limiter: Limiter = limiter
         self.estimator = estimator or TokenEstimator()
         s = settings
-        # dimensions unset on a model that takes them: accept the server's width, then hold it to it
-        self._dim: int | None = (s.dimensions if s.spec.takes_dimensions else s.spec.default_dim)
+        # a width asked for, fixed by the model or answered to the endpoint check is held to; otherwise (dimensions
+        # unset) the server's first answer gives it, and the client holds it to that
+        self._dim: int | None = (s.dim if s.dimensions is not None or not s.spec.takes_dimensions or s.answered_dim
+                                 else None)
+        self._caps: dict[str, int] = {}  # caps learnt from the API's 4xx: "inputs", "tokens" (per request)
         self._http = httpx.AsyncClient(
             auth=_BearerAuth(self._key), transport=transport,
             timeout=httpx.Timeout(connect=s.connect_timeout, read=s.read_timeout, write=s.read_timeout,
@@ -186,14 +196,16 @@ class JinaClient:
 
     @property
     def max_inputs(self) -> int:
-        cap = self.settings.max_inputs_per_request
-        return min(cap, self.spec.max_inputs) if cap else self.spec.max_inputs
+        """Inputs per request: ``JinaSettings.max_inputs``, or less once the API named a smaller cap."""
+        return min(self.settings.max_inputs, self._caps.get("inputs", self.settings.max_inputs))
 
     def max_tokens(self, *, late_chunking: bool | None = None) -> int:
-        """Token budget per request (under late chunking, also the model's context)."""
+        """Token budget per request (under late chunking, also the model's context), or less once the API named a
+        smaller cap (a context it named counts under late chunking only)."""
         lc = self.settings.late_chunking if late_chunking is None else late_chunking
         budget = self.settings.max_tokens_per_request
-        return min(budget, self.spec.max_tokens) if lc else budget
+        budget = min(budget, self._caps.get("tokens", budget))
+        return min(budget, self.settings.context, self._caps.get("context", budget)) if lc else budget
 
     def text_estimate(self, *, truncate: bool = False):
         """The calibrated per-text estimate (a function of one text) as of now; under ``truncate`` never above
@@ -213,7 +225,7 @@ class JinaClient:
         at most the model's cap: the estimate is capped there, and such a request teaches nothing about the
         ratio, since the server billed the cap, not the text."""
         raw, ratio, cap = self.estimator.raw(texts), self.estimator.ratio, self.spec.max_tokens
-        if not truncate:
+        if not truncate or cap is None:  # no cap to bill at (a context Jina does not publish: the API decides)
             return max(1, round(raw * ratio)), raw
         if late_chunking:
             return max(1, round(min(raw * ratio, cap))), raw if raw * ratio <= cap else None
@@ -223,10 +235,12 @@ class JinaClient:
 
     # -- requests --------------------------------------------------------------------------------
     def _task(self, task: str | None) -> str | None:
-        if not self.spec.takes_task:
+        if "task" not in self.settings.request_fields:
             return None
-        if task is not None and task not in self.spec.tasks:
-            raise ConfigError(f"task {task!r} is not accepted by {self.spec.name}; use one of {list(self.spec.tasks)}")
+        try:
+            self.spec.check_task(task)
+        except ValueError as e:
+            raise ConfigError(f"task {task!r}: {e}") from None
         return task
 
     def _request_tokens(self) -> int:
@@ -243,7 +257,7 @@ class JinaClient:
                           late_chunking: bool | None = None) -> BatchResult:  # type: ignore[assignment]
         """Embed ``texts`` in exactly one request (with retries). Vectors come back in input order.
 
-        ``task`` defaults to ``settings.task`` (pass None to send none; ignored by models without tasks).
+        ``task`` defaults to ``settings.embed_task`` (pass None to send none; ignored by models without tasks).
         Raises InvalidRequest / AuthError / BillingError / ResponseError at once; RetriesExhausted when faults
         outlast ``jina.max_attempts`` or anything outlasts ``jina.retry_timeout`` (429s only count there).
         """
@@ -254,12 +268,12 @@ class JinaClient:
         s = self.settings
         texts = list(texts)
         if not texts:
-            width = row_width(s.embedding_type, self._dim or 0)
-            return BatchResult(np.empty((0, width), DTYPES[s.embedding_type]), 0, 0, 0)
+            width = row_width(s.wire_type, self._dim or 0)
+            return BatchResult(np.empty((0, width), DTYPES[s.wire_type]), 0, 0, 0)
         late = s.late_chunking if late_chunking is None else late_chunking
         body = build_body(self.spec, texts, embedding_type=s.embedding_type,
-                          task=self._task(s.task if task is ... else task), dimensions=s.dimensions,
-                          late_chunking=late, normalized=s.normalized, truncate=truncate)
+                          task=self._task(s.embed_task if task is ... else task), dimensions=s.dimensions,
+                          late_chunking=late, normalized=s.normalized, truncate=truncate, fields=s.request_fields)
         estimated, raw = self._estimate(texts, truncate, late)
         attempts, faults, limited, split = 0, 0, 0, False
 
@@ -328,11 +342,12 @@ class JinaClient:
                 if isinstance(err, RateLimited):
                     self._429 += 1
                     rate_limited, retry_after, limit = True, err.retry_after, err.limit
+                elif isinstance(err, InvalidRequest):
+                    self._learn_cap(short_text(resp.content), n)
                 raise err
-            vectors, used = decode_response(resp.content, n_inputs=n, embedding_type=s.embedding_type,
-                                            dim=self._dim)
+            vectors, used = decode_response(resp.content, n_inputs=n, embedding_type=s.wire_type, dim=self._dim)
             if self._dim is None:
-                self._dim = vectors.shape[1] * (8 if s.embedding_type in ("binary", "ubinary") else 1)
+                self._dim = vectors.shape[1] * (8 if s.wire_type in ("binary", "ubinary") else 1)
             if used is not None:
                 self._tokens += used
             log.debug("200 inputs=%d tokens=%s in %.3fs", n, used, time.perf_counter() - t0)
@@ -349,6 +364,18 @@ class JinaClient:
                                      **extra)
             else:
                 self.limiter.release(estimated, used, **extra)
+
+    def _learn_cap(self, detail: str, inputs: int) -> None:
+        """A 400/422 that names a request cap lowers this client's (``wire.cap_named``)."""
+        named = cap_named(detail, self.spec.name, inputs=inputs)
+        if named is None:
+            return
+        kind, cap = named
+        now = self.max_inputs if kind == "inputs" else self.max_tokens(late_chunking=kind == "context")
+        if cap < now:
+            self._caps[kind] = cap
+            log.warning("%s refused a request naming its cap (%s): requests now hold at most %d %s", self.spec.name,
+                        self._scrub(detail), cap, kind)
 
     def _scrub(self, text: str) -> str:
         for k in self._pool:
@@ -397,6 +424,12 @@ class JinaClient:
                 log.info("splitting a request of %d inputs refused with 429: bigger than the budget learnt since",
                          stop - start)
                 redo.extend([(mid, stop), (start, mid)])
+                return
+            except InvalidRequest:
+                if stop - start <= self.max_inputs:  # not a cap it just learnt: the request itself is refused
+                    raise
+                size = self.max_inputs
+                redo.extend(reversed([(i, min(i + size, stop)) for i in range(start, stop, size)]))
                 return
             results[start] = res.vectors
             requests += 1

@@ -1,9 +1,11 @@
 """``JinaEmbeddingFunction``: the seed's pymilvus.model class, on top of :class:`~jinabatch.jina.client.JinaClient`.
 
-Same constructor and methods as ``pymilvus.model.dense.JinaEmbeddingFunction`` (``encode_documents``
-uses ``retrieval.passage``, ``encode_queries`` ``retrieval.query``, calling the object uses the
-constructor's task, ``dim``), but every call is packed into requests, retried and rate-limit aware,
-and vectors are float32.
+Same constructor and methods as ``pymilvus.model.dense.JinaEmbeddingFunction`` and its defaults
+(``jina-embeddings-v3``, ``retrieval.passage``, 1024 dimensions), but every call is packed into requests, retried
+and rate-limit aware, and vectors are float32. ``encode_documents`` and ``encode_queries`` use the two sides of the
+model family's task (``jinabatch.models.ModelSpec.sides``): ``retrieval.passage`` / ``retrieval.query`` for v3, v4
+and v5, ``nl2code.passage`` / ``nl2code.query`` for the code models (``qa.*`` ... when the constructor's task says
+so), a symmetric task such as ``text-matching`` on both; calling the object uses the constructor's task.
 
 Pacing: without limits the client learns the key's rates from usage and 429s (``AdaptiveLimiter``: a 429
 pauses every request of this object for Retry-After, sustained 429s slow it down instead of failing it);
@@ -77,19 +79,25 @@ class JinaEmbeddingFunction:
     """Drop-in for ``pymilvus.model.dense.JinaEmbeddingFunction``; returns lists of float32 1-D arrays."""
 
     def __init__(self, model_name: str = "jina-embeddings-v3", api_key: str | None = None,
-                 task: str = "retrieval.passage", dimensions: int | None = None, late_chunking: bool = False,
+                 task: str | None = None, dimensions: int | None = None, late_chunking: bool = False,
                  *, base_url: str | None = None, **client_settings: Any):
+        """``task`` None: the family's document task (``retrieval.passage`` for v3, pymilvus's default;
+        ``nl2code.passage`` for the code models; none for models that take no task). ``settings``: a
+        ``JinaSettings`` whose written values are kept (those not written stay unset: a model the table does not
+        know gets only what was written)."""
         client_kw = {k: client_settings.pop(k) for k in ("limiter", "transport", "estimator", "rpm", "tpm")
                      if k in client_settings}
-        settings = client_settings.pop("settings", None) or JinaSettings(dimensions=None)
-        values = {**settings.model_dump(), "model": model_name, "task": task, "dimensions": dimensions,
-                  "late_chunking": late_chunking, **client_settings}
+        base = client_settings.pop("settings", None)
+        asked = {"task": task, "dimensions": dimensions, "late_chunking": late_chunking or None}
+        values = {**(base.model_dump(exclude_unset=True) if base else {}), "model": model_name,
+                  **{k: v for k, v in asked.items() if v is not None}, **client_settings}
         try:
             settings = JinaSettings.model_validate(values)
         except Exception as e:  # pydantic's message names the field
             raise ConfigError(f"JinaEmbeddingFunction: {e}") from None
+        self._sides = settings.spec.sides(settings.embed_task)
         self.model_name = model_name
-        self.task = task
+        self.task = settings.embed_task
         self.dimensions = dimensions
         self.late_chunking = late_chunking
         self._runner = _LoopThread()
@@ -108,12 +116,12 @@ class JinaEmbeddingFunction:
 
     # -- the pymilvus contract -------------------------------------------------------------------
     def encode_documents(self, documents: Sequence[str]) -> list[np.ndarray]:
-        """Embeddings for documents at indexing time (task ``retrieval.passage``)."""
-        return self._encode(documents, "retrieval.passage")
+        """Embeddings for documents at indexing time (the document side: ``retrieval.passage``...)."""
+        return self._encode(documents, self._sides.document)
 
     def encode_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
-        """Embeddings for search queries (task ``retrieval.query``)."""
-        return self._encode(queries, "retrieval.query")
+        """Embeddings for search queries (the query side: ``retrieval.query``, ``nl2code.query``...)."""
+        return self._encode(queries, self._sides.query)
 
     def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Embeddings with the constructor's task."""
@@ -151,7 +159,7 @@ class JinaEmbeddingFunction:
     def __reduce__(self):
         raise TypeError("JinaEmbeddingFunction is not picklable (it holds the API key); build one per process")
 
-    def _encode(self, texts: Sequence[str], task: str) -> list[np.ndarray]:
+    def _encode(self, texts: Sequence[str], task: str | None) -> list[np.ndarray]:
         if isinstance(texts, str):
             raise TypeError("pass a list of strings, not one string")
         if not self._finalizer.alive:

@@ -35,7 +35,7 @@ from ..errors import (
 from ..models import ModelSpec
 
 __all__ = ["STAND_IN_HEADER", "build_body", "decode_response", "row_width", "error_for_status", "parse_retry_after", "limit_named",
-           "short_text", "DTYPES"]
+           "cap_named", "short_text", "DTYPES"]
 
 # The bundled local stand-in for the API answers with this header, so a client can tell its deterministic
 # vectors from a real model's.
@@ -44,13 +44,15 @@ DTYPES = {"float": np.float32, "base64": np.float32, "binary": np.int8, "ubinary
 
 
 def build_body(spec: ModelSpec, texts: Sequence[str], *, embedding_type: str, task: str | None,
-               dimensions: int | None, late_chunking: bool, normalized: bool, truncate: bool) -> dict[str, Any]:
-    """The JSON body: Jina's field names, only the fields ``spec`` accepts, no ``None`` values."""
-    body = {"model": spec.name, "input": list(texts), "embedding_type": embedding_type,
-            "task": task, "dimensions": dimensions, "late_chunking": late_chunking,
+               dimensions: int | None, late_chunking: bool, normalized: bool, truncate: bool,
+               fields: frozenset[str] | None = None) -> dict[str, Any]:
+    """The JSON body: Jina's field names, only the optional ``fields`` (default: those ``spec`` accepts; a config's
+    ``JinaSettings.request_fields``), no ``None`` values."""
+    body = {"embedding_type": embedding_type, "task": task, "dimensions": dimensions, "late_chunking": late_chunking,
             "normalized": normalized, "truncate": truncate}
-    accepted = spec.fields()
-    return {k: v for k, v in body.items() if k in accepted and v is not None}
+    accepted = spec.fields if fields is None else fields
+    return {"model": spec.name, "input": list(texts),
+            **{k: v for k, v in body.items() if k in accepted and v is not None}}
 
 
 def row_width(embedding_type: str, dim: int) -> int:
@@ -205,6 +207,31 @@ def limit_named(detail: str) -> str | None:
     if "request" in d or "rpm" in d:
         return "rpm"
     return None
+
+
+_NUMBER = re.compile(r"(?<![\w.\[-])\d[\d,_]*(?![\w.\]-])")  # a figure on its own: not v5, 0.5b, input[3]
+_CAP_WORDS = ("too many", "at most", "limit", "maximum", "max ", "exceed", "per request", "items", "batch")
+
+
+def cap_named(detail: str, model: str, *, inputs: int) -> tuple[str, int] | None:
+    """The request cap a 400/422 names, as ("inputs", n) — inputs per request —, ("tokens", n) — tokens of one
+    request —, ("context", n) — tokens of one late-chunking request, the model's context —, or None when it names
+    none (a bad input, an unknown field).
+
+    ``inputs`` is how many the refused request held: the cap is the largest figure the message gives below it
+    (``600 inputs, over the limit of 512``, ``at most 2048 items, not 3000``), else half of it."""
+    d = detail.lower().replace(model.lower(), "")
+    if "input" not in d or not any(w in d for w in _CAP_WORDS):
+        return None
+    figures = [int(m.group().replace(",", "").replace("_", "")) for m in _NUMBER.finditer(d)]
+    if "token" in d:  # a request-wide token cap ("in total", "one request"); a per-input one cannot be cut
+        if not any(w in d for w in ("in total", "request", "batch", "sum")) or not figures:
+            return None
+        return ("context" if "late" in d else "tokens"), min(figures)
+    if inputs < 2:
+        return None
+    below = [f for f in figures if 0 < f < inputs]
+    return "inputs", max(below) if below else inputs // 2
 
 
 def error_for_status(status: int, content: bytes, headers: Any, *, model: str, key_env: str) -> JinaError:

@@ -1,10 +1,12 @@
 """Search the alias: embed the query with the collection's own model, return the top-k rows.
 
 The collection is pinned to its model: the load stage wrote ``jinabatch.model``, ``.task``,
-``.dimensions``, ``.metric``, ``.id_column`` and ``.columns`` as collection properties, so the query is
-embedded with exactly the model and dimension its vectors came from, with the query-side counterpart of
-the task its passages were embedded with (``query_task``: ``retrieval.passage`` → ``retrieval.query``),
-whatever the config's ``[jina]`` section says today. With ``jina.base_url = "local"`` the bundled
+``.dimensions``, ``.embedding`` (the whole embedding key), ``.metric``, ``.id_column`` and ``.columns`` as
+collection properties, so the query is embedded with exactly the model and dimension its vectors came from, with
+the query side of the task its passages were embedded with (``query_task``: ``retrieval.passage`` →
+``retrieval.query``, ``nl2code.passage`` → ``nl2code.query``; a symmetric task as it is), whatever the config's
+``[jina]`` section says today. For a model the table does not know, the query request carries the fields the
+passages' requests carried (the key's ``fields``), nothing more. With ``jina.base_url = "local"`` the bundled
 Jina-compatible server is started for the queries and stopped after.
 
 ``pinned(target, name)`` resolves an alias or a physical collection to a ``Pinned`` (its physical name
@@ -23,16 +25,17 @@ import numpy as np
 
 from ..config import Config, JinaSettings
 from ..errors import ConfigError, LoadError
-from ..models import get_model
+from ..models import spec_of
 from ..runtime import jina_endpoint
 from .milvus import PROP, Target, alias_target, connect
 from .schema import VECTOR_FIELD
 
 __all__ = ["Hit", "Pinned", "search", "search_target", "search_many", "format_hits", "pinned", "query_task",
-           "embed_queries", "top_k", "loaded"]
+           "query_settings", "embed_queries", "top_k", "loaded"]
 
-# the query-side task of an asymmetric passage task; every other task is symmetric (queries use it as is)
-_QUERY_TASK = {"retrieval.passage": "retrieval.query", "code.passage": "code.query"}
+# [jina] settings a query takes from the collection, never from today's config
+_EMBEDDING_SETTINGS = {"model", "task", "dimensions", "late_chunking", "embedding_type", "normalized", "on_too_long",
+                       "max_inputs_per_request"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Pinned:
     columns: tuple[str, ...] = ()
     rows: int = 0
     previous: str = ""  # the collection the alias pointed at when this one was created
+    embedding: dict[str, Any] = field(default_factory=dict, compare=False)  # the embedding key ({} before it was pinned)
 
     def describe(self) -> str:
         """``jina-embeddings-v3, 256 dims, task retrieval.query``"""
@@ -66,12 +70,10 @@ class Pinned:
 
 def query_task(model: str, passage_task: str | None) -> str | None:
     """The task to embed queries with for a collection embedded with ``passage_task`` (None if the model takes
-    no task). A collection without a recorded task gets ``retrieval.query``, what search always used."""
-    if not get_model(model).takes_task:
-        return None
-    if not passage_task:
-        return "retrieval.query"
-    return _QUERY_TASK.get(passage_task, passage_task)
+    no task): its query side (``jinabatch.models.ModelSpec.sides``). A collection without a recorded task gets the
+    family's query side (``retrieval.query`` for v3, what search always used); one of a model the table does not
+    know, none."""
+    return spec_of(model).sides(passage_task or None).query
 
 
 def pinned(target: Target, name: str, *, role: str = "collection") -> Pinned:
@@ -94,7 +96,24 @@ def pinned(target: Target, name: str, *, role: str = "collection") -> Pinned:
     return Pinned(name, physical, model, int(dims), query_task(model, props.get(PROP + "task")),
                   props.get(PROP + "metric", "COSINE"), props.get(PROP + "id_column", "id"),
                   tuple(json.loads(props.get(PROP + "columns", "[]"))), int(props.get(PROP + "rows", 0) or 0),
-                  props.get(PROP + "previous", ""))
+                  props.get(PROP + "previous", ""), json.loads(props.get(PROP + "embedding", "{}")))
+
+
+def query_settings(jina: JinaSettings, pin: Pinned) -> JinaSettings:
+    """The settings queries of ``pin``'s collection are embedded with: its model, its width, the query side of its
+    task — and, for a model the table does not know, only the request fields its passages were sent with;
+    endpoint, keys, timeouts and retries from ``jina``."""
+    spec = spec_of(pin.model)
+    sent = spec.fields if spec.known else frozenset(pin.embedding.get("fields", ()))
+    values = {**jina.model_dump(exclude_unset=True, exclude=_EMBEDDING_SETTINGS), "model": pin.model}
+    if pin.task:
+        values["task"] = pin.task
+    if "dimensions" in sent:
+        values["dimensions"] = pin.dimensions
+    if not spec.known:  # as the passages' requests were made
+        values.update({k: pin.embedding[k] for k in ("embedding_type", "normalized")
+                       if k in sent and pin.embedding.get(k) is not None})
+    return JinaSettings.model_validate(values)
 
 
 def embed_queries(jina: JinaSettings, pin: Pinned, texts: Sequence[str], endpoint: tuple | None = None) -> np.ndarray:
@@ -106,10 +125,7 @@ def embed_queries(jina: JinaSettings, pin: Pinned, texts: Sequence[str], endpoin
         with jina_endpoint(jina) as ep:
             return embed_queries(jina, pin, texts, ep)
     base_url, key = endpoint
-    spec = get_model(pin.model)
-    settings = jina.model_copy(update={"model": pin.model, "task": None, "dimensions": None, "late_chunking": False})
-    with JinaEmbeddingFunction(pin.model, key, pin.task, pin.dimensions if spec.takes_dimensions else None,
-                               base_url=base_url, settings=settings) as ef:
+    with JinaEmbeddingFunction(pin.model, key, base_url=base_url, settings=query_settings(jina, pin)) as ef:
         vectors = np.stack(ef(list(texts))) if texts else np.zeros((0, pin.dimensions), np.float32)
     if vectors.shape[1:] != (pin.dimensions,):
         raise LoadError(f"{pin.collection} holds {pin.dimensions}-dim vectors of {pin.model} but the query came back "

@@ -103,6 +103,7 @@ def _props(ms: MilvusSettings, inp: LoadInput, alias: str, previous: str, layout
             PROP + "columns": json.dumps([c.name for c in inp.columns]), PROP + "rows": str(inp.rows),
             PROP + "dynamic": json.dumps(list(layout.dynamic)),
             PROP + "metric": ms.index.metric, PROP + "fingerprint": inp.fingerprint or "",
+            PROP + "embedding": json.dumps(inp.report.embedding, sort_keys=True),  # model, width, task, fields sent
             PROP + "source": inp.uri, PROP + "previous": previous}
 
 

@@ -23,6 +23,10 @@ Fault kinds: ``json500``, ``html502``, ``drop`` (connection closed with no respo
 faults, cycling through ``faults`` in order; otherwise each admitted request faults with
 probability ``fault_rate`` and a kind drawn from a ``random.Random(seed)`` (reproducible).
 
+Models: every model of the job's table, and ``extra_models`` — models the table does not know, served under their
+own names with the figures given (``local_api.catalog``), so a test can show the job running a model it has never
+heard of.
+
 The API key is compared, never stored in stats, logs or error details.
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ from aiohttp import web
 
 from ..jina.wire import STAND_IN_HEADER
 from . import fakemodel
+from .catalog import ServedModel, catalog, extra_model
 from .limits import KeyLimiter
 from .validate import EmbeddingRequest, HTTPProblem, parse_request
 
@@ -78,6 +83,8 @@ class ServerSettings:
     token_scale: float = 1.0  # every count times this (rounded up): 1.1 = the server counts 10% more
     bucket_start: float = 1.0  # how full a key's buckets are when first seen (1 = full: an idle key)
     arrival_jitter_ms: float = 0.0  # each request waits a random 0..N ms before the limits see it
+    # models the job's table does not know, served too: {"name", "dim", ...} each (local_api.catalog)
+    extra_models: tuple[ServedModel, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "concurrency", "fault_every"):
@@ -104,6 +111,8 @@ class ServerSettings:
             raise ValueError(f"fault_rate: must be between 0 and 1; got {self.fault_rate}")
         if not self.bucket_start <= 1:
             raise ValueError(f"bucket_start: a fraction of the bucket, 0 to 1; got {self.bucket_start}")
+        self.extra_models = tuple(extra_model(m) for m in self.extra_models)
+        catalog(self.extra_models)  # raises ValueError naming a model the table knows already
         fakemodel.tokenizer(self.tokenizer, self.token_scale)  # raises ValueError naming the setting
 
     def public(self) -> dict:
@@ -111,6 +120,8 @@ class ServerSettings:
         d = dataclasses.asdict(self)
         d.pop("api_keys")
         d["faults"] = list(self.faults)
+        d["extra_models"] = [{**m, "dims": m["dims"] and list(m["dims"]), "tasks": list(m["tasks"]),
+                              "fields": sorted(m["fields"])} for m in d["extra_models"]]
         return d
 
     def replace(self, **changes) -> "ServerSettings":
@@ -141,6 +152,7 @@ class State:
         self.limiters: dict[str, KeyLimiter] = {}
         self.trace: list[tuple[float, int, int, int]] = []
         self.tokenizer = fakemodel.tokenizer(settings.tokenizer, settings.token_scale)
+        self.models = catalog(settings.extra_models)
         self.jitter = random.Random(settings.seed + 1)
         self._reset_faults()
 
@@ -262,7 +274,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             body = await request.json(loads=json.loads)
         except ValueError as e:
             raise HTTPProblem(422, f"request body is not valid JSON: {e}") from None
-        req = parse_request(body, state.tokenizer)
+        req = parse_request(body, state.tokenizer, state.models)
     except HTTPProblem as p:
         state.count(p.status)
         return _problem(p.status, p.detail)

@@ -12,7 +12,9 @@ model for the pipeline to be tested end to end:
   every count (``1.1``: 10% more). Truncation follows the same rule.
 * **Vectors.** Each lower-cased word is hashed (blake2b keyed with the model name) to one signed
   feature per *level*: level sizes are the model's Matryoshka dimensions (32, 64, ... up to the
-  largest), and the level-``L`` feature lands in ``[0, L)``. So every word has weight in the first
+  largest; ``catalog.ServedModel.levels``), and the level-``L`` feature lands in ``[0, L)``. A model
+  the table does not know has the levels 32, 64, ... ``UNKNOWN_WIDTH``, so any name has vectors and a
+  test can recompute them without knowing how a server was configured to serve it. So every word has weight in the first
   32 components and truncating to any accepted ``dimensions`` keeps a usable vector, like a real
   Matryoshka model. Texts that share words share features, so their cosine is clearly higher than
   that of unrelated texts and search over them works.
@@ -39,11 +41,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..models import EMBEDDING_TYPES, get_model
+from ..models import EMBEDDING_TYPES
+from .catalog import UNKNOWN_WIDTH, catalog
 
 __all__ = [
     "count_tokens", "truncate_text", "Tokenizer", "tokenizer", "TOKENIZERS", "words", "embed", "expected", "encode", "decode",
-    "SPECIAL_TOKENS", "TASK_WEIGHT", "LATE_CHUNKING_WEIGHT",
+    "SPECIAL_TOKENS", "TASK_WEIGHT", "LATE_CHUNKING_WEIGHT", "UNKNOWN_WIDTH",
 ]
 
 SPECIAL_TOKENS = 2  # per input, like [CLS]/[SEP]
@@ -143,16 +146,9 @@ def words(text: str) -> list[str]:
 
 @lru_cache(maxsize=None)
 def _levels(model: str) -> tuple[tuple[int, ...], int]:
-    spec = get_model(model)
-    base = max(spec.dims) if spec.dims else spec.default_dim
-    levels = sorted({d for d in spec.dims} | {base}) if spec.dims else []
-    if not levels:  # fixed-dimension model: powers of two from 32, then the dimension itself
-        d = 32
-        while d < base:
-            levels.append(d)
-            d *= 2
-        levels.append(base)
-    return tuple(levels), base
+    served = catalog().get(model)
+    levels = served.levels if served else tuple(2 ** k for k in range(5, UNKNOWN_WIDTH.bit_length()))
+    return levels, levels[-1]
 
 
 class _Vocab:

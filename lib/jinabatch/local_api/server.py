@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import selectors
 import signal
@@ -219,6 +220,8 @@ def _cli_args(s: ServerSettings) -> list[str]:
             out += [flag, str(v)]
     if not s.retry_after:
         out.append("--no-retry-after")
+    for m in s.public()["extra_models"]:
+        out += ["--extra-model", json.dumps(m)]
     return out
 
 
@@ -247,6 +250,10 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--bucket-start", type=float, default=1.0, help="how full each key's buckets start (0..1)")
     p.add_argument("--arrival-jitter-ms", type=float, default=0.0,
                    help="delay each request by a random 0..N ms before the limits see it")
+    p.add_argument("--extra-model", action="append", default=[], type=json.loads, metavar="JSON",
+                   help="also serve a model the job's table does not know, e.g. '{\"name\": \"jina-embeddings-v6\", "
+                        "\"dim\": 1024, \"tasks\": [\"retrieval.query\", \"retrieval.passage\"]}' (repeatable; "
+                        "keys: name, dim, dims, tasks, max_inputs, max_tokens, fields)")
     return p
 
 
@@ -261,7 +268,7 @@ def settings_from_args(argv: list[str] | None = None, prog: str | None = None) -
             latency_ms=a.latency_ms, latency_per_token_ms=a.latency_per_token_ms, fault_rate=a.fault_rate,
             fault_every=a.fault_every, faults=tuple(k for k in a.faults.split(",") if k),
             stall_seconds=a.stall_seconds, seed=a.seed, tokenizer=a.tokenizer, token_scale=a.token_scale,
-            bucket_start=a.bucket_start, arrival_jitter_ms=a.arrival_jitter_ms)
+            bucket_start=a.bucket_start, arrival_jitter_ms=a.arrival_jitter_ms, extra_models=tuple(a.extra_model))
     except ValueError as e:
         _parser(prog).error(str(e))
         raise

@@ -5,7 +5,8 @@ with the status and ``detail`` the real API would give: 422 for anything the sch
 (unknown field, a field the model does not take, wrong JSON type, unknown model / task /
 dimensions / embedding_type) and 400 for content problems (empty input, too many inputs, an input
 over the model's token cap without ``truncate``). Each detail names the field or input index and
-says what is accepted.
+says what is accepted. The models and their figures are the server's catalog (``local_api.catalog``:
+the job's table, and models it does not know when the server is told to serve them).
 
 Truncation under late chunking: all inputs form one sequence, so the model's token cap applies
 to the request. With ``truncate: true`` inputs are cut in order, each keeping room for the
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models import EMBEDDING_TYPES, ModelSpec, get_model
+from ..models import EMBEDDING_TYPES, REQUEST_FIELDS
 from . import fakemodel
+from .catalog import ServedModel, catalog
 
 __all__ = ["HTTPProblem", "EmbeddingRequest", "parse_request", "ALL_FIELDS"]
 
-ALL_FIELDS = ("model", "input", "task", "dimensions", "late_chunking", "embedding_type", "normalized", "truncate")
+ALL_FIELDS = ("model", "input", *REQUEST_FIELDS, "return_multivector")
+_CATALOG = catalog()
 
 
 class HTTPProblem(Exception):
@@ -34,7 +37,7 @@ class HTTPProblem(Exception):
 
 @dataclass
 class EmbeddingRequest:
-    spec: ModelSpec
+    spec: ServedModel
     texts: list[str]  # after truncation
     tokens: list[int]  # per input, after truncation
     task: str | None
@@ -72,19 +75,18 @@ def _inputs(raw) -> list[str]:
     return texts
 
 
-def _model(body: dict) -> ModelSpec:
+def _model(body: dict, models: dict[str, ServedModel]) -> ServedModel:
     name = body.get("model")
     if name is None:
         raise HTTPProblem(422, "model: field required (e.g. \"jina-embeddings-v3\")")
     if not isinstance(name, str):
         raise HTTPProblem(422, f"model: expected a string; got {type(name).__name__}")
-    try:
-        return get_model(name)
-    except ValueError as e:
-        raise HTTPProblem(422, f"model: {e}") from None
+    if name not in models:
+        raise HTTPProblem(422, f"model: unknown model {name!r}; known models: {', '.join(sorted(models))}")
+    return models[name]
 
 
-def _truncate_all(spec: ModelSpec, texts: list[str], late_chunking: bool,
+def _truncate_all(spec: ServedModel, texts: list[str], late_chunking: bool,
                   tok: fakemodel.Tokenizer) -> tuple[list[str], list[int]]:
     if not late_chunking:
         out = [t if tok.count(t) <= spec.max_tokens else tok.truncate(t, spec.max_tokens) for t in texts]
@@ -102,20 +104,24 @@ def _truncate_all(spec: ModelSpec, texts: list[str], late_chunking: bool,
     return out, tokens
 
 
-def parse_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE) -> EmbeddingRequest:
+def parse_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE,
+                  models: dict[str, ServedModel] | None = None) -> EmbeddingRequest:
     """Validate a decoded JSON body like the real API; raise HTTPProblem(400|422, detail) if wrong.
 
-    ``tokenizer`` counts (and truncates) the inputs: the server's own rule, not the client's estimate."""
+    ``tokenizer`` counts (and truncates) the inputs: the server's own rule, not the client's estimate; ``models``:
+    the catalog served (default: the job's table)."""
     if not isinstance(body, dict):
         raise HTTPProblem(422, "request body must be a JSON object")
     unknown = sorted(set(body) - set(ALL_FIELDS))
     if unknown:
         raise HTTPProblem(422, f"unknown field(s) {unknown}; accepted fields: {list(ALL_FIELDS)}")
-    spec = _model(body)
-    refused = sorted(k for k in set(body) - spec.fields() if body[k] is not None)
+    spec = _model(body, _CATALOG if models is None else models)
+    accepted = {"model", "input", *spec.fields}
+    refused = sorted(k for k in set(body) - accepted if body[k] is not None)
     if refused:
-        raise HTTPProblem(422, f"{spec.name} does not accept field(s) {refused}; "
-                               f"send only {sorted(spec.fields())}")
+        raise HTTPProblem(422, f"{spec.name} does not accept field(s) {refused}; send only {sorted(accepted)}")
+    if _bool(body, "return_multivector", False):
+        raise HTTPProblem(400, "return_multivector: the local stand-in answers one vector per input; leave it out")
     if "input" not in body:
         raise HTTPProblem(422, "input: field required")
     texts = _inputs(body["input"])
@@ -158,5 +164,4 @@ def parse_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE) -> Embe
                                    "request or \"truncate\": true")
     elif max(tokens) > spec.max_tokens or (late and sum(tokens) > spec.max_tokens):
         texts, tokens = _truncate_all(spec, texts, late, tokenizer)
-    return EmbeddingRequest(spec, texts, tokens, task if spec.takes_task else None, dimensions, late,
-                            etype, normalized)
+    return EmbeddingRequest(spec, texts, tokens, task, dimensions, late, etype, normalized)
