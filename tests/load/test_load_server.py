@@ -164,3 +164,29 @@ def test_a_second_embedded_server_that_cannot_start_is_given_up_in_seconds_namin
         second.start()
     assert time.monotonic() - t0 < 60 and not second.running
     assert milvus_answers(milvus_server.port)
+
+
+def test_a_quick_restart_on_the_same_data_dir_waits_out_the_stopped_servers_sessions(
+        tmp_path, milvus_server, milvus_config, monkeypatch):
+    """Stopped and started again at once (make backfill does it four times), the server must not hand an import to
+    the data node of the stopped process, whose etcd session is still registered: that import stays "Started" until
+    Milvus expires it 15 min later. The start waits the sessions out; every file then imports within seconds."""
+    import json
+    import time
+
+    from jinabatch.load import stage
+    from jinabatch.load.server import SESSION_TTL, STATE_FILE
+
+    vectors = make_output(tmp_path / "out", sample_texts(60), rows_per_shard=15)
+    real = stage.bulk_import
+    monkeypatch.setattr(stage, "bulk_import", lambda *a, **k: real(*a, **{**k, "timeout": 90.0}))
+    milvus_server.stop()
+    stopped = json.loads((milvus_server.data_dir / STATE_FILE).read_text())
+    assert stopped["session_ttl"] == SESSION_TTL and stopped["stopped_at"] <= time.time()
+    milvus_server.start()
+    assert time.time() >= stopped["stopped_at"] + SESSION_TTL, "the start did not wait for the old sessions"
+    cfg = milvus_config(milvus_server.uri, tmp_path / "out")
+    rep = run_load(cfg, progress=False)
+    assert rep.rows == 60
+    rows = _rows(MilvusClient(milvus_server.uri), cfg.milvus.collection)
+    assert rows.keys() == vectors.keys()

@@ -29,6 +29,7 @@ fixture is started through it too, so the job's embedded path is tested by point
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -53,6 +54,12 @@ STOP_TIMEOUT = 20  # seconds a graceful stop may take before the server is kille
 BUCKET_CHECK_FAILED = "failed to check blob bucket exist"  # what Milvus 2.3 logs when its store refuses it
 FAILED_BUCKET_CHECKS = 3  # of them before its start is given up (one failure may be a store still starting)
 SERVER_ID_DIR = Path("/tmp/milvus")  # the server writes server_id_<pid> here, whatever its data dir
+# Seconds an etcd session of the server's nodes outlives their process (Milvus's default is 30). A server started on
+# the same data dir before a stopped one's sessions have expired hands an import to the stopped data node, and that
+# import stays "Started" until Milvus expires it 15 min later (seen in make backfill: Milvus stopped, restarted
+# 20 s later, the first import of the next load hung). Shorter sessions → shorter waits at a quick restart.
+SESSION_TTL = 10
+STATE_FILE = ".jinabatch-server.json"  # in data_dir: when the last server stopped, or that it never did
 
 
 def milvus_answers(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> bool:
@@ -175,9 +182,10 @@ class EmbeddedServer:
         return self._server is not None and self._server.running
 
     def start(self) -> "EmbeddedServer":
-        config, env = {}, {}
+        stale_until = self._stale_sessions_until()
+        config, env = {"common.session.ttl": SESSION_TTL}, {}
         if self.bucket is not None:
-            config, env = self.bucket.milvus_config(), self.bucket.server_env()
+            config, env = {**config, **self.bucket.milvus_config()}, self.bucket.server_env()
             self.bucket.check()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         server = _milvus_server(env, watch_bucket=self.bucket is not None)
@@ -205,7 +213,33 @@ class EmbeddedServer:
         self._server = server
         self._pid = server.server_proc.pid if server.server_proc else None
         self.port = server.listen_port  # the package moves to the next free port if ours was taken
+        self._write_state({"running_since": time.time(), "session_ttl": SESSION_TTL})
+        wait = stale_until - time.time()
+        if wait > 0:
+            log.info("waiting %.0f s for the previous server's sessions to expire (Milvus would hand an import to "
+                     "its stopped data node)", wait)
+            time.sleep(wait)
         return self
+
+    def _stale_sessions_until(self) -> float:
+        """Until when sessions of an earlier server on this data dir may still be registered: its stop time plus
+        its session TTL; a server that never recorded a stop (killed, or started by an older version) may have
+        renewed them just now. 0 for a data dir no server has used."""
+        if not (self.data_dir / "data" / "etcd.data").exists():
+            return 0.0
+        try:
+            state = json.loads((self.data_dir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = {}
+        ttl = float(state.get("session_ttl", 30)) + 2  # + the keepalive's slack
+        stopped = state.get("stopped_at")
+        return float(stopped) + ttl if stopped is not None else time.time() + ttl
+
+    def _write_state(self, state: dict[str, float]) -> None:
+        try:
+            (self.data_dir / STATE_FILE).write_text(json.dumps(state))
+        except OSError as e:  # only costs the next start a wait
+            log.warning("could not record the embedded Milvus's state in %s: %s", self.data_dir, e)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -223,6 +257,7 @@ class EmbeddedServer:
                     log.warning("the embedded Milvus server did not stop in %d s; killing it", STOP_TIMEOUT)
             self._server.stop()  # kills if still running, closes its log files
             self._server = None
+            self._write_state({"stopped_at": time.time(), "session_ttl": SESSION_TTL})
         if self._pid is not None:  # written outside data_dir by the server; nothing reads it after exit
             (SERVER_ID_DIR / f"server_id_{self._pid}").unlink(missing_ok=True)
             self._pid = None
