@@ -1,0 +1,120 @@
+"""In-place loads of a chain of refreshes against real Milvus (Lite here; the standalone server below): each delta
+applied to the collection behind the alias, verified, rolled back; refused on a collection of another chain;
+a night that changed nothing writes nothing; --full loads the folded chain into a new collection."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pymilvus import MilvusClient
+
+from corpus_gen import DIMS, MODEL, TASK, make_corpus
+from jinabatch.config import parse_config
+from jinabatch.embed.driver import run_embed
+from jinabatch.errors import LoadError
+from jinabatch.load.milvus import alias_target, physicals
+from jinabatch.load.stage import run_load
+from jinabatch.local_api import fakemodel
+from refresh_gen import evolve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def nights(ray_local, jina_key, tmp_path_factory):
+    """v0..v3 of a 900-row corpus; a = full output of v0, b/c/d = deltas of nights 1-3, e = night 3 again (nothing
+    changed), z = a full output of v0 made separately (another chain)."""
+    from fixtures_ray import KEY_ENV, base_config
+    from jinabatch.local_api.server import LocalServer, ServerSettings
+
+    tmp = tmp_path_factory.mktemp("refresh-load")
+    rows = make_corpus(tmp / "v0", files=3, rows_per_file=300, row_group_size=100).rows
+    states = [rows]
+    for night in (1, 2, 3):
+        rows, _ = evolve(rows, tmp / f"v{night}", seed=night, edit=0.04, delete=0.02, add=0.03,
+                         first_new_id=100_000 * night)
+        states.append(rows)
+    with LocalServer(ServerSettings(api_keys=frozenset({jina_key}))) as srv, pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, jina_key)
+        data = {}
+        for night, out, prev in ((0, "a", None), (1, "b", "a"), (2, "c", "b"), (3, "d", "c"), (3, "e", "d"),
+                                 (0, "z", None)):
+            data[out] = base_config(tmp / f"v{night}", tmp / out, srv.url, corpus={"rows_per_shard": 200},
+                                    output={"path": str(tmp / out), **({"previous": str(tmp / prev)} if prev else {})})
+            run_embed(parse_config(data[out]), progress=False)
+        yield {"tmp": tmp, "states": states, "data": data}
+
+
+def load_config(nights, out: str, milvus: dict):
+    return parse_config({**nights["data"][out], "milvus": milvus})
+
+
+def assert_holds(client: MilvusClient, alias: str, rows: list[dict]) -> None:
+    """The alias holds exactly ``rows``: one row per id, each with its own text's vector and its title."""
+    got = client.query(alias, filter="", output_fields=["id", "embedding", "title"], limit=16384,
+                       consistency_level="Strong")
+    assert client.query(alias, filter="", output_fields=["count(*)"],
+                        consistency_level="Strong")[0]["count(*)"] == len(rows)
+    by_id = {r["id"]: r for r in got}
+    assert len(by_id) == len(got) == len(rows), "two rows for one id, or rows missing"
+    assert by_id.keys() == {r["id"] for r in rows}
+    want = fakemodel.embed(MODEL, TASK, DIMS, [r["text"] for r in rows])
+    have = np.asarray([by_id[r["id"]]["embedding"] for r in rows], np.float32)
+    bad = np.flatnonzero(~np.all(have == want, axis=1))
+    assert not len(bad), f"{len(bad)} rows hold another vector than their text's, e.g. id {rows[bad[0]]['id']}"
+    assert all(by_id[r["id"]]["title"] == r["title"] for r in rows)
+
+
+def _chain(nights, name):
+    return json.loads((nights["tmp"] / name / "_chain.json").read_text())
+
+
+def test_a_chain_of_deltas_applies_in_place_verified_and_rolls_back_step_by_step(nights, tmp_path):
+    st, ms = nights["states"], {"uri": str(tmp_path / "lite.db"), "collection": "nightly"}
+    first = run_load(load_config(nights, "a", ms), progress=False)
+    assert first.how == "new collection" and first.rows_sent == len(st[0])
+    client = MilvusClient(ms["uri"])
+    assert_holds(client, "nightly", st[0])
+    for night, out in ((1, "b"), (2, "c"), (3, "d")):
+        rep = run_load(load_config(nights, out, ms), progress=False)
+        ch = _chain(nights, out)
+        assert (rep.how, rep.mode, rep.physical) == ("in place", "upsert", first.physical)
+        assert rep.rows_sent == ch["new"] + ch["changed"] and rep.rows_deleted == ch["deleted"] > 0
+        assert rep.rows == len(st[night]) == ch["rows_before"] + ch["new"] - ch["deleted"]
+        assert rep.verified_ids > 0 and rep.state == ch["state"]
+        assert_holds(client, "nightly", st[night])
+    assert [p.name for p in physicals(client, "nightly")] == [first.physical]  # no new collection was made
+    same = run_load(load_config(nights, "e", ms), progress=False)
+    assert (same.how, same.rows_sent, same.rows_deleted) == ("unchanged", 0, 0)
+    back = run_load(load_config(nights, "d", ms), rollback=True, progress=False)
+    assert (back.how, back.mode, back.rows) == ("in place", "rollback", len(st[2]))
+    assert_holds(client, "nightly", st[2])
+    run_load(load_config(nights, "d", ms), rollback=True, progress=False)
+    assert_holds(client, "nightly", st[1])
+    run_load(load_config(nights, "c", ms), progress=False)  # the chain goes on from where the rollback left it
+    assert_holds(client, "nightly", st[2])
+    with pytest.raises(LoadError, match="refused"):  # night 1's delta is not a delta of night 2
+        run_load(load_config(nights, "b", ms), progress=False)
+    client.close()
+
+
+def test_a_delta_of_another_chain_is_refused_naming_both_and_full_loads_it_into_a_new_collection(nights, tmp_path):
+    st, ms = nights["states"], {"uri": str(tmp_path / "lite.db"), "collection": "other"}
+    z = run_load(load_config(nights, "z", ms), progress=False)
+    with pytest.raises(LoadError) as e:
+        run_load(load_config(nights, "b", ms), progress=False)
+    msg = str(e.value)
+    assert str(nights["tmp"] / "a") in msg and z.physical in msg and str(nights["tmp"] / "z") in msg
+    client = MilvusClient(ms["uri"])
+    assert_holds(client, "other", st[0])  # untouched
+    full = run_load(load_config(nights, "d", ms), full=True, progress=False)
+    assert full.how == "new collection" and full.physical != z.physical and full.state == _chain(nights, "d")["state"]
+    assert alias_target(client, "other") == full.physical
+    assert_holds(client, "other", st[3])
+    same = run_load(load_config(nights, "e", ms), progress=False)  # nothing changed since d: nothing to write
+    assert same.how == "unchanged" and same.rows_sent == 0
+    back = run_load(load_config(nights, "d", ms), rollback=True, progress=False)  # a whole load: the alias moves back
+    assert back.physical == z.physical and alias_target(client, "other") == z.physical
+    assert_holds(client, "other", st[0])
+    client.close()
