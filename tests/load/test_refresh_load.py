@@ -18,6 +18,8 @@ from jinabatch.load.stage import run_load
 from jinabatch.local_api import fakemodel
 from refresh_gen import evolve
 
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.slow
 
 
@@ -35,15 +37,16 @@ def nights(ray_local, jina_key, tmp_path_factory):
         rows, _ = evolve(rows, tmp / f"v{night}", seed=night, edit=0.04, delete=0.02, add=0.03,
                          first_new_id=100_000 * night)
         states.append(rows)
+    big, _ = evolve(states[0], tmp / "vbig", seed=9, edit=0.3, delete=0.05, add=0.05, first_new_id=900_000)
     with LocalServer(ServerSettings(api_keys=frozenset({jina_key}))) as srv, pytest.MonkeyPatch.context() as mp:
         mp.setenv(KEY_ENV, jina_key)
         data = {}
         for night, out, prev in ((0, "a", None), (1, "b", "a"), (2, "c", "b"), (3, "d", "c"), (3, "e", "d"),
-                                 (0, "z", None)):
+                                 (0, "z", None), ("big", "big", "a")):
             data[out] = base_config(tmp / f"v{night}", tmp / out, srv.url, corpus={"rows_per_shard": 200},
                                     output={"path": str(tmp / out), **({"previous": str(tmp / prev)} if prev else {})})
             run_embed(parse_config(data[out]), progress=False)
-        yield {"tmp": tmp, "states": states, "data": data}
+        yield {"tmp": tmp, "states": states, "data": data, "big": big}
 
 
 def load_config(nights, out: str, milvus: dict):
@@ -117,4 +120,51 @@ def test_a_delta_of_another_chain_is_refused_naming_both_and_full_loads_it_into_
     back = run_load(load_config(nights, "d", ms), rollback=True, progress=False)  # a whole load: the alias moves back
     assert back.physical == z.physical and alias_target(client, "other") == z.physical
     assert_holds(client, "other", st[0])
+    client.close()
+
+
+@pytest.mark.milvus
+def test_on_milvus_standalone_a_load_killed_halfway_through_a_delta_is_finished_exactly_by_the_rerun(
+        nights, milvus_server, tmp_path, jina_key):
+    """Bulk-imported base; the delta's load (jobs/load.py) SIGKILLed while it upserts (the ledger says pending and
+    the collection is half-way); the rerun finishes it: exact rows, one per id, no lost deletion; then a rollback."""
+    import subprocess
+    import sys
+    import time
+
+    from jinabatch.load.ledger import Ledger
+    from procs import job_env, toml_of
+
+    st = nights["states"]
+    ms = {"uri": "embedded", "port": milvus_server.port, "data_dir": str(tmp_path / "unused"), "collection": "killed",
+          "insert_batch_mb": 0.002}
+    first = run_load(load_config(nights, "a", ms), progress=False)
+    assert first.mode == "bulk"
+    client = MilvusClient(milvus_server.uri)
+    assert_holds(client, "killed", st[0])
+    cfg = tmp_path / "big.toml"
+    cfg.write_text(toml_of({**nights["data"]["big"], "milvus": ms}))
+    cmd = [sys.executable, str(REPO / "jobs" / "load.py"), str(cfg), "--no-progress"]
+    ledger = Ledger(client, "killed")
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=job_env(jina_key), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while (e := ledger.get(first.physical)) is None or e.pending is None:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        proc.kill()
+        proc.wait(30)
+    entry = ledger.get(first.physical)
+    assert entry.pending is not None and entry.pending.op == "apply", "the kill came after the load had finished"
+    p = subprocess.run(cmd, env=job_env(jina_key), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads(p.stdout.strip().splitlines()[-1])
+    assert rep["how"] == "in place" and rep["rows"] == len(nights["big"])
+    assert_holds(client, "killed", nights["big"])
+    assert ledger.get(first.physical).pending is None
+    back = subprocess.run([*cmd, "--rollback"], env=job_env(jina_key), capture_output=True, text=True, timeout=300)
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert_holds(client, "killed", st[0])
     client.close()
