@@ -14,6 +14,7 @@ from jinabatch.embed.compact import compact
 from jinabatch.embed.driver import run_embed
 from jinabatch.embed.plan import plan_corpus
 from jinabatch.local_api import fakemodel
+from jinabatch.observe.status import format_status, read_status
 from jinabatch.storage import Storage
 from refresh_gen import evolve
 
@@ -87,6 +88,11 @@ def test_a_refresh_that_changed_nothing_sends_nothing_writes_no_shard_and_says_s
     d, e = (json.loads((tmp / x / "_chain.json").read_text()) for x in "de")
     assert e["state"] == d["state"] and e["rows_written"] == 0 and e["deleted"] == 0 and rep.finished
     assert "nothing changed" in rep.summary()
+    lines = format_status(read_status(Storage.open(tmp / "e")))
+    assert "refresh  delta of " + str(tmp / "d") + " (chain of 5): " in lines and "; nothing changed" in lines
+    d_lines = format_status(read_status(Storage.open(tmp / "d")))
+    ch = json.loads((tmp / "d" / "_chain.json").read_text())
+    assert f"{ch['new']:,} new, {ch['changed']:,} changed, {ch['deleted']:,} deleted" in d_lines
 
 
 def test_compaction_of_the_chain_equals_a_full_run_row_for_row(chain):

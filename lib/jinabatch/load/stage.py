@@ -306,7 +306,7 @@ def _rollback(target: Target, alias: str) -> LoadReport:
     _release_quietly(client, current)
     log.info("rolled back alias %s: %s -> %s", alias, current, back.name)
     return LoadReport(collection=alias, physical=back.name, rows=int(back.props.get(PROP + "rows", 0)), mode="rollback",
-                      seconds=0.0, previous=current)
+                      seconds=0.0, previous=current, how="alias moved back")
 
 
 def _drop_quietly(client, name: str) -> None:

@@ -171,7 +171,8 @@ class LoadReport(Record):
     physical: str  # the collection it now points at
     rows: int
     mode: str  # "bulk" | "insert" | "rollback" | "upsert" (a delta applied in place)
-    how: str = "new collection"  # "new collection" | "in place" | "unchanged" (a delta that changed nothing)
+    how: str = "new collection"  # "new collection" | "in place" | "unchanged" (a delta that changed nothing) |
+    # "alias moved back" (the rollback of a whole load)
     rows_sent: int = 0  # rows written to Milvus (imported, inserted or upserted)
     rows_deleted: int = 0  # ids deleted in place
     state: str = ""  # the chain state the collection holds now (load.ledger)
