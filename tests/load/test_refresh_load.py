@@ -168,3 +168,39 @@ def test_on_milvus_standalone_a_load_killed_halfway_through_a_delta_is_finished_
     assert back.returncode == 0, back.stderr[-3000:]
     assert_holds(client, "killed", st[0])
     client.close()
+
+
+def test_the_nightly_refresh_command_chains_nights_and_catches_up_a_night_whose_load_failed(nights, tmp_path):
+    """jinabatch refresh, night after night over one corpus folder: the first night loads a new collection, the next
+    apply in place; a night whose load never ran (embedded, _latest.json moved, then the job died) is applied by the
+    next night's catch-up before its own delta."""
+    import shutil
+
+    from jinabatch.cli.refresh import LATEST, refresh
+
+    st, corpus, root = nights["states"], tmp_path / "corpus", tmp_path / "nightly"
+    data = {**nights["data"]["a"], "milvus": {"uri": str(tmp_path / "lite.db"), "collection": "cron"}}
+    data["corpus"] = {**data["corpus"], "path": str(corpus)}
+    data["output"] = {"path": str(tmp_path / "unused")}
+    cfg = parse_config(data)
+    client = MilvusClient(str(tmp_path / "lite.db"))
+    for night in range(4):
+        shutil.rmtree(corpus, ignore_errors=True)
+        shutil.copytree(nights["tmp"] / f"v{night}", corpus)
+        if night == 2:  # the embed finished, the job died before its load
+            from jinabatch.embed.driver import run_embed
+
+            two = cfg.model_copy(update={"output": cfg.output.model_copy(update={
+                "path": str(root / "n2"), "previous": str(root / "n1")})})
+            run_embed(two, progress=False)
+            (root / LATEST).write_text(json.dumps({"uri": str(root / "n2")}))
+            assert_holds(client, "cron", st[1])
+            continue
+        done = refresh(cfg, str(root), f"n{night}", progress=False)
+        assert done["load"]["how"] == ("new collection" if night == 0 else "in place")
+        assert done["chain"]["kind"] == ("full" if night == 0 else "delta")
+        assert_holds(client, "cron", st[night])
+    again = refresh(cfg, str(root), "n3", progress=False)  # the same night rerun: nothing sent, nothing written
+    assert again["load"]["how"] == "unchanged" and again["previous"] == str(root / "n2")
+    assert_holds(client, "cron", st[3])
+    client.close()

@@ -34,6 +34,7 @@ class Ledger:
 
     def __init__(self, client: MilvusClient, alias: str):
         self.client, self.name = client, ledger_name(alias)
+        self._loaded = False
 
     def _ensure(self) -> None:
         if self.client.has_collection(self.name):
@@ -51,7 +52,9 @@ class Ledger:
         """The entry of ``physical`` (None: loaded before collections recorded their chain, or not ours)."""
         if not self.client.has_collection(self.name):
             return None
-        self.client.load_collection(self.name)
+        if not self._loaded:
+            self.client.load_collection(self.name)
+            self._loaded = True
         rows = self.client.query(self.name, filter=f'key == "{physical}"', output_fields=["record"],
                                  consistency_level="Strong")
         return LedgerEntry.model_validate(json.loads(rows[0]["record"])) if rows else None
@@ -61,5 +64,6 @@ class Ledger:
         self._ensure()
         entry.applied = entry.applied[-KEEP_APPLIED:]
         record = json.dumps(entry.to_json(), sort_keys=True)
+        # no flush: an acknowledged upsert is in Milvus's log (durable) and a Strong read sees it; a flush would
+        # seal a segment per write and cost seconds
         self.client.upsert(self.name, [{"key": entry.physical, "record": record, "v": [0.0, 0.0]}])
-        self.client.flush(self.name)
