@@ -204,3 +204,27 @@ def test_the_nightly_refresh_command_chains_nights_and_catches_up_a_night_whose_
     assert again["load"]["how"] == "unchanged" and again["previous"] == str(root / "n2")
     assert_holds(client, "cron", st[3])
     client.close()
+
+
+def test_a_corpus_that_deleted_every_row_empties_the_collection_in_place_and_rolls_back(nights, tmp_path):
+    """Night 1 deletes every row (its file holds none): the delta sends nothing, deletes every id, and the
+    collection behind the alias ends empty, verified; the rollback brings every row back."""
+    import pyarrow.parquet as pq
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    table = pq.read_table(nights["tmp"] / "v0" / "part-000.parquet").slice(0, 0)
+    pq.write_table(table, empty / "part-000.parquet")
+    ms = {"uri": str(tmp_path / "lite.db"), "collection": "gone"}
+    run_load(load_config(nights, "a", ms), progress=False)
+    data = {**nights["data"]["a"], "corpus": {**nights["data"]["a"]["corpus"], "path": str(empty)},
+            "output": {"path": str(tmp_path / "none"), "previous": str(nights["tmp"] / "a")}, "milvus": ms}
+    rep = run_embed(parse_config(data), progress=False)
+    assert rep.finished and rep.tokens == 0 and rep.chain.deleted == len(nights["states"][0]) and rep.chain.rows == 0
+    load = run_load(parse_config(data), progress=False)
+    assert (load.how, load.rows, load.rows_deleted, load.rows_sent) == ("in place", 0, len(nights["states"][0]), 0)
+    client = MilvusClient(ms["uri"])
+    assert client.query("gone", filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"] == 0
+    run_load(parse_config(data), rollback=True, progress=False)
+    assert_holds(client, "gone", nights["states"][0])
+    client.close()
