@@ -50,6 +50,9 @@ def chain(ray_local, jina_key, tmp_path_factory):
             reps[out] = run_embed(cfg(night, out, previous=str(tmp / prev) if prev else None), progress=False)
             spent[out] = srv.stats()["tokens"] - before
         reps["f"] = run_embed(cfg(3, "f"), progress=False)
+        before = srv.stats()["tokens"]  # a full output made against the chain (vectors copied from every member)
+        reps["k"] = run_embed(cfg(3, "k", previous=str(tmp / "c"), write="full"), progress=False)
+        spent["k"] = srv.stats()["tokens"] - before
         yield {"tmp": tmp, "nights": nights, "reps": reps, "spent": spent, "cfg": cfg}
 
 
@@ -123,3 +126,14 @@ def test_the_chain_join_on_ray_data_equals_the_in_process_one(chain):
         a, b = pq.read_table(tmp / "d" / sub), pq.read_table(tmp / "h" / sub)
         key = "pos" if "reuse" in sub else "id"
         assert a.sort_by(key).equals(b.sort_by(key)), sub
+
+
+def test_a_full_output_made_against_a_chain_copies_every_vector_from_the_member_holding_it(chain):
+    """output.write = "full" with output.previous = a delta (chain of 3): the same rows and exact vectors as a run
+    from scratch, and only night 3's new and changed rows sent."""
+    tmp = chain["tmp"]
+    k, f = read_output(tmp / "k").sort_by("id"), read_output(tmp / "f").sort_by("id")
+    assert k.column("id").to_pylist() == f.column("id").to_pylist()
+    assert np.array_equal(np.asarray(k.column("embedding").to_pylist(), np.float32),
+                          np.asarray(f.column("embedding").to_pylist(), np.float32))
+    assert chain["spent"]["k"] <= chain["spent"]["d"] + 20 and chain["reps"]["k"].chain.kind == "full"
