@@ -163,6 +163,8 @@ def _prior_rows(st: Storage, settings: StorageSettings, prior: pa.Table) -> pa.T
 def undo_delta(target: Target, ms: MilvusSettings, settings: StorageSettings) -> LoadReport | None:
     """Roll back the last in-place load of the alias's collection (or finish an undo a killed rollback started);
     None when its last load was a whole one (the alias then moves back, as for any full load)."""
+    if alias_target(target.client, ms.collection) is None:
+        return None  # nothing behind the alias: the alias rollback says so
     col = _Collection(target, ms.collection)
     e = col.entry
     if e is None or (e.pending is None and not e.applied):
