@@ -99,6 +99,12 @@ def test_a_chain_of_deltas_applies_in_place_verified_and_rolls_back_step_by_step
     assert_holds(client, "nightly", st[2])
     with pytest.raises(LoadError, match="refused"):  # night 1's delta is not a delta of night 2
         run_load(load_config(nights, "b", ms), progress=False)
+    run_load(load_config(nights, "d", ms), rollback=True, progress=False)  # undo c: the collection holds night 1
+    run_load(load_config(nights, "d", ms), rollback=True, progress=False)  # and b: night 0
+    assert_holds(client, "nightly", st[0])
+    caught = run_load(load_config(nights, "d", ms), progress=False)  # b, c and d applied in order, each verified
+    assert caught.how == "in place" and caught.rows_sent == sum(_chain(nights, x)["rows_written"] for x in "bcd")
+    assert_holds(client, "nightly", st[3])
     client.close()
 
 

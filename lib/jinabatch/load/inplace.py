@@ -2,7 +2,8 @@
 
 ``apply_delta`` — only onto the collection the alias serves, and only if that collection holds the state the delta
 was made against (``load.ledger``); otherwise it stops naming both (``jinabatch load --full`` loads the chain into
-a new collection instead). Then:
+a new collection instead). ``apply_chain`` first applies, in order, the deltas of the chain the collection does not
+hold yet (nights whose load never ran). Then, for each:
 
     ledger: pending apply        a rerun after a crash finishes this same apply
     upsert the delta's rows      new and changed rows; upsert replaces a primary key, so never two rows per id
@@ -47,7 +48,7 @@ from .milvus import PROP, Target, alias_target, delete_ids, upsert_batch, upsert
 from .schema import ShardFile
 from .verify import absent, compare_rows, count_rows, verify_sample
 
-__all__ = ["apply_delta", "undo_delta", "delta_shards"]
+__all__ = ["apply_delta", "apply_chain", "undo_delta", "delta_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def _check_applicable(col: _Collection, alias: str, out: Storage, rec: ChainReco
     if e.state != rec.of_state:
         raise LoadError(f"{out.uri} is a delta of {rec.of_output.uri if rec.of_output else '?'} (state "
                         f"{rec.of_state}), but alias {alias!r} serves {col.name}, which holds state {e.state} (loaded "
-                        f"from {e.source}): refused — load the deltas in between in order, or load this one into a "
-                        "new collection with `jinabatch load --full`")
+                        f"from {e.source}), a state its chain never had: refused — load this one into a new "
+                        "collection with `jinabatch load --full`, or point the alias at a collection of this chain")
     return True
 
 
@@ -134,6 +135,28 @@ def apply_delta(target: Target, ms: MilvusSettings, out: Storage, rec: ChainReco
                       previous=col.name, rows_sent=sent, rows_deleted=len(deleted), state=rec.state, delta=delta,
                       verified_ids=checked, phases=[{"phase": "upsert + delete", "seconds": round(t_write, 3)},
                                                     {"phase": "verify", "seconds": round(time.monotonic() - t0 - t_write, 3)}])
+
+
+def apply_chain(target: Target, ms: MilvusSettings, out: Storage, rec: ChainRecord, settings: StorageSettings,
+                progress: bool) -> LoadReport:
+    """Apply the delta ``out`` in place, after the deltas of its chain the collection does not hold yet (a night
+    whose load never ran), each verified in turn; the report is the last one's, with every write counted."""
+    col = _Collection(target, ms.collection)
+    todo = [(out, rec)]
+    e = col.entry
+    if e is not None and (e.pending is None or e.pending.op == "apply"):
+        have = e.pending.delta.of_state if e.pending is not None else e.state
+        members = chain_members(out, settings)
+        at = [i for i, (_, m) in enumerate(members) if m.state == have]
+        if at and at[-1] < len(members) - 1:
+            todo = members[at[-1] + 1:]
+            if len(todo) > 1:
+                log.info("%s holds %s's state: applying %d deltas in order up to %s", col.name,
+                         members[at[-1]][0].uri, len(todo), out.uri)
+    reports = [apply_delta(target, ms, st, r, progress) for st, r in todo]
+    last = reports[-1]
+    last.rows_sent, last.rows_deleted = sum(r.rows_sent for r in reports), sum(r.rows_deleted for r in reports)
+    return last
 
 
 def _verify(target: Target, col: _Collection, rows: int, why: str, sample, gone: list, gone_why: str) -> int:

@@ -45,7 +45,7 @@ from ..storage import Storage
 from ..embed.chain import read_chain
 from ..observe.records import LedgerEntry
 from .importfiles import ImportFiles
-from .inplace import apply_delta, undo_delta
+from .inplace import apply_chain, undo_delta
 from .ledger import Ledger
 from .milvus import (
     PROP,
@@ -102,7 +102,7 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
         if rollback:
             report = undo_delta(target, ms, config.storage) or _rollback(target, ms.collection)
         elif in_place:
-            report = apply_delta(target, ms, out, chain, progress)
+            report = apply_chain(target, ms, out, chain, config.storage, progress)
         else:
             report = _load(target, inp, ms, progress)
     report.seconds = round(time.monotonic() - t0, 3)
