@@ -209,6 +209,7 @@ def test_the_nightly_refresh_command_chains_nights_and_catches_up_a_night_whose_
     again = refresh(cfg, str(root), "n3", progress=False)  # the same night rerun: nothing sent, nothing written
     assert again["load"]["how"] == "unchanged" and again["previous"] == str(root / "n2")
     assert_holds(client, "cron", st[3])
+    assert len(physicals(client, "cron")) == 1  # one collection for every night
     client.close()
 
 

@@ -42,6 +42,23 @@ def _previous(root, out_uri: str, settings) -> str | None:
     return rec.of_output.uri if rec is not None and rec.of_output is not None else None
 
 
+def _catch_up(cfg, progress: bool) -> None:
+    """Load ``cfg``'s output (the last finished night) unless the alias holds it: a delta in place (a no-op when
+    held), a full output only when the alias serves something else (a rerun would build a new collection)."""
+    from ..embed.chain import read_chain
+    from ..load.inplace import held_state
+    from ..load.milvus import connect
+    from ..load.stage import run_load
+    from ..storage import Storage
+
+    rec = read_chain(Storage.open(cfg.output.path, cfg.storage))
+    with connect(cfg.milvus, cfg.storage) as target:
+        if rec is not None and rec.kind == "full" and held_state(target, cfg.milvus.collection) == rec.state:
+            return
+        caught = run_load(cfg, progress=progress, target=target)
+    log.info("catch-up load of %s: %s", cfg.output.path, caught.how)
+
+
 def refresh(cfg, root_uri: str, night: str, progress: bool) -> dict:
     from ..embed.driver import run_embed
     from ..errors import JinaBatchError
@@ -53,9 +70,7 @@ def refresh(cfg, root_uri: str, night: str, progress: bool) -> dict:
     prev = _previous(root, out_uri, cfg.storage)
     rerun = (root.read_json(LATEST) or {}).get("uri") == out_uri  # tonight's embed finished before: no catch-up
     if prev is not None and not rerun:  # catch up: a night whose load failed is applied before tonight's delta of it
-        caught = run_load(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": prev})}),
-                          progress=progress)
-        log.info("catch-up load of %s: %s", prev, caught.how)
+        _catch_up(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": prev})}), progress)
     tonight = cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": out_uri, "previous": prev})})
     rep = run_embed(tonight, progress=progress)
     if not rep.finished:

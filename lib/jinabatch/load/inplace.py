@@ -48,7 +48,7 @@ from .milvus import PROP, Target, alias_target, delete_ids, upsert_batch, upsert
 from .schema import ShardFile
 from .verify import absent, compare_rows, count_rows, verify_sample
 
-__all__ = ["apply_delta", "apply_chain", "undo_delta", "delta_shards"]
+__all__ = ["apply_delta", "apply_chain", "undo_delta", "held_state", "delta_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,14 @@ def apply_delta(target: Target, ms: MilvusSettings, out: Storage, rec: ChainReco
                       previous=col.name, rows_sent=sent, rows_deleted=len(deleted), state=rec.state, delta=delta,
                       verified_ids=checked, phases=[{"phase": "upsert + delete", "seconds": round(t_write, 3)},
                                                     {"phase": "verify", "seconds": round(time.monotonic() - t0 - t_write, 3)}])
+
+
+def held_state(target: Target, alias: str) -> str | None:
+    """The chain state the collection behind ``alias`` holds (None: no alias, or no record of it)."""
+    if alias_target(target.client, alias) is None:
+        return None
+    e = _Collection(target, alias).entry
+    return e.state if e is not None and e.pending is None else None
 
 
 def apply_chain(target: Target, ms: MilvusSettings, out: Storage, rec: ChainRecord, settings: StorageSettings,
