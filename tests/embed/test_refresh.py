@@ -68,7 +68,7 @@ def test_a_delta_holds_only_new_and_changed_rows_and_the_deleted_ids(chain, nigh
     prev = {"b": "a", "c": "b", "d": "c"}[out]
     assert rec["kind"] == "delta" and rec["of_output"]["uri"] == str(tmp / prev)
     assert [m["uri"] for m in rec["members"]] == [str(tmp / x) for x in "abcd"[: night + 1]]
-    assert (rec["new"], rec["changed"], rec["deleted"]) == (len(what["new"]), len(what["changed"]), len(what["deleted"]))
+    assert (rec["new"], rec["changed"], rec["deleted"]) == tuple(len(what[k]) for k in ("new", "changed", "deleted"))
     assert rec["rows"] == len(rows) and rec["rows_before"] == len(chain["nights"][night - 1][0])
     assert rec["rows_written"] == table.num_rows and rec["bytes_written"] > 0
     rep = chain["reps"][out]

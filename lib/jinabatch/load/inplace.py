@@ -123,18 +123,19 @@ def apply_delta(target: Target, ms: MilvusSettings, out: Storage, rec: ChainReco
         sent = upsert_shards(target, col.name, shards, col.dim, ms.insert_batch_mb, bar.update, col.dynamic)
     delete_ids(target, col.name, deleted)
     t_write = time.monotonic() - t0
-    checked = _verify(target, col, rec.rows, f"{rec.rows_before} + {rec.new} added − {rec.deleted} deleted by {out.uri}",
-                      lambda: verify_sample(target.client, col.name, shards, col.id_name, col.carried) if shards else None,
-                      deleted, "the delta deleted it")
+    why = f"{rec.rows_before} + {rec.new} added − {rec.deleted} deleted by {out.uri}"
+    checked = _verify(target, col, rec.rows, why, lambda: verify_sample(
+        target.client, col.name, shards, col.id_name, col.carried) if shards else None, deleted, "the delta deleted it")
     entry = LedgerEntry(physical=col.name, state=rec.state, rows=rec.rows, source=out.uri,
                         applied=[*col.entry.applied, delta])
     col.ledger.put(entry)
     log.info("applied %s in place to %s: %d rows upserted, %d deleted, %d rows now (writes %.1fs)", out.uri, col.name,
              sent, len(deleted), rec.rows, t_write)
+    phases = [{"phase": "upsert + delete", "seconds": round(t_write, 3)},
+              {"phase": "verify", "seconds": round(time.monotonic() - t0 - t_write, 3)}]
     return LoadReport(collection=alias, physical=col.name, rows=rec.rows, mode="upsert", how="in place", seconds=0.0,
                       previous=col.name, rows_sent=sent, rows_deleted=len(deleted), state=rec.state, delta=delta,
-                      verified_ids=checked, phases=[{"phase": "upsert + delete", "seconds": round(t_write, 3)},
-                                                    {"phase": "verify", "seconds": round(time.monotonic() - t0 - t_write, 3)}])
+                      verified_ids=checked, phases=phases)
 
 
 def held_state(target: Target, alias: str) -> str | None:
@@ -171,8 +172,8 @@ def _verify(target: Target, col: _Collection, rows: int, why: str, sample, gone:
     """count(*) == ``rows`` (``why`` says where that comes from), ``sample()`` rows equal, ``gone`` ids absent."""
     got = count_rows(target.client, col.name)
     if got != rows:
-        raise LoadError(f"{col.name} holds {got} rows but must hold {rows} ({why}); the in-place load is unverified — "
-                        "rerun it (it finishes the same writes) or roll back")
+        raise LoadError(f"{col.name} holds {got} rows but must hold {rows} ({why}); the in-place load is "
+                        "unverified — rerun it (it finishes the same writes) or roll back")
     checked = sample()
     n = absent(target.client, col.name, gone, col.id_name, gone_why)
     return (checked.ids if checked is not None else 0) + n
