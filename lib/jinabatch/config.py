@@ -256,6 +256,9 @@ class OutputSettings(_Section):
     # a finished output of an earlier run (local or s3://): rows whose (id, text) are unchanged under the same
     # embedding key carry their vectors over instead of being sent again
     previous: str | None = None
+    # with ``previous`` under the same embedding key: "delta" writes only new and changed rows, the ids deleted
+    # since ``previous`` and a reference to it (a chain of refreshes, loaded in place); "full" writes every row
+    write: Literal["delta", "full"] = "delta"
 
 
 class IndexSettings(_Section):

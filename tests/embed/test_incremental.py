@@ -63,9 +63,9 @@ def incremental(ray_local, jina_key, tmp_path_factory):
                                             output={"path": str(out), **output}))
 
         full1 = run_embed(cfg(tmp / "v1", tmp / "a"), progress=False)
-        plan_view, _ = preview(cfg(tmp / "v2", tmp / "b", previous=str(tmp / "a")))
+        plan_view, _ = preview(cfg(tmp / "v2", tmp / "b", previous=str(tmp / "a"), write="full"))
         before = srv.stats()["tokens"]
-        inc = run_embed(cfg(tmp / "v2", tmp / "b", previous=str(tmp / "a")), progress=False)
+        inc = run_embed(cfg(tmp / "v2", tmp / "b", previous=str(tmp / "a"), write="full"), progress=False)
         inc_tokens = srv.stats()["tokens"] - before
         full2 = run_embed(cfg(tmp / "v2", tmp / "c"), progress=False)
         yield {"tmp": tmp, "rows": rows2, "what": what, "full1": full1, "inc": inc, "inc_tokens": inc_tokens,
@@ -108,7 +108,7 @@ def test_plan_shows_the_incremental_counts_and_tokens_before_spending_them(incre
 def test_another_dimension_re_embeds_everything_and_says_why(incremental, jina_server):
     """output.previous made at 64 dims, this run at 128: nothing reused, the report says the key changed."""
     tmp, cfg = incremental["tmp"], incremental["cfg"]
-    base = cfg(tmp / "v2", tmp / "d", previous=str(tmp / "a")).model_dump(exclude={"source"})
+    base = cfg(tmp / "v2", tmp / "d", previous=str(tmp / "a"), write="full").model_dump(exclude={"source"})
     base["jina"]["dimensions"] = 128
     other = parse_config(base)
     p = plan_corpus(other, Storage.open(tmp / "d"))
@@ -119,7 +119,7 @@ def test_another_dimension_re_embeds_everything_and_says_why(incremental, jina_s
 def test_ray_data_join_matches_the_in_process_join(incremental, local_max_rows):
     """The distributed join (Ray Data) writes the same reuse table and counts as the in-process one."""
     tmp, cfg = incremental["tmp"], incremental["cfg"]
-    c = cfg(tmp / "v2", tmp / "e", previous=str(tmp / "a"))
+    c = cfg(tmp / "v2", tmp / "e", previous=str(tmp / "a"), write="full")
     on_ray = plan_corpus(c, Storage.open(tmp / "e"), local_max_rows=local_max_rows)
     assert on_ray.reuse.to_dict() == incremental["inc"].incremental
     a = pq.read_table(tmp / "b" / "_plan" / "reuse.parquet")

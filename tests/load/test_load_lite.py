@@ -122,7 +122,8 @@ def test_upsert_batches_stay_under_insert_batch_mb(tmp_path, lite, milvus_config
     real = MilvusClient.upsert
 
     def spy(self, name, data, *a, **kw):
-        sizes.append(sum(len(r["embedding"]) * 4 + len(r["text"]) + len(r["id"]) for r in data))
+        if not name.endswith("__jinabatch_ledger"):  # the load's own record of what the collection holds
+            sizes.append(sum(len(r["embedding"]) * 4 + len(r["text"]) + len(r["id"]) for r in data))
         return real(self, name, data, *a, **kw)
 
     monkeypatch.setattr(MilvusClient, "upsert", spy)

@@ -1,6 +1,6 @@
 """The ``jinabatch`` command: one installed entry point, a subcommand per stage.
 
-    jinabatch run|plan|embed|load|search|status|serve [ARGS...]     (also: python -m jinabatch ...)
+    jinabatch run|plan|embed|load|refresh|compact|search|status|serve [ARGS...]     (also: python -m jinabatch ...)
 
 Each subcommand is a module here with ``main(argv) -> int`` and its own ``--help``; ``jobs/<stage>.py`` are thin
 wrappers calling the same ``main`` (what ``ray job submit -- python jobs/...`` runs from a checkout). Every command
@@ -20,6 +20,8 @@ COMMANDS = {  # name -> what it does (the module jinabatch.cli.<name> runs it)
     "embed": "the embed stage (rerun to resume)",
     "load": "load the embed output into Milvus behind the alias (or roll back, or serve the embedded Milvus)",
     "search": "top-k rows of the alias for a query (or compare it with another collection)",
+    "refresh": "one scheduled refresh: a delta of the last night, applied in place (what a cron job runs)",
+    "compact": "fold a chain of refreshes (a full output and its deltas) into one full output",
     "status": "status of a running or finished embed run, from its output",
     "serve": "the local Jina-compatible embeddings server, in the foreground",
 }

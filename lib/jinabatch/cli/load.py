@@ -3,7 +3,11 @@ server, batched upsert on Milvus Lite) and verified (row count, sampled vectors)
 ``milvus.collection`` pointed at it.
 
     jinabatch load CONFIG                load; the alias moves only if the load is verified
-    jinabatch load CONFIG --rollback     point the alias back at the previous collection
+    jinabatch load CONFIG --rollback     undo the last load: an in-place delta is undone in place (changed rows get
+                                         their old vectors, added rows go, deleted rows return), a whole load
+                                         points the alias back at the previous collection
+    jinabatch load CONFIG --full         a delta output: fold its chain into one output and load that into a new
+                                         collection (instead of applying the delta in place)
     jinabatch load CONFIG --serve        keep the embedded Milvus server (uri = "embedded") running until Ctrl+C,
                                          so search and other clients can use it
 
@@ -34,6 +38,9 @@ def progress_bar(args: argparse.Namespace) -> bool:
 
 def load_summary(rep) -> str:
     """One line for people about a finished load (``rep``: its ``LoadReport``)."""
+    if rep.how != "new collection":
+        return (f"load: {rep.how} on {rep.physical} ({rep.mode}, {rep.seconds:.1f}s): {rep.rows_sent} rows sent, "
+                f"{rep.rows_deleted} deleted, {rep.rows} rows now behind alias {rep.collection!r}")
     return (f"load: {rep.rows} rows into {rep.physical} ({rep.mode}, {rep.seconds:.1f}s), alias {rep.collection!r} "
             f"now points at it (was {rep.previous}); dropped {rep.dropped or 'none'}")
 
@@ -67,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     what = ap.add_mutually_exclusive_group()
     what.add_argument("--rollback", action="store_true", help="point the alias back at the previous collection")
     what.add_argument("--serve", action="store_true", help="run the embedded Milvus server until Ctrl+C")
+    what.add_argument("--full", action="store_true",
+                      help="a delta output: load its whole chain into a new collection instead of in place")
     ap.add_argument("--output", help="override output.path (the embed output folder to load)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -79,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_of(args)
         if args.serve:
             return _serve(cfg)
-        print(json.dumps(run_load(cfg, rollback=args.rollback, progress=progress_bar(args)).to_json()))
+        print(json.dumps(run_load(cfg, rollback=args.rollback, full=args.full,
+                                  progress=progress_bar(args)).to_json()))
         return 0
 
     return run_main(go)

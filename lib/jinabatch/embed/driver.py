@@ -42,6 +42,7 @@ from .chunking import check_late_chunking
 from .coordinator import Coordinator
 from .estimate import estimate_run
 from .plan import Plan, Shard, plan_corpus
+from .refresh import finish_chain, unchanged_shards
 from .resume import find_finished
 from .result import ShardResult
 from .task import shard_task
@@ -131,6 +132,17 @@ def _skip_finished(config: Config, plan: Plan, out: Storage, rep: EmbedReport) -
     return [s for s in plan.shards if s.index not in resume.done], skipped
 
 
+def _drop_unchanged(config: Config, plan: Plan, out: Storage, rep: EmbedReport, todo: list[Shard],
+                    skipped: list[ShardRecord]) -> tuple[list[Shard], list[ShardRecord]]:
+    """A delta's shards with nothing changed are done without a task (embed.refresh)."""
+    unchanged = unchanged_shards(config, plan, out, todo)
+    for r in unchanged:
+        rep.add_shard(r)
+    rep.shards_skipped += len(unchanged)
+    done = {r.shard for r in unchanged}
+    return [s for s in todo if s.index not in done], skipped + unchanged
+
+
 def run_embed(config: Config, *, progress: bool | str = True) -> EmbedReport:
     """Run the embed stage; returns the report (also written to ``output.path/_report.json``). ``progress``: as
     ``jinabatch.observe.progress.make_progress`` takes it (True: a bar on a terminal, lines elsewhere)."""
@@ -155,6 +167,7 @@ def run_embed(config: Config, *, progress: bool | str = True) -> EmbedReport:
         _check_output(config, out)
         rep = _new_report(config, plan, out)
         todo, skipped = _skip_finished(config, plan, out, rep)
+        todo, skipped = _drop_unchanged(config, plan, out, rep, todo, skipped)
         runlog = RunLog(out, _run_meta(config, plan, out, todo))
         runlog.start(skipped)
         window, fatal = 0.0, None
@@ -170,6 +183,8 @@ def run_embed(config: Config, *, progress: bool | str = True) -> EmbedReport:
     rep.finish_rates(window, tpm=config.limits.tpm, rpm=config.limits.rpm)
     rep.finished = rep.shards_failed == 0 and fatal is None
     rep.rows_in = plan.rows  # the corpus's rows, also when shards failed
+    if rep.finished:
+        finish_chain(config, plan, out, rep)  # _chain.json: full output or delta (embed.refresh)
     rep.write(out)
     runlog.finish(rep, "finished" if rep.finished else "failed")
     if fatal is not None:

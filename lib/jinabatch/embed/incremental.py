@@ -24,7 +24,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ContextManager
 
 import numpy as np
@@ -36,16 +36,17 @@ from ..config import Config, StorageSettings
 from ..errors import ConfigError
 from ..observe.report import EmbedReport
 from ..storage import Storage
+from .chain import DELETED, PRIOR, chain_members, decode, locate, member_codes, member_items, write_table
 from .corpus import CorpusFile
 from .dedup import DUPLICATES, LOCAL_MAX_ROWS, SHUFFLE_BATCH_BYTES
 
-__all__ = ["text_hash", "text_hashes", "Reuse", "plan_reuse", "read_reuse", "PrevVectors", "REUSE", "HASH_COLUMN"]
+__all__ = ["text_hash", "text_hashes", "Reuse", "plan_reuse", "read_reuse", "PrevVectors", "member_side", "REUSE",
+           "HASH_COLUMN"]
 
 log = logging.getLogger("jinabatch.embed")
 
 REUSE = "_plan/reuse.parquet"
 HASH_COLUMN = "text_hash"
-_LOC_BITS = 32  # loc = previous shard index << 32 | row in that shard
 _BIG = np.iinfo(np.int64).max
 _SMALL = np.iinfo(np.int64).min
 
@@ -71,6 +72,12 @@ class Reuse:
     new: int = 0
     dropped: int = 0
     note: str = ""  # why nothing is reused, when that is the case
+    kind: str = "full"  # "delta": the output holds only new and changed rows (embed.chain)
+    chain_length: int = 0  # outputs in output.previous's chain
+    of_id: str = ""  # output.previous's id and state (embed.chain)
+    of_state: str = ""
+    rows_before: int = 0  # rows of output.previous's state
+    members: list = field(default_factory=list)  # output.previous's chain, base first ({uri, id})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +115,7 @@ def _corpus_groups(files: list[CorpusFile]) -> Iterator[dict[str, Any]]:
     for f in files:
         pos = f.offset
         for rg, n in enumerate(f.row_groups):
-            yield {"side": 0, "uri": f.uri, "rg": rg, "pos0": pos, "shard": -1}
+            yield {"side": 0, "uri": f.uri, "rg": rg, "pos0": pos, "shard": -1, "member": 0}
             pos += n
 
 
@@ -118,8 +125,9 @@ def _open(uri: str, settings: StorageSettings) -> pq.ParquetFile:
 
 
 def _read_side(item: dict[str, Any], id_column: str, text_column: str, settings: StorageSettings,
-               skip: np.ndarray) -> pa.Table:
-    """(id, hc, hp, pos, loc): corpus rows carry their hash in hc and position in pos; previous rows in hp/loc."""
+               skip: np.ndarray, id_type: pa.DataType | None = None) -> pa.Table:
+    """(id, pos, hc, pa, pb, pl): corpus rows carry their position in pos and hash in hc; a chain member's rows
+    (or deleted ids) their codes in pa/pb/pl (embed.chain)."""
     if item["side"] == 0:
         t = _open(item["uri"], settings).read_row_group(item["rg"], columns=[id_column, text_column])
         pos = np.arange(item["pos0"], item["pos0"] + t.num_rows, dtype=np.int64)
@@ -128,46 +136,62 @@ def _read_side(item: dict[str, Any], id_column: str, text_column: str, settings:
         if len(skip):  # later occurrences of a duplicated id are dead letters, never reused
             keep = pc.and_(keep, pc.invert(pc.is_in(pa.array(pos), value_set=pa.array(skip))))
         n = t.num_rows
-        table = pa.table({"id": t.column(id_column), "hc": hashes, "hp": pa.array(np.full(n, _SMALL)),
-                          "pos": pa.array(pos), "loc": pa.array(np.full(n, -1, np.int64))})
+        minus = pa.array(np.full(n, -1, np.int64))
+        table = pa.table({"id": t.column(id_column), "pos": pa.array(pos), "hc": hashes, "pa": minus, "pb": minus,
+                          "pl": minus})
         return table.filter(keep)
-    t = _open(item["uri"], settings).read(columns=[id_column, HASH_COLUMN])
+    cols = [id_column, HASH_COLUMN] if item["side"] == 1 else ["id"]
+    t = _open(item["uri"], settings).read(columns=cols)
     n = t.num_rows
-    loc = (np.int64(item["shard"]) << _LOC_BITS) + np.arange(n, dtype=np.int64)
-    return pa.table({"id": t.column(id_column), "hc": pa.array(np.full(n, _BIG)), "hp": t.column(HASH_COLUMN),
-                     "pos": pa.array(np.full(n, _BIG)), "loc": pa.array(loc)})
+    hashes = t.column(HASH_COLUMN).to_numpy(zero_copy_only=False) if item["side"] == 1 else np.zeros(n, np.int64)
+    pa_, pb_, pl = member_codes(item["member"], item["shard"] if item["side"] == 1 else -1, hashes)
+    big = pa.array(np.full(n, _BIG))
+    ids = t.column(cols[0])
+    return pa.table({"id": ids if id_type is None else ids.cast(id_type),
+                     "pos": big, "hc": big, "pa": pa.array(pa_), "pb": pa.array(pb_), "pl": pa.array(pl)})
 
 
-def _side_batch(batch: pa.Table, id_column: str, text_column: str, settings: StorageSettings, skip: list) -> pa.Table:
+def member_side(item: dict[str, Any], id_column: str, settings: StorageSettings) -> pa.Table:
+    """(id, pl) of one chain member's shard or deleted-id file (``embed.chain.member_items``)."""
+    return _read_side(item, id_column, "", settings, np.empty(0, np.int64)).select(["id", "pl"])
+
+
+def _side_batch(batch: pa.Table, id_column: str, text_column: str, settings: StorageSettings, skip: list,
+                id_type: pa.DataType) -> pa.Table:
     import ray
 
     dup = ray.get(skip[0]) if skip else np.empty(0, np.int64)
     items = batch.to_pylist()
-    return pa.concat_tables([_read_side(i, id_column, text_column, settings, dup) for i in items])
+    return pa.concat_tables([_read_side(i, id_column, text_column, settings, dup, id_type) for i in items])
 
 
-def _classify(joined: pa.Table) -> tuple[pa.Table, dict[str, int]]:
-    """From per-id (pos=Min, loc=Max, hc=Min, hp=Max): the reuse rows and the counts."""
-    in_corpus = pc.less(joined["pos"], _BIG)
-    in_prev = pc.greater_equal(joined["loc"], 0)
-    both = pc.and_(in_corpus, in_prev)
-    same = pc.and_(both, pc.equal(joined["hc"], joined["hp"]))
-    counts = {"reused": pc.sum(same).as_py() or 0,
-              "changed": pc.sum(pc.and_(both, pc.invert(same))).as_py() or 0,
-              "new": pc.sum(pc.and_(in_corpus, pc.invert(in_prev))).as_py() or 0,
-              "dropped": pc.sum(pc.and_(in_prev, pc.invert(in_corpus))).as_py() or 0}
-    rows = joined.filter(same).select(["pos", "loc"])
-    return rows, counts
+_COUNTS = ("reused", "changed", "new", "dropped")
+
+
+def _classify(joined: pa.Table) -> tuple[pa.Table, dict[str, int], pa.Table]:
+    """From per-id (pos=Min, hc=Min, pa/pb/pl=Max): the reuse rows (pos, loc), the counts, and the changes
+    (id, code, deleted): where each changed or dropped id's current row is in the chain."""
+    present, hp, _ = decode(*(joined[c].to_numpy() for c in ("pa", "pb", "pl")))
+    in_corpus = joined["pos"].to_numpy() < _BIG
+    both = in_corpus & present
+    same = both & (joined["hc"].to_numpy() == hp)
+    changed, dropped = both & ~same, present & ~in_corpus
+    counts = {"reused": int(same.sum()), "changed": int(changed.sum()), "new": int((in_corpus & ~present).sum()),
+              "dropped": int(dropped.sum())}
+    rows = pa.table({"pos": joined["pos"], "loc": joined["pl"]}).filter(pa.array(same))
+    moved = pa.array(changed | dropped)
+    changes = pa.table({"id": joined["id"], "code": joined["pl"], "deleted": pa.array(dropped)}).filter(moved)
+    return rows, counts, changes
 
 
 def _join_in_process(tables: list[pa.Table]) -> pa.Table:
     both = pa.concat_tables(tables)
-    g = both.group_by("id").aggregate([("pos", "min"), ("loc", "max"), ("hc", "min"), ("hp", "max")])
-    return g.rename_columns(["id", "pos", "loc", "hc", "hp"]).select(["pos", "loc", "hc", "hp"])
+    g = both.group_by("id").aggregate([("pos", "min"), ("hc", "min"), ("pa", "max"), ("pb", "max"), ("pl", "max")])
+    return g.rename_columns([c.rsplit("_", 1)[0] for c in g.column_names])  # pos_min -> pos
 
 
-def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray,
-                 rows: int) -> tuple[pa.Table, dict[str, int]]:
+def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray, rows: int,
+                 id_type: pa.DataType) -> tuple[pa.Table, dict[str, int], pa.Table]:
     import ray
     from ray.data import DataContext
     from ray.data.aggregate import Max, Min
@@ -181,72 +205,91 @@ def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray,
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 4, 2000)))
         sides = ds.map_batches(_side_batch, batch_size=4, batch_format="pyarrow", fn_kwargs={
             "id_column": config.corpus.id_column, "text_column": config.corpus.text_column,
-            "settings": config.storage, "skip": [ray.put(skip)]})
+            "settings": config.storage, "skip": [ray.put(skip)], "id_type": id_type})
         joined = sides.groupby("id", num_partitions=int(min(1024, max(4, rows // 2_000_000)))).aggregate(
-            Min("pos", alias_name="pos"), Max("loc", alias_name="loc"), Min("hc", alias_name="hc"),
-            Max("hp", alias_name="hp")).materialize()
-        counts = {"reused": 0, "changed": 0, "new": 0, "dropped": 0}
-        parts = []
+            Min("pos", alias_name="pos"), Min("hc", alias_name="hc"), Max("pa", alias_name="pa"),
+            Max("pb", alias_name="pb"), Max("pl", alias_name="pl")).materialize()
+        counts = dict.fromkeys(_COUNTS, 0)
+        parts, moved = [], []
         for ref in joined.to_arrow_refs():  # one block at a time: the driver holds reuse rows, never the ids
-            rows_part, c = _classify(ray.get(ref))
+            rows_part, c, changes = _classify(ray.get(ref))
             for k, v in c.items():
                 counts[k] += v
             if rows_part.num_rows:
                 parts.append(rows_part)
-        table = pa.concat_tables(parts) if parts else pa.table({"pos": pa.array([], pa.int64()),
-                                                                 "loc": pa.array([], pa.int64())})
-        return table, counts
+            if changes.num_rows:
+                moved.append(changes)
+        table = pa.concat_tables(parts) if parts else _EMPTY_REUSE
+        return table, counts, (pa.concat_tables(moved) if moved else None)
     finally:
         ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = saved
 
 
+_EMPTY_REUSE = pa.table({"pos": pa.array([], pa.int64()), "loc": pa.array([], pa.int64())})
+
+
+def _previous_items(config: Config, prev: Storage, reuse: Reuse) -> list[dict[str, Any]]:
+    """The join's items for ``output.previous``'s chain; fills in what ``reuse`` says about it."""
+    members = chain_members(prev, config.storage)
+    head = members[-1][1]
+    reuse.chain_length, reuse.of_id, reuse.of_state, reuse.rows_before = len(members), head.id, head.state, head.rows
+    reuse.members = [m.model_dump() for m in head.members]
+    items = member_items(members)
+    shard = next((i for i in items if i["side"] == 1), None)
+    if shard is not None and HASH_COLUMN not in _open(shard["uri"], config.storage).schema_arrow.names:
+        raise ConfigError(f"output.previous = {prev.uri}: its shards have no {HASH_COLUMN!r} column (written by "
+                          "an older version); embed once into a new output without output.previous")
+    return items
+
+
+def _write_changes(out: Storage, changes: pa.Table | None, id_type: pa.DataType) -> None:
+    """A delta's ``_delta/deleted.parquet`` and ``_delta/prior.parquet`` (embed.chain)."""
+    if changes is None:
+        changes = pa.table({"id": pa.array([], id_type), "code": pa.array([], pa.int64()),
+                            "deleted": pa.array([], pa.bool_())})
+    write_table(out, PRIOR, changes.sort_by("code"))
+    write_table(out, DELETED, pa.table({"id": changes.filter(changes["deleted"])["id"]}))
+
+
 def plan_reuse(config: Config, files: list[CorpusFile], out: Storage, *,
                ray_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
-               local_max_rows: int = LOCAL_MAX_ROWS) -> Reuse:
-    """Join the corpus against ``output.previous``; write ``_plan/reuse.parquet``; return the counts."""
+               local_max_rows: int = LOCAL_MAX_ROWS, id_type: pa.DataType | None = None) -> Reuse:
+    """Join the corpus against ``output.previous``'s chain; write ``_plan/reuse.parquet`` (and, for a delta,
+    ``_delta/``); return the counts."""
     prev = Storage.open(config.output.previous, config.storage)
     prev.check("output.previous")
     reuse = Reuse(prev.uri)
-    out.delete(REUSE)
+    out.delete_many([REUSE, DELETED, PRIOR])
     note = check_previous(config, prev)
     if note:
         reuse.note = note
         reuse.new = sum(f.rows for f in files)
         log.warning("output.previous = %s: %s", prev.uri, note)
         return reuse
-    shards = [f for f in prev.list("shards") if f.path.endswith(".parquet") and "/shard-" in f"/{f.path}"]
-    items = list(_corpus_groups(files))
-    for f in shards:
-        index = int(f.path.rsplit("shard-", 1)[1].split(".")[0])
-        items.append({"side": 1, "uri": prev.uri_of(f.path), "rg": -1, "pos0": 0, "shard": index})
-    if shards:
-        schema = _open(items[-1]["uri"], config.storage).schema_arrow
-        if HASH_COLUMN not in schema.names:
-            raise ConfigError(f"output.previous = {prev.uri}: its shards have no {HASH_COLUMN!r} column (written by "
-                              "an older version); embed once into a new output without output.previous")
+    reuse.kind = config.output.write
+    items = list(_corpus_groups(files)) + _previous_items(config, prev, reuse)
+    id_type = id_type or pa.int64()
     dup_table = pq.read_table(out.open_input_file(DUPLICATES), columns=["pos"]) if out.stat(DUPLICATES) else None
     skip = dup_table["pos"].to_numpy() if dup_table is not None else np.empty(0, np.int64)
     t0 = time.monotonic()
-    rows = 2 * sum(f.rows for f in files)  # corpus and previous output are about the same size
+    rows = sum(f.rows for f in files) + reuse.rows_before
     if rows <= local_max_rows:
-        tables = [_read_side(i, config.corpus.id_column, config.corpus.text_column, config.storage, skip)
+        tables = [_read_side(i, config.corpus.id_column, config.corpus.text_column, config.storage, skip, id_type)
                   for i in items]
-        table, counts = _classify(_join_in_process(tables)) if tables else (None, {})
+        table, counts, changes = _classify(_join_in_process(tables)) if tables else (_EMPTY_REUSE, {}, None)
         engine = "in process"
     else:
         with ray_context():
-            table, counts = _join_on_ray(items, config, skip, rows)
+            table, counts, changes = _join_on_ray(items, config, skip, rows, id_type)
         engine = "Ray Data"
     for k, v in counts.items():
         setattr(reuse, k, v)
-    if table is not None:
-        table = table.sort_by("pos")
-        tmp = out.local_temp(REUSE)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, row_group_size=65536)
-        out.upload(tmp, REUSE)
-    log.info("incremental join (%s) against %s: %d reused, %d changed, %d new, %d dropped in %.1fs", engine, prev.uri,
-             reuse.reused, reuse.changed, reuse.new, reuse.dropped, time.monotonic() - t0)
+    write_table(out, REUSE, table.sort_by("pos"))
+    if reuse.kind == "delta":
+        _write_changes(out, changes, id_type)
+    log.info("incremental join (%s) against %s (chain of %d): %d reused, %d changed, %d new, %d dropped in %.1fs",
+             engine, prev.uri, reuse.chain_length, reuse.reused, reuse.changed, reuse.new, reuse.dropped,
+             time.monotonic() - t0)
     return reuse
 
 
@@ -259,21 +302,23 @@ def read_reuse(out: Storage, start: int, stop: int) -> dict[int, int]:
 
 
 class PrevVectors:
-    """Vectors of the previous output's shards, read one shard file at a time and kept for the next rows."""
+    """Vectors of the previous chain's shards (a location code names the member, shard and row: embed.chain), read
+    one shard file at a time and kept for the next rows."""
 
     def __init__(self, prev_uri: str, settings: StorageSettings, keep: int = 2):
-        self.prev = Storage.open(prev_uri, settings)
+        self.members = [st for st, _ in chain_members(Storage.open(prev_uri, settings), settings)]
         self.keep = keep
-        self._cache: dict[int, np.ndarray] = {}
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     def get(self, loc: int) -> np.ndarray:
-        """The previous output's vector at ``loc`` (its shard << 32 | its row there)."""
-        shard, row = loc >> _LOC_BITS, loc & ((1 << _LOC_BITS) - 1)
-        if shard not in self._cache:
+        """The chain's vector at location code ``loc``."""
+        member, shard, row = locate(loc)
+        if (member, shard) not in self._cache:
             if len(self._cache) >= self.keep:
                 self._cache.pop(next(iter(self._cache)))
-            col = pq.read_table(self.prev.open_input_file(f"shards/shard-{shard:05d}.parquet"),
+            col = pq.read_table(self.members[member - 1].open_input_file(f"shards/shard-{shard:05d}.parquet"),
                                 columns=["embedding"]).column("embedding").combine_chunks()
             dim = len(col[0]) if len(col) else 0
-            self._cache[shard] = col.flatten().to_numpy().reshape(-1, dim) if dim else np.empty((0, 0), np.float32)
-        return self._cache[shard][row]
+            vecs = col.flatten().to_numpy().reshape(-1, dim) if dim else np.empty((0, 0), np.float32)
+            self._cache[(member, shard)] = vecs
+        return self._cache[(member, shard)][row]

@@ -42,13 +42,14 @@ from .chunking import check_late_chunking
 from .corpus import CorpusFile, inspect_files, list_corpus
 from .dedup import LOCAL_MAX_ROWS, find_duplicates
 from .documents import Span, plan_documents, read_spans
+from .chain import DELETED, PRIOR, read_chain
 from .incremental import Reuse, plan_reuse
 
 __all__ = ["Piece", "Shard", "Plan", "plan_corpus", "cut_shards", "corpus_fingerprint", "PLAN_DIR"]
 
 log = logging.getLogger("jinabatch.embed")
 PLAN_DIR = "_plan"
-PLAN_VERSION = 2
+PLAN_VERSION = 3  # 3: reuse locations name the chain member (embed.chain)
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,14 @@ def _settings(config: Config) -> dict[str, Any]:
         prev = Storage.open(config.output.previous, config.storage)
         rep = EmbedReport.read(prev)
         s["previous"] = {"uri": prev.uri, "fingerprint": rep and rep.fingerprint, "rows": rep and rep.rows_embedded,
-                         "embedding": config.embedding_key()}
+                         "embedding": config.embedding_key(), "write": config.output.write,
+                         "id": _chain_id(prev)}
     return s
+
+
+def _chain_id(prev: Storage) -> str | None:
+    rec = read_chain(prev)
+    return rec.id if rec else None
 
 
 def _schema_b64(id_type: pa.DataType, column_types: dict[str, pa.DataType]) -> str:
@@ -214,6 +221,8 @@ def _load(out: Storage, config: Config, root: Storage, fingerprint: str) -> Plan
                                                   ("uri", "fingerprint", "rows", "offset", "row_groups", "partition")))]
     column_types = {f.name: f.type for f in schema if f.name != "__id__"}
     reuse = Reuse(**meta["reuse"]) if meta.get("reuse") else None
+    if reuse is not None and reuse.kind == "delta" and (out.stat(PRIOR) is None or out.stat(DELETED) is None):
+        return None
     return Plan(root.uri, files, cut_shards(files, config.corpus.rows_per_shard, spans), schema.field("__id__").type,
                 column_types, tuple(meta.get("partition_columns", [])), int(meta["duplicates"]), fingerprint,
                 reused=True, reuse=reuse)
@@ -241,7 +250,8 @@ def plan_corpus(config: Config, out: Storage, *, ray_context: Callable[[], Conte
                                local_max_rows=local_max_rows, ray_context=ray_context)
     reuse = None
     if config.output.previous:
-        reuse = plan_reuse(config, found.files, out, ray_context=ray_context, local_max_rows=local_max_rows)
+        reuse = plan_reuse(config, found.files, out, ray_context=ray_context, local_max_rows=local_max_rows,
+                           id_type=found.id_type)
     plan = Plan(root.uri, found.files, cut_shards(found.files, cs.rows_per_shard, spans), found.id_type,
                 found.column_types, found.partition_columns, duplicates, fingerprint, reuse=reuse)
     _save(out, plan, config)

@@ -41,7 +41,8 @@ def _skipped(shard: Shard, fingerprint: str, *, embedded: int, reasons: dict[str
 
 def _from_footer(shard: Shard, fingerprint: str, meta: dict[str, Any]) -> ShardRecord:
     """The record of a shard finished by a run whose log did not say so, from its footer (``ShardWriter.commit``)."""
-    return _skipped(shard, fingerprint, embedded=int(meta["rows"]), reasons=meta.get("reasons", {}),
+    return _skipped(shard, fingerprint, embedded=int(meta.get("rows_embedded", meta["rows"])),
+                    reasons=meta.get("reasons", {}),
                     kept={k: int(meta.get(k, 0)) for k in ShardRecord.KEPT})
 
 
@@ -67,6 +68,13 @@ def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, Sha
                                              kept={k: getattr(rec, k) for k in rec.KEPT})
         else:
             check.append(shard)
+
+    for shard in plan.shards:  # a delta's shard that changed nothing has no file: the run log vouches for it
+        rec = known.get(shard.index)
+        if shard.name not in files and rec and rec.shard_key == shard.key and rec.fingerprint == fingerprint \
+                and rec.rows_embedded == rec.rows_reused and rec.rows_reused:
+            res.done[shard.index] = _skipped(shard, fingerprint, embedded=rec.rows_embedded, reasons=rec.reasons,
+                                             kept={k: getattr(rec, k) for k in rec.KEPT})
 
     def footer(shard):
         return shard, read_shard_meta(out, shard_path(shard.name))

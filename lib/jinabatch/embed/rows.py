@@ -63,6 +63,7 @@ class PendingRows:
         self.pos0 = parts[0].pos0  # a shard's rows are consecutive corpus rows
         self.vectors: dict[int, np.ndarray] = {}
         self.dead: dict[int, str] = {}
+        self.reused: set[int] = set()  # unchanged rows a delta leaves out (they stay in the chain)
         self.tasks: list[asyncio.Task] = []  # the requests its rows are in
         self.held = 0  # rows waiting in a request not sent yet (the packer's carry)
 
@@ -113,8 +114,9 @@ class ShardInput:
             groups = iter([parts] if parts else [])
         else:
             groups = _at_least(batches, READ_BATCH_ROWS)
+        copy = reuse and config.output.write == "full"  # a delta leaves unchanged rows out instead
         return cls(groups, read_duplicates(out, shard.start, shard.stop), reuse,
-                   PrevVectors(config.output.previous, config.storage) if reuse else None)
+                   PrevVectors(config.output.previous, config.storage) if copy else None)
 
     async def next_group(self, cs: CorpusSettings) -> PendingRows | None:
         """The next group, read in a thread (a file open or an object-store round trip overlaps the requests
@@ -148,10 +150,10 @@ class ShardOutput:
             self.writer.write(sub.column(cs.id_column).combine_chunks(), vecs,
                               [sub.column(c).combine_chunks() for c in cs.columns],
                               text_hashes(sub.column(cs.text_column).to_pylist()))
-        res.rows_embedded += len(good)
+        res.rows_embedded += len(good) + len(b.reused)  # a delta's unchanged rows have their vector in the chain
         res.rows_dead_letter += len(b.dead)
         if self.on_rows:
-            self.on_rows(len(good) + len(b.dead))
+            self.on_rows(len(good) + len(b.reused) + len(b.dead))
 
     def commit(self) -> ShardResult:
         """Check that the counts reconcile, then write the dead letters and move the shard file into place."""
@@ -161,8 +163,13 @@ class ShardOutput:
                                  f"dead-lettered is not the {self.shard.rows} rows it holds; nothing was written "
                                  "(a bug: please report it with the shard's pieces)")
         write_dead_letter(self.out, self.shard.name, self.dead_rows, self.id_type)
+        if not self.writer.rows and res.rows_reused:  # a delta's shard that changed nothing: no file at all
+            self.writer.abort()
+            self.out.delete(self.writer.sub)
+            return res
         # counts a resumed run reports for this shard without reading its dead letters
-        self.writer.commit(reasons=res.reasons, **{k: getattr(res, k) for k in res.KEPT})
+        self.writer.commit(reasons=res.reasons, rows_embedded=res.rows_embedded,
+                           **{k: getattr(res, k) for k in res.KEPT})
         return res
 
     def abort(self) -> None:

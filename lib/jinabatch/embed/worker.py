@@ -150,7 +150,10 @@ def _judge(config: Config, client: JinaClient, rows: ShardInput, b: PendingRows,
         raise BadRowError(f"{b.where(i)}: {why}; set jina.on_too_long = \"truncate\" or \"skip\"")
     b.dead.update(verdict.dead)
     for i, loc in verdict.reused.items():
-        b.vectors[i] = rows.previous.get(loc)
+        if rows.previous is None:  # a delta: an unchanged row stays where it is in the chain, unwritten
+            b.reused.add(i)
+        else:
+            b.vectors[i] = rows.previous.get(loc)
     res.rows_reused += len(verdict.reused)
     res.rows_truncated += verdict.truncated
     res.raw_tokens += verdict.raw_tokens

@@ -47,7 +47,7 @@ from .staging import dynamic_values
 __all__ = [
     "Target", "connect", "physical_name", "Physical", "physicals", "verified_chain", "alias_target", "point_alias",
     "check_alias_free",
-    "bulk_import", "upsert_shards", "error_reason", "MAX_IMPORT_TASKS", "MAX_RPC_MB", "PROP",
+    "bulk_import", "upsert_shards", "upsert_batch", "delete_ids", "error_reason", "MAX_IMPORT_TASKS", "MAX_RPC_MB", "PROP",
 ]
 
 log = logging.getLogger(__name__)
@@ -254,23 +254,41 @@ def upsert_shards(target: Target, collection: str, shards: Sequence[ShardFile], 
     """Stream shards in upsert batches of about ``batch_mb`` MB; returns rows sent. ``dynamic``: columns that
     are keys of the dynamic field (left out of a row where null)."""
     rows = 0
-    limit = min(batch_mb, MAX_RPC_MB) * 1024 * 1024
     for shard in shards:
         pf = shard.open()
         for rb in pf.iter_batches(batch_size=8192):
-            per_row = max(1, rb.nbytes // max(1, rb.num_rows))
-            step = max(1, int(limit // per_row))
-            for start in range(0, rb.num_rows, step):
-                part = rb.slice(start, step)
-                try:
-                    target.client.upsert(collection, _rows(part, dim, dynamic))
-                except Exception as e:
-                    raise LoadError(f"{shard.uri}: Milvus rejected rows {start}..{start + part.num_rows} of a "
-                                    f"batch: {error_reason(e)}") from None
-                rows += part.num_rows
-                if progress:
-                    progress(part.num_rows)
+            rows += upsert_batch(target, collection, rb, dim, batch_mb, progress, dynamic, where=shard.uri)
     return rows
+
+
+def upsert_batch(target: Target, collection: str, rb, dim: int, batch_mb: float,
+                 progress: Callable[[int], None] | None = None, dynamic: Sequence[str] = (), where: str = "") -> int:
+    """Upsert one record batch (or table) of shard rows in RPCs of about ``batch_mb`` MB; returns rows sent."""
+    limit = min(batch_mb, MAX_RPC_MB) * 1024 * 1024
+    per_row = max(1, rb.nbytes // max(1, rb.num_rows))
+    step = max(1, int(limit // per_row))
+    for start in range(0, rb.num_rows, step):
+        part = rb.slice(start, step)
+        try:
+            target.client.upsert(collection, _rows(part, dim, dynamic))
+        except Exception as e:
+            raise LoadError(f"{where}: Milvus rejected rows {start}..{start + part.num_rows} of a "
+                            f"batch: {error_reason(e)}") from None
+        if progress:
+            progress(part.num_rows)
+    return rb.num_rows
+
+
+def delete_ids(target: Target, collection: str, ids: Sequence[Any], batch: int = 4096) -> int:
+    """Delete ``ids`` (primary keys) from ``collection`` in batches; returns how many were asked for. Deleting an
+    id that is not there is no error, so a rerun is harmless."""
+    for lo in range(0, len(ids), batch):
+        try:
+            target.client.delete(collection, ids=list(ids[lo:lo + batch]))
+        except Exception as e:
+            raise LoadError(f"Milvus refused to delete ids {lo}..{lo + batch} from {collection}: "
+                            f"{error_reason(e)}") from None
+    return len(ids)
 
 
 def _rows(rb, dim: int, dynamic: Sequence[str] = ()) -> list[dict[str, Any]]:

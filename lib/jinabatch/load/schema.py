@@ -173,9 +173,9 @@ def read_output(path: str | Path | Storage, storage: StorageSettings | None = No
         shards.append(ShardFile(out, sub, md.num_rows, meta, tuple(md.row_group(i).num_rows
                                                                    for i in range(md.num_row_groups))))
     rows = sum(s.rows for s in shards)
-    if rows != report.rows_embedded:
+    if rows != report.rows_in_shards:
         raise LoadError(f"{out.uri}: the shards hold {rows} rows but _report.json says rows_embedded = "
-                        f"{report.rows_embedded}; a shard is missing or stale — rerun the embed stage")
+                        f"{report.rows_in_shards}; a shard is missing or stale — rerun the embed stage")
     id_col, columns = _scan_columns(shards, first_schema, id_name)
     return LoadInput(storage=out, report=report, shards=shards, id_field=id_col, columns=columns, dim=dim,
                      rows=rows, model=report.model, task=report.task, fingerprint=report.fingerprint or None)

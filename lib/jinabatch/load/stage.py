@@ -42,7 +42,11 @@ from ..errors import ConfigError, LoadError, StorageError
 from ..observe.report import LoadReport
 from ..observe.report_html import write_report_html
 from ..storage import Storage
+from ..embed.chain import read_chain
+from ..observe.records import LedgerEntry
 from .importfiles import ImportFiles
+from .inplace import apply_chain, undo_delta
+from .ledger import Ledger
 from .milvus import (
     PROP,
     Target,
@@ -75,8 +79,12 @@ log = logging.getLogger(__name__)
 
 
 def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
-             target: Target | None = None) -> LoadReport:
+             target: Target | None = None, full: bool = False) -> LoadReport:
     """Load ``config.output.path`` into Milvus behind the alias ``config.milvus.collection`` (or roll back).
+
+    A delta (``embed.chain``) is applied in place to the collection behind the alias (``load.inplace``); with
+    ``full`` its chain is folded into one output (``embed.compact``, beside it) and loaded into a new collection.
+    A rollback undoes the last in-place load, or else points the alias back at the previous collection.
 
     ``target``: an open ``jinabatch.load.milvus.connect(config.milvus)`` to reuse (e.g. load then search on
     one embedded server); by default the stage connects — and starts the embedded server — itself.
@@ -84,10 +92,17 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
     ms = config.milvus
     out = Storage.open(config.output.path, config.storage)
     t0 = time.monotonic()
-    inp = None if rollback else read_output(out)
+    chain = None if rollback else read_chain(out)
+    in_place = chain is not None and chain.kind == "delta" and not full
+    if chain is not None and chain.kind == "delta" and full:  # the chain folded into one output, loaded whole
+        inp = read_output(_compacted(config, out, chain))
+    else:
+        inp = None if rollback or in_place else read_output(out)
     with contextlib.nullcontext(target) if target is not None else connect(ms, config.storage) as target:
         if rollback:
-            report = _rollback(target, ms.collection)
+            report = undo_delta(target, ms, config.storage) or _rollback(target, ms.collection)
+        elif in_place:
+            report = apply_chain(target, ms, out, chain, config.storage, progress)
         else:
             report = _load(target, inp, ms, progress)
     report.seconds = round(time.monotonic() - t0, 3)
@@ -95,6 +110,19 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
     report.write(out)
     _write_html(out)
     return report
+
+
+def _compacted(config: Config, out: Storage, chain) -> Storage:
+    """The compaction of ``out``'s chain beside it (made now unless one of this very chain is there)."""
+    from ..embed.compact import compact
+
+    dest = Storage.open(out.uri.rstrip("/") + "-compacted", config.storage)
+    have = read_chain(dest)
+    if have is None or have.compacted_from is None or have.compacted_from.id != chain.id:
+        if have is not None:
+            raise LoadError(f"{dest.uri} holds another output; move it away to load {out.uri} with --full")
+        compact(config, dest.uri)
+    return dest
 
 
 def _props(ms: MilvusSettings, inp: LoadInput, alias: str, previous: str, layout: Layout) -> dict[str, str]:
@@ -184,6 +212,9 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
         steps.mark("load")
         checked = verify(client, name, inp)
         steps.mark("verify")
+        state = read_chain(inp.storage)
+        Ledger(client, alias).put(LedgerEntry(physical=name, state=state.state if state else "", rows=inp.rows,
+                                              source=inp.uri))  # what it holds: deltas of it apply in place
         previous = point_alias(client, alias, name)
         steps.mark("alias switch")
     except BaseException as e:
@@ -203,7 +234,8 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
     dropped = _tidy(client, alias, name, ms.keep_previous)
     steps.mark("tidy")
     return LoadReport(collection=alias, physical=name, rows=inp.rows, mode=BULK if mode == BULK_COPIES else mode,
-                      seconds=0.0, previous=previous, dropped=dropped, verified_ids=checked.ids,
+                      seconds=0.0, previous=previous, dropped=dropped, rows_sent=inp.rows,
+                      state=state.state if state else "", verified_ids=checked.ids,
                       verify_seed=checked.seed, server=info.describe(), carried=carried, phases=steps.phases,
                       imports=imports,
                       import_files=files.describe() if files is not None else {})
@@ -274,7 +306,7 @@ def _rollback(target: Target, alias: str) -> LoadReport:
     _release_quietly(client, current)
     log.info("rolled back alias %s: %s -> %s", alias, current, back.name)
     return LoadReport(collection=alias, physical=back.name, rows=int(back.props.get(PROP + "rows", 0)), mode="rollback",
-                      seconds=0.0, previous=current)
+                      seconds=0.0, previous=current, how="alias moved back")
 
 
 def _drop_quietly(client, name: str) -> None:

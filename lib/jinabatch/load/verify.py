@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import LoadError
 from .schema import VECTOR_FIELD, LoadInput, ShardFile
 
-__all__ = ["verify", "sample_rows", "Verified", "SAMPLE_SIZE"]
+__all__ = ["verify", "verify_sample", "compare_rows", "absent", "count_rows", "sample_rows", "Verified", "SAMPLE_SIZE"]
 
 SAMPLE_SIZE = 200  # ids fetched back and compared vector by vector
 GET_BATCH = 100  # ids per get call
@@ -65,15 +65,19 @@ def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE, seed: i
     if got != inp.rows:
         raise LoadError(f"{name} holds {got} rows but the embed report says rows_embedded = {inp.rows}; "
                         "the load is incomplete or a shard was imported twice — the alias was not changed")
+    return verify_sample(client, name, inp.shards, inp.id_field.name, [c.name for c in inp.columns], sample, seed)
+
+
+def verify_sample(client, name: str, shards: list[ShardFile], id_name: str, carried: list[str],
+                  sample: int = SAMPLE_SIZE, seed: int | None = None) -> Verified:
+    """Sampled rows of ``shards`` come back from collection ``name`` with the same vector and carried values."""
     seed = random.SystemRandom().randrange(2**32) if seed is None else seed
-    id_name = inp.id_field.name
-    carried = [c.name for c in inp.columns]
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for si, rg, row in sample_rows(inp.shards, sample, seed):
+    for si, rg, row in sample_rows(shards, sample, seed):
         groups[(si, rg)].append(row)
 
     def read(key: tuple[int, int]) -> list[tuple[object, np.ndarray, dict, str]]:
-        shard = inp.shards[key[0]]
+        shard = shards[key[0]]
         table = shard.open().read_row_group(key[1], columns=[id_name, VECTOR_FIELD, *carried])
         where = f"{shard.name} row group {key[1]}"
         return [(table.column(id_name)[r].as_py(), np.asarray(table.column(VECTOR_FIELD)[r].as_py(), np.float32),
@@ -102,3 +106,37 @@ def _compare(name: str, id_, vector: np.ndarray, values: dict, row: dict | None,
         if row.get(c) != w:
             raise LoadError(f"{name}: id {id_!r} came back with {c} = {row.get(c)!r} but {where} holds {w!r} — "
                             "the alias was not changed")
+
+
+def compare_rows(client, name: str, table, id_name: str, carried: list[str], where: str,
+                 sample: int = SAMPLE_SIZE, seed: int | None = None) -> Verified:
+    """Up to ``sample`` rows of ``table`` (rows a collection must hold: id, vector, carried columns), drawn with
+    ``seed``, come back from collection ``name`` with the same vector and carried values."""
+    seed = random.SystemRandom().randrange(2**32) if seed is None else seed
+    picks = sorted(random.Random(seed).sample(range(table.num_rows), min(sample, table.num_rows)))
+    part = table.take(picks) if picks else table.slice(0, 0)
+    ids = part.column(id_name).to_pylist()
+    for lo in range(0, len(ids), GET_BATCH):
+        found = {r[id_name]: r for r in client.get(name, ids=ids[lo:lo + GET_BATCH],
+                                                    output_fields=[id_name, VECTOR_FIELD, *carried],
+                                                    consistency_level="Strong")}
+        for i in range(lo, min(lo + GET_BATCH, len(ids))):
+            vector = np.asarray(part.column(VECTOR_FIELD)[i].as_py(), np.float32)
+            values = {c: part.column(c)[i].as_py() for c in carried}
+            _compare(name, ids[i], vector, values, found.get(ids[i]), where)
+    return Verified(len(ids), seed, 0)
+
+
+def absent(client, name: str, ids: list, id_name: str, where: str, sample: int = SAMPLE_SIZE, seed: int = 0) -> int:
+    """Up to ``sample`` of ``ids`` are not in collection ``name``; LoadError naming one that is. How many checked."""
+    picks = random.Random(seed).sample(ids, min(sample, len(ids)))
+    for lo in range(0, len(picks), GET_BATCH):
+        got = client.get(name, ids=picks[lo:lo + GET_BATCH], consistency_level="Strong")
+        if got:
+            raise LoadError(f"{name}: id {got[0].get(id_name, got[0])!r} is still there although {where}")
+    return len(picks)
+
+
+def count_rows(client, name: str) -> int:
+    """``count(*)`` of ``name``, strongly consistent (every write acknowledged so far is counted)."""
+    return client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]

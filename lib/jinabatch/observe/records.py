@@ -27,9 +27,11 @@ __all__ = [
     "Record", "Counters", "KeyCounters", "Tally", "ShardOutcome", "ShardRecord", "Sample", "Limits", "PlanEstimate", "PlanSummary", "RunMeta",
     "ShardCounts", "RowCounts", "Rates", "RunningShard", "Failure", "ReportSummary", "Manifest",
     "MANIFEST", "PROGRESS", "TIMESERIES", "COUNTERS", "read_progress", "read_timeseries",
+    "OutputRef", "ChainRecord", "AppliedDelta", "PendingOp", "LedgerEntry", "CHAIN",
 ]
 
 MANIFEST, PROGRESS, TIMESERIES = "_manifest.json", "_progress", "_timeseries"
+CHAIN = "_chain.json"  # ChainRecord: what an output is in a chain of refreshes
 COUNTERS = ("rows", "tokens", "requests", "http_429", "retries")  # the fields of Counters
 
 R = TypeVar("R", bound="Record")
@@ -287,3 +289,81 @@ def read_progress(out: Storage, run: str | None = None) -> list[ShardRecord]:
 def read_timeseries(out: Storage, run: str | None = None) -> list[Sample]:
     """Samples in time order (of one run if ``run`` is given)."""
     return [s for s in map(Sample.model_validate, ChunkLog.read(out, TIMESERIES)) if run is None or s.run == run]
+
+
+# -- chains of refreshes (embed.chain) and what a collection holds (load.ledger) --------------------------------
+
+class OutputRef(Record):
+    """An embed output as a member of a chain: where it is and the id it was given when it finished."""
+
+    uri: str
+    id: str
+
+
+class ChainRecord(Record):
+    """``_chain.json``: what a finished embed output is in a chain of refreshes (``embed.chain``).
+
+    A *full* output holds every row; a *delta* holds the new and changed rows of a refresh (its shards), the ids
+    deleted since the output it is a delta of (``_delta/deleted.parquet``) and, for a rollback, where each changed
+    or deleted id's previous row is in the chain (``_delta/prior.parquet``). ``state`` names the rows the chain
+    stands for once resolved (latest wins per id): the output's own id, except for a delta that changed nothing
+    and for a compaction, which stand for the state they equal."""
+
+    format: int = 1
+    kind: Literal["full", "delta"] = "full"
+    id: str
+    state: str
+    of_output: OutputRef | None = None  # the output this one is a delta of
+    of_state: str | None = None  # the state of that output (what a collection must hold to apply this in place)
+    members: list[OutputRef] = Field(default_factory=list)  # base first, this output last
+    compacted_from: OutputRef | None = None  # a compaction: the head of the chain it folds
+    embedding: dict[str, Any] = Field(default_factory=dict)
+    rows: int = 0  # rows of the resolved state
+    rows_before: int = 0  # rows of the state it is a delta of
+    reused: int = 0
+    new: int = 0
+    changed: int = 0
+    deleted: int = 0
+    rows_written: int = 0  # rows in this output's shard files
+    bytes_written: int = 0  # shard, dead-letter and _delta files of this output
+
+    @property
+    def base(self) -> OutputRef:
+        return self.members[0]
+
+    @property
+    def chain_length(self) -> int:
+        return len(self.members)
+
+
+class AppliedDelta(Record):
+    """A delta applied in place to a collection: enough to undo it (``load.inplace``)."""
+
+    uri: str
+    id: str
+    state: str
+    of_state: str
+    rows_before: int
+    rows: int
+    new: int = 0
+    changed: int = 0
+    deleted: int = 0
+
+
+class PendingOp(Record):
+    """An in-place apply or undo that started and has not been verified yet (a rerun finishes it)."""
+
+    op: Literal["apply", "undo"]
+    delta: AppliedDelta
+
+
+class LedgerEntry(Record):
+    """What one physical collection holds (``load.ledger``): the state of a chain, its rows, the deltas applied to it
+    in place since it was loaded whole (oldest first), and an apply or undo under way."""
+
+    physical: str
+    state: str
+    rows: int
+    source: str = ""  # the output it was loaded from, or the last delta applied
+    applied: list[AppliedDelta] = Field(default_factory=list)
+    pending: PendingOp | None = None

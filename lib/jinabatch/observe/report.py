@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from ..storage import Storage
-from .records import KeyCounters, Limits, Record, ReportSummary, ShardOutcome
+from .records import AppliedDelta, ChainRecord, KeyCounters, Limits, Record, ReportSummary, ShardOutcome
 
 __all__ = ["EmbedReport", "LoadReport", "ShardFailure", "Phase", "ImportPoint", "utilization", "REPORT",
            "LOAD_REPORT"]
@@ -40,6 +40,8 @@ class EmbedReport(ReportSummary):
     tokens and requests are what the keys were billed (dead attempts and the endpoint check included)."""
 
     incremental: dict[str, Any] | None = None  # with output.previous: previous, reused, changed, new, dropped, note
+    rows_written: int | None = None  # rows in the shard files (a delta's new and changed rows); None: rows_embedded
+    chain: ChainRecord | None = None  # what this output is in a chain of refreshes (kind, counts, bytes written)
     dead_letter_reasons: dict[str, int] = Field(default_factory=dict)
     shards_total: int = 0
     shards_skipped: int = 0
@@ -112,6 +114,11 @@ class EmbedReport(ReportSummary):
             c.utilization, c.binding_limit = round(u, 4), which
 
     @property
+    def rows_in_shards(self) -> int:
+        """Rows the shard files hold: every embedded row, or a delta's new and changed ones."""
+        return self.rows_embedded if self.rows_written is None else self.rows_written
+
+    @property
     def reconciled(self) -> bool:
         return self.rows_in == self.rows_embedded + self.rows_dead_letter
 
@@ -127,6 +134,11 @@ class EmbedReport(ReportSummary):
         if inc:
             reuse = (f" (incremental from {inc['previous']}: {inc['reused']} reused, {inc['changed']} changed, "
                      f"{inc['new']} new, {inc['dropped']} dropped{'; ' + inc['note'] if inc.get('note') else ''})")
+        ch = self.chain
+        if ch is not None and ch.kind == "delta":
+            reuse += (f"; delta of {ch.of_output.uri if ch.of_output else '?'} (chain of {ch.chain_length}): {ch.rows_written} rows "
+                      f"written, {ch.deleted} deleted, {ch.bytes_written} bytes"
+                      + ("; nothing changed" if ch.state == ch.of_state else ""))
         return (f"{self.rows_embedded}/{self.rows_in} rows embedded{reuse}, {self.rows_dead_letter} dead-lettered, "
                 f"{self.shards_done} shards done, {self.shards_skipped} skipped, {self.shards_failed} failed; "
                 + (f"{self.documents} documents ({self.documents_split} longer than the context, sent as several "
@@ -158,7 +170,13 @@ class LoadReport(Record):
     collection: str  # the alias users query
     physical: str  # the collection it now points at
     rows: int
-    mode: str  # "bulk" | "insert" | "rollback"
+    mode: str  # "bulk" | "insert" | "rollback" | "upsert" (a delta applied in place)
+    how: str = "new collection"  # "new collection" | "in place" | "unchanged" (a delta that changed nothing) |
+    # "alias moved back" (the rollback of a whole load)
+    rows_sent: int = 0  # rows written to Milvus (imported, inserted or upserted)
+    rows_deleted: int = 0  # ids deleted in place
+    state: str = ""  # the chain state the collection holds now (load.ledger)
+    delta: AppliedDelta | None = None  # the delta applied (or undone) in place
     seconds: float
     previous: str | None  # where the alias pointed before
     dropped: list[str] = Field(default_factory=list)

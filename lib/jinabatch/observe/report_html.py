@@ -178,6 +178,10 @@ def _embed_table(rep: EmbedReport, man: Manifest) -> str:
              else "set jina.price_per_million_tokens to see it")]
     if (est := man.plan.estimate) is not None:
         rows.append(("plan's estimate", f"{est.tokens:,} tokens, {format_duration(est.seconds)}"))
+    if (c := rep.chain) is not None:  # what the output is in its chain of refreshes
+        what = (f"delta of {c.of_output.uri if c.of_output else '?'} (chain of {c.chain_length}): {c.reused:,} reused, "
+                f"{c.new:,} new, {c.changed:,} changed, {c.deleted:,} deleted" if c.kind == "delta" else "full output")
+        rows.append(("refresh", f"{what}; {c.rows_written:,} rows, {c.bytes_written:,} bytes written"))
     return _table(rows)
 
 
@@ -185,7 +189,9 @@ def _load_part(load: LoadReport) -> tuple[str, dict[str, dict[str, Any]]]:
     import altair as alt
 
     rows = [("alias", load.collection), ("now points at", load.physical), ("was", load.previous or "-"),
-            ("mode", load.mode), ("rows", _n(load.rows)), ("ids verified vector by vector", _n(load.verified_ids)),
+            ("mode", load.mode), ("how", load.how), ("rows", _n(load.rows)),
+            ("rows sent to Milvus", _n(load.rows_sent)), ("ids deleted", _n(load.rows_deleted)),
+            ("ids verified vector by vector", _n(load.verified_ids)),
             ("took", format_duration(load.seconds)), ("dropped", ", ".join(load.dropped) or "-")]
     files = load.import_files
     if files:

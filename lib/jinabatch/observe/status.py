@@ -17,8 +17,8 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..storage import Storage
 from .progress import format_duration
-from .records import MANIFEST, Manifest, PlanEstimate, Rates, ReportSummary
-from .report import EmbedReport
+from .records import MANIFEST, ChainRecord, Manifest, PlanEstimate, Rates, ReportSummary
+from .report import EmbedReport, LoadReport
 
 __all__ = ["Status", "StatusRate", "read_status", "format_status", "STALE_AFTER_S"]
 
@@ -47,6 +47,8 @@ class Status(Manifest):
     spend_usd: float | None = None
     estimate: PlanEstimate | None = None
     estimate_usd: float | None = None
+    refresh: ChainRecord | None = None  # what the finished output is in its chain: full or delta, with its counts
+    load: LoadReport | None = None  # the last load of this output: in place or a new collection, rows sent
 
 
 def read_status(out: Storage, *, now: float | None = None) -> Status:
@@ -70,7 +72,8 @@ def read_status(out: Storage, *, now: float | None = None) -> Status:
         "report": None if report is None else ReportSummary.of(report),
         "rate": StatusRate(**dict(iter(m.rate)), tpm_limit=tpm_limit, rpm_limit=rpm_limit,
                            tpm_utilization=round(m.rate.tokens_per_min / tpm_limit, 4) if tpm_limit else None)}
-    return Status(**{**dict(iter(m)), **seen}, output=out.uri, age_s=age,
+    return Status(**{**dict(iter(m)), **seen}, output=out.uri, age_s=age, refresh=report.chain if report else None,
+                  load=LoadReport.read(out) if report else None,
                   stale=bool(running and age is not None and age > STALE_AFTER_S),
                   eta_s=None if eta is None else round(eta, 1), rows_left=left,
                   spend_usd=round(billed.tokens * price / 1e6, 9) if price is not None else None, estimate=est,
@@ -84,6 +87,22 @@ def _since(iso: str | None, now: float) -> str:
         return format_duration(now - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
     except ValueError:
         return "?"
+
+
+def _refresh_lines(st: Status) -> list[str]:
+    """What a refresh did: the output (full or delta, rows reused/new/changed/deleted, written) and its load."""
+    lines = []
+    if (c := st.refresh) is not None and c.kind == "delta":
+        lines.append(f"refresh  delta of {c.of_output.uri if c.of_output else '?'} (chain of {c.chain_length}): "
+                     f"{c.reused:,} reused, {c.new:,} new, {c.changed:,} changed, {c.deleted:,} deleted; "
+                     f"{c.rows_written:,} rows, {c.bytes_written:,} bytes written"
+                     + ("; nothing changed" if c.state == c.of_state else ""))
+    elif c is not None:
+        lines.append(f"output   full: {c.rows:,} rows, {c.bytes_written:,} bytes written")
+    if (ld := st.load) is not None:
+        lines.append(f"load     {ld.how} ({ld.mode}) on {ld.physical}: {ld.rows_sent:,} rows sent to Milvus, "
+                     f"{ld.rows_deleted:,} deleted, {ld.rows:,} rows behind {ld.collection!r}")
+    return lines
 
 
 def format_status(st: Status | Mapping[str, Any], *, now: float | None = None) -> str:
@@ -118,6 +137,7 @@ def format_status(st: Status | Mapping[str, Any], *, now: float | None = None) -
         out.append(f"result   {r.rows_embedded:,}/{r.rows_in:,} rows embedded, {r.rows_dead_letter:,} dead-lettered "
                    f"in {format_duration(r.duration_s)}; {r.tokens_per_min:,.0f} tokens/min = {r.utilization:.1%} of "
                    f"{r.binding_limit.upper()}")
+    out.extend(_refresh_lines(st))
     if st.price_per_million_tokens is not None:
         line = f"spend    ${st.spend_usd:,.4f} so far at ${st.price_per_million_tokens:g} per 1M tokens"
         if st.estimate_usd is not None:

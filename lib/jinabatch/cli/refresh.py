@@ -1,0 +1,102 @@
+"""One scheduled refresh (what a cron job or a KubeRay RayCronJob runs each night): embed a delta of the last
+finished night into a new folder under ROOT and apply it in place to the collection behind the alias.
+
+    jinabatch refresh CONFIG --root ROOT [--night NAME] [--no-progress]
+
+ROOT (a folder or s3:// prefix) holds one output per night (NAME defaults to the UTC date, YYYYMMDD) and
+``_latest.json``, which names the last night whose embed finished. Each run:
+
+    1. loads that last night again — a no-op when the collection holds it already, the catch-up when its load
+       failed (a delta is only applied onto the state it was made against);
+    2. embeds the corpus into ROOT/NAME with output.previous = that night (the first run: a full output);
+    3. points _latest.json at ROOT/NAME; loads it (in place for a delta, a new collection for the first).
+
+A night that fails anywhere leaves the alias on a verified state; rerunning the same command finishes it (the
+embed resumes, the load finishes a killed in-place apply). Prints one JSON line: the night, its chain record and
+its load report. Exit code 0, or 1 with a one-line reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from .common import add_config, config_of, parser, run_main, setup_logging
+
+__all__ = ["main", "LATEST"]
+
+LATEST = "_latest.json"
+log = logging.getLogger("jinabatch.refresh")
+
+
+def _previous(root, out_uri: str, settings) -> str | None:
+    """The output tonight's is a delta of: the last finished night, or — rerunning a night that finished — its own
+    previous."""
+    from ..embed.chain import read_chain
+    from ..storage import Storage
+
+    latest = (root.read_json(LATEST) or {}).get("uri")
+    if latest != out_uri:
+        return latest
+    rec = read_chain(Storage.open(out_uri, settings))
+    return rec.of_output.uri if rec is not None and rec.of_output is not None else None
+
+
+def _catch_up(cfg, progress: bool) -> None:
+    """Load ``cfg``'s output (the last finished night) unless the alias holds it: a delta in place (a no-op when
+    held), a full output only when the alias serves something else (a rerun would build a new collection)."""
+    from ..embed.chain import read_chain
+    from ..load.inplace import held_state
+    from ..load.milvus import connect
+    from ..load.stage import run_load
+    from ..storage import Storage
+
+    rec = read_chain(Storage.open(cfg.output.path, cfg.storage))
+    with connect(cfg.milvus, cfg.storage) as target:
+        if rec is not None and rec.kind == "full" and held_state(target, cfg.milvus.collection) == rec.state:
+            return
+        caught = run_load(cfg, progress=progress, target=target)
+    log.info("catch-up load of %s: %s", cfg.output.path, caught.how)
+
+
+def refresh(cfg, root_uri: str, night: str, progress: bool) -> dict:
+    from ..embed.driver import run_embed
+    from ..errors import JinaBatchError
+    from ..load.stage import run_load
+    from ..storage import Storage
+
+    root = Storage.open(root_uri, cfg.storage)
+    out_uri = root.uri_of(night)
+    prev = _previous(root, out_uri, cfg.storage)
+    rerun = (root.read_json(LATEST) or {}).get("uri") == out_uri  # tonight's embed finished before: no catch-up
+    if prev is not None and not rerun:  # catch up: a night whose load failed is applied before tonight's delta of it
+        _catch_up(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": prev})}), progress)
+    tonight = cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": out_uri, "previous": prev})})
+    rep = run_embed(tonight, progress=progress)
+    if not rep.finished:
+        raise JinaBatchError(f"{out_uri}: the embed did not finish ({rep.shards_failed} shard(s) failed); the alias "
+                             "still serves the last verified state — rerun the same command to finish the night")
+    root.write_json(LATEST, {"uri": out_uri, "id": rep.chain.id if rep.chain else ""})
+    load = run_load(tonight, progress=progress)
+    return {"night": out_uri, "previous": prev, "chain": rep.chain.to_json() if rep.chain else None,
+            "load": load.to_json()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``jinabatch refresh ARGS``; returns the exit code."""
+    ap = parser("refresh", __doc__)
+    add_config(ap)
+    ap.add_argument("--root", required=True, help="folder or s3:// prefix holding one output per night")
+    ap.add_argument("--night", help="this night's folder name under ROOT (default: the UTC date, YYYYMMDD)")
+    ap.add_argument("--no-progress", action="store_true", help="log lines instead of bars")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        cfg = config_of(args)
+        night = args.night or time.strftime("%Y%m%d", time.gmtime())
+        print(json.dumps(refresh(cfg, args.root, night, progress=not args.no_progress)))
+        return 0
+
+    return run_main(go)

@@ -1,0 +1,139 @@
+"""Refreshes as deltas: a full output, then a chain of three nightly deltas (edits, adds, deletes — some hitting rows
+an earlier night added or edited), a night that changed nothing, and a compaction that equals a full run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from corpus_gen import assert_vectors_match, make_corpus, read_output
+from jinabatch.config import parse_config
+from jinabatch.embed.compact import compact
+from jinabatch.embed.driver import run_embed
+from jinabatch.embed.plan import plan_corpus
+from jinabatch.local_api import fakemodel
+from jinabatch.observe.status import format_status, read_status
+from jinabatch.storage import Storage
+from refresh_gen import evolve
+
+pytestmark = pytest.mark.slow
+
+
+def _tokens(texts):
+    return sum(fakemodel.count_tokens(t) for t in texts)
+
+
+@pytest.fixture(scope="module")
+def chain(ray_local, jina_key, tmp_path_factory):
+    from fixtures_ray import KEY_ENV, base_config
+    from jinabatch.local_api.server import LocalServer, ServerSettings
+
+    tmp = tmp_path_factory.mktemp("refresh")
+    rows = make_corpus(tmp / "v0", files=3, rows_per_file=400, row_group_size=100).rows
+    nights = [(rows, None)]
+    for night in (1, 2, 3):
+        rows, what = evolve(rows, tmp / f"v{night}", seed=night, edit=0.03, delete=0.02, add=0.02,
+                            first_new_id=100_000 * night)
+        nights.append((rows, what))
+    with LocalServer(ServerSettings(api_keys=frozenset({jina_key}))) as srv, pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, jina_key)
+
+        def cfg(night, out, **output):
+            return parse_config(base_config(tmp / f"v{night}", tmp / out, srv.url, corpus={"rows_per_shard": 300},
+                                            output={"path": str(tmp / out), **output}))
+
+        reps, spent = {}, {}
+        for night, out, prev in ((0, "a", None), (1, "b", "a"), (2, "c", "b"), (3, "d", "c"), (3, "e", "d")):
+            before = srv.stats()["tokens"]
+            reps[out] = run_embed(cfg(night, out, previous=str(tmp / prev) if prev else None), progress=False)
+            spent[out] = srv.stats()["tokens"] - before
+        reps["f"] = run_embed(cfg(3, "f"), progress=False)
+        before = srv.stats()["tokens"]  # a full output made against the chain (vectors copied from every member)
+        reps["k"] = run_embed(cfg(3, "k", previous=str(tmp / "c"), write="full"), progress=False)
+        spent["k"] = srv.stats()["tokens"] - before
+        yield {"tmp": tmp, "nights": nights, "reps": reps, "spent": spent, "cfg": cfg}
+
+
+@pytest.mark.parametrize("night,out", [(1, "b"), (2, "c"), (3, "d")])
+def test_a_delta_holds_only_new_and_changed_rows_and_the_deleted_ids(chain, night, out):
+    tmp, (rows, what) = chain["tmp"], chain["nights"][night]
+    table = read_output(tmp / out)
+    assert sorted(table.column("id").to_pylist()) == sorted(what["changed"] + what["new"])
+    assert_vectors_match(table, {r["id"]: r["text"] for r in rows})
+    deleted = pq.read_table(tmp / out / "_delta" / "deleted.parquet").column("id").to_pylist()
+    assert sorted(deleted) == sorted(what["deleted"])
+    rec = json.loads((tmp / out / "_chain.json").read_text())
+    prev = {"b": "a", "c": "b", "d": "c"}[out]
+    assert rec["kind"] == "delta" and rec["of_output"]["uri"] == str(tmp / prev)
+    assert [m["uri"] for m in rec["members"]] == [str(tmp / x) for x in "abcd"[: night + 1]]
+    assert (rec["new"], rec["changed"], rec["deleted"]) == tuple(len(what[k]) for k in ("new", "changed", "deleted"))
+    assert rec["rows"] == len(rows) and rec["rows_before"] == len(chain["nights"][night - 1][0])
+    assert rec["rows_written"] == table.num_rows and rec["bytes_written"] > 0
+    rep = chain["reps"][out]
+    assert rep.rows_in == rep.rows_embedded + rep.rows_dead_letter and rep.rows_written == table.num_rows
+    assert rep.chain.kind == "delta" and rep.rows_reused == len(rows) - table.num_rows
+
+
+@pytest.mark.parametrize("night,out", [(1, "b"), (2, "c"), (3, "d")])
+def test_a_delta_spends_tokens_only_on_new_and_changed_rows(chain, night, out):
+    rows, what = chain["nights"][night]
+    text = {r["id"]: r["text"] for r in rows}
+    owed = _tokens([text[i] for i in what["changed"] + what["new"]])
+    assert 0 < chain["spent"][out] <= 1.05 * owed + 20, (chain["spent"][out], owed)  # + the endpoint check
+
+
+def test_a_refresh_that_changed_nothing_sends_nothing_writes_no_shard_and_says_so(chain):
+    tmp, rep = chain["tmp"], chain["reps"]["e"]
+    assert chain["spent"]["e"] == 0 and rep.tokens == 0 and rep.requests == 0
+    assert not list((tmp / "e").glob("shards/*.parquet")) and not list((tmp / "e").glob("dead_letter/*"))
+    d, e = (json.loads((tmp / x / "_chain.json").read_text()) for x in "de")
+    assert e["state"] == d["state"] and e["rows_written"] == 0 and e["deleted"] == 0 and rep.finished
+    assert "nothing changed" in rep.summary()
+    lines = format_status(read_status(Storage.open(tmp / "e")))
+    assert "refresh  delta of " + str(tmp / "d") + " (chain of 5): " in lines and "; nothing changed" in lines
+    d_lines = format_status(read_status(Storage.open(tmp / "d")))
+    ch = json.loads((tmp / "d" / "_chain.json").read_text())
+    assert f"{ch['new']:,} new, {ch['changed']:,} changed, {ch['deleted']:,} deleted" in d_lines
+
+
+def test_compaction_of_the_chain_equals_a_full_run_row_for_row(chain):
+    tmp = chain["tmp"]
+    rep = compact(chain["cfg"](3, "d"), str(tmp / "g"))
+    g, f = read_output(tmp / "g").sort_by("id"), read_output(tmp / "f").sort_by("id")
+    assert g.column("id").to_pylist() == f.column("id").to_pylist() and rep.rows_embedded == f.num_rows
+    assert np.array_equal(np.asarray(g.column("embedding").to_pylist(), np.float32),
+                          np.asarray(f.column("embedding").to_pylist(), np.float32))
+    for col in ("text_hash", "title", "n", "score", "flag"):
+        assert g.column(col).to_pylist() == f.column(col).to_pylist(), col
+    rec = json.loads((tmp / "g" / "_chain.json").read_text())
+    d = json.loads((tmp / "d" / "_chain.json").read_text())
+    assert rec["kind"] == "full" and rec["state"] == d["state"] and rec["compacted_from"]["id"] == d["id"]
+    # on Ray Data (the path above LOCAL_MAX_ROWS): the same rows
+    compact(chain["cfg"](3, "d"), str(tmp / "g2"), local_max_rows=0)
+    g2 = read_output(tmp / "g2").sort_by("id")
+    assert g2.equals(g)
+
+
+def test_the_chain_join_on_ray_data_equals_the_in_process_one(chain):
+    tmp = chain["tmp"]
+    c = chain["cfg"](3, "h", previous=str(tmp / "c"))
+    plan = plan_corpus(c, Storage.open(tmp / "h"), local_max_rows=0)
+    assert {k: plan.reuse.to_dict()[k] for k in ("reused", "changed", "new", "dropped")} == \
+        {k: chain["reps"]["d"].incremental[k] for k in ("reused", "changed", "new", "dropped")}
+    for sub in ("_plan/reuse.parquet", "_delta/prior.parquet", "_delta/deleted.parquet"):
+        a, b = pq.read_table(tmp / "d" / sub), pq.read_table(tmp / "h" / sub)
+        key = "pos" if "reuse" in sub else "id"
+        assert a.sort_by(key).equals(b.sort_by(key)), sub
+
+
+def test_a_full_output_made_against_a_chain_copies_every_vector_from_the_member_holding_it(chain):
+    """output.write = "full" with output.previous = a delta (chain of 3): the same rows and exact vectors as a run
+    from scratch, and only night 3's new and changed rows sent."""
+    tmp = chain["tmp"]
+    k, f = read_output(tmp / "k").sort_by("id"), read_output(tmp / "f").sort_by("id")
+    assert k.column("id").to_pylist() == f.column("id").to_pylist()
+    assert np.array_equal(np.asarray(k.column("embedding").to_pylist(), np.float32),
+                          np.asarray(f.column("embedding").to_pylist(), np.float32))
+    assert chain["spent"]["k"] <= chain["spent"]["d"] + 20 and chain["reps"]["k"].chain.kind == "full"
