@@ -38,7 +38,7 @@ import stamina
 
 from ..config import JinaSettings
 from ..errors import BatchGone, JinaError, RateLimited, ResponseError, RetriesExhausted, TransientError, TransportError
-from .client import BearerAuth
+from .client import BearerAuth, ClientStats
 from .keys import KeyPool, Secret
 from .limits import Limiter, NoLimiter
 from .wire import build_body, error_for_status, short_text
@@ -163,7 +163,7 @@ class BatchClient:
         self._submits = httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers)
         self._reads = httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers)
         self.counts = {"submits": 0, "polls": 0, "downloads": 0, "download_retries": 0, "cancels": 0,
-                       "requests": 0, "http_429": 0, "retries": 0}
+                       "requests": 0, "http_429": 0, "retries": 0, "tokens": 0}
 
     async def __aenter__(self) -> "BatchClient":
         return self
@@ -180,6 +180,13 @@ class BatchClient:
 
     def __reduce__(self):
         raise TypeError("BatchClient is not picklable: create one inside each worker (it holds the API key)")
+
+    @property
+    def stats(self) -> ClientStats:
+        """As ``JinaClient.stats``: HTTP requests (submits, polls, downloads, cancels), tokens of the outputs
+        downloaded, batches submitted."""
+        c = self.counts
+        return ClientStats(c["requests"], c["retries"], c["http_429"], c["tokens"], c["submits"], {})
 
     def _key_name(self, key: int) -> str:
         return self._pool[key].name or self.settings.api_key_env[min(key, len(self.settings.api_key_env) - 1)]
@@ -286,15 +293,18 @@ class BatchClient:
             return BatchStatus.of(resp.json())
         return await self._retrying(f"status of {batch_id}", once)
 
-    async def wait(self, batch_id: str, key: int, *, since: float | None = None,
+    async def wait(self, batch_id: str, key: int, *, since: float | None = None, first: bool = False,
                    on_poll: Callable[[BatchStatus], None] | None = None) -> BatchStatus:
-        """Poll until the batch is terminal (jittered, growing interval); JinaError past ``jina.batch.timeout``
-        counted from ``since`` (epoch s of its submit; default now)."""
+        """Poll until the batch is terminal (jittered, growing interval; ``first``: ask at once, for a batch
+        recorded by an earlier run); JinaError past ``jina.batch.timeout`` counted from ``since`` (epoch s of its
+        submit; default now)."""
         b = self.settings.batch
         deadline = (since or time.time()) + b.timeout
         interval = b.poll_initial
         while True:
-            await self._sleep(interval * (1 + random.uniform(0, b.poll_jitter)))
+            if not first:
+                await self._sleep(interval * (1 + random.uniform(0, b.poll_jitter)))
+            first = False
             st = await self.status(batch_id, key)
             if on_poll is not None:
                 on_poll(st)
@@ -316,7 +326,9 @@ class BatchClient:
                 self.counts["download_retries"] += 1
                 log.warning("downloading the output of %s again from the start (attempt %d)", batch_id, tries)
             return await self._download(f"{BATCH_PATH}/{batch_id}/output", batch_id, key, n, dim)
-        return await self._retrying(f"output of {batch_id}", once)
+        out = await self._retrying(f"output of {batch_id}", once)
+        self.counts["tokens"] += out.tokens
+        return out
 
     async def errors(self, batch_id: str, key: int, n: int) -> dict[int, str]:
         """The failed items (``/errors``): input -> the API's reason."""

@@ -5,6 +5,7 @@ Under the output root (a folder or an ``s3://`` prefix)::
     _manifest.json        Manifest      the run's snapshot (RunLog writes it; status and _report.html read it)
     _progress/*.jsonl     ShardRecord   one line per finished, failed or skipped shard (RunLog; resume, the page)
     _timeseries/*.jsonl   Sample        cumulative counters every few seconds (RunLog; the page)
+    _batches/NAME.json    ShardBatches  batch mode: each batch of a shard, its id written before it is waited on
 
 (``_report.json`` and ``_load_report.json`` are ``jinabatch.observe.report``'s ``EmbedReport`` and ``LoadReport``.)
 
@@ -26,10 +27,11 @@ from .chunklog import ChunkLog
 __all__ = [
     "Record", "Counters", "KeyCounters", "Tally", "ShardOutcome", "ShardRecord", "Sample", "Limits", "PlanEstimate", "PlanSummary", "RunMeta",
     "ShardCounts", "RowCounts", "Rates", "RunningShard", "Failure", "ReportSummary", "Manifest",
+    "BatchCounts", "BatchEntry", "ShardBatches", "BATCHES",
     "MANIFEST", "PROGRESS", "TIMESERIES", "COUNTERS", "read_progress", "read_timeseries",
 ]
 
-MANIFEST, PROGRESS, TIMESERIES = "_manifest.json", "_progress", "_timeseries"
+MANIFEST, PROGRESS, TIMESERIES, BATCHES = "_manifest.json", "_progress", "_timeseries", "_batches"
 COUNTERS = ("rows", "tokens", "requests", "http_429", "retries")  # the fields of Counters
 
 R = TypeVar("R", bound="Record")
@@ -86,6 +88,72 @@ class KeyCounters(Counters):
     binding_limit: str = "tpm"
 
 
+class BatchCounts(Record):
+    """Batch mode (``jina.api = "batch"``): what happened to a shard's (or a run's) batches."""
+
+    submitted: int = 0  # submits the API accepted (first submits and resubmits)
+    resumed: int = 0  # recorded by an earlier, killed attempt and waited on again instead of submitted
+    resubmitted: int = 0  # submitted again: the batch ended failed, or the API no longer knew its id (gone)
+    gone: int = 0  # of those, ids the API answered 404/410 for
+    failed: int = 0  # batches that ended "failed"
+    cancelled: int = 0  # cancelled by the job (DELETE) on Ctrl+C or a run-stopping error
+    completed: int = 0
+    polls: int = 0
+    downloads: int = 0
+    download_retries: int = 0  # downloads that broke and were fetched again from scratch
+    unknown_lines: int = 0  # output lines for a custom_id never submitted (logged, never matched to a row)
+    billed_tokens: int = 0  # the batches' usage
+    wait_s: float = 0.0  # seconds from submit to the end of processing, summed over completed batches
+
+    def add(self, other: "BatchCounts") -> None:
+        for name in type(self).model_fields:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class BatchEntry(Record):
+    """One batch of a shard: written to ``_batches/NAME.json`` as soon as the API accepted it, before any wait.
+    ``positions``: the corpus positions of its inputs in submitted order (``custom_id`` ``request-N`` is
+    ``positions[N]``)."""
+
+    part: int  # which slice of the shard's rows (0, 1, ...: inputs_per_batch each)
+    attempt: int = 1  # submits of this part so far (1 = the first)
+    batch_id: str
+    key: str = "key0"  # the key of the pool it belongs to (never the value)
+    positions: list[int] = Field(default_factory=list)
+    submitted_at: float = 0.0  # epoch s
+    status: str = "submitted"  # last seen: submitted | processing | completed | failed | cancelled | gone
+    finished_at: float | None = None  # epoch s, when the job saw it end
+    error: str | None = None  # why it failed / was cancelled
+    cancelled_by_job: bool = False
+
+
+class ShardBatches(Record):
+    """``_batches/NAME.json``: a shard's batches, every attempt, in submit order. A rerun trusts it only for the same
+    pieces (``shard_key``) and settings (``fingerprint``)."""
+
+    shard: int
+    name: str
+    shard_key: str = ""
+    fingerprint: str = ""
+    batches: list[BatchEntry] = Field(default_factory=list)
+
+    @staticmethod
+    def path(name: str) -> str:
+        return f"{BATCHES}/{name}.json"
+
+    @classmethod
+    def read(cls, out: Storage, name: str) -> "ShardBatches | None":
+        data = out.read_json(cls.path(name))
+        return None if data is None else cls.model_validate(data)
+
+    def write(self, out: Storage) -> None:
+        """In one step (a rename, or one object put): a reader sees the old record or the new."""
+        out.write_json(self.path(self.name), self.to_json())
+
+    def latest(self, part: int) -> BatchEntry | None:
+        return next((b for b in reversed(self.batches) if b.part == part), None)
+
+
 class Tally(Record):
     """Rows and requests of a shard or of a whole run: ``rows_in == rows_embedded + rows_dead_letter`` once done."""
 
@@ -104,6 +172,7 @@ class Tally(Record):
     retries: int = 0
     http_429: int = 0
     raw_tokens: float = 0.0  # uncalibrated estimate of what was sent: tokens / raw_tokens calibrates the next plan
+    batches: BatchCounts | None = None  # batch mode only
 
 
 class ShardOutcome(Tally):

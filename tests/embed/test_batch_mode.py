@@ -1,0 +1,122 @@
+"""The embed stage through Jina's Batch Embeddings API (``jina.api = "batch"``): real local Ray, real HTTP to the
+local stand-in's batch endpoints. Vectors are checked row by row against ``fakemodel.embed``; the stand-in's
+/stats say what was submitted, polled and billed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from corpus_gen import CARRIED, assert_vectors_match, make_corpus, read_dead_letters, read_output, write_rows
+from jinabatch.embed.driver import run_embed
+from jinabatch.errors import BadRowError, BillingError
+from jinabatch.observe.records import ShardBatches
+from jinabatch.storage import Storage
+
+pytestmark = pytest.mark.slow
+
+NANO, TASK, DIMS = "jina-embeddings-v5-text-nano", "retrieval.passage", 64
+FAST = {"poll_initial": 0.05, "poll_max": 0.2, "poll_jitter": 0.2}
+
+
+def batch_config(embed_config, corpus_path, out, url, batch=None, jina=None, **sections):
+    return embed_config(corpus_path, out, url, jina={"api": "batch", "model": NANO, "dimensions": DIMS,
+                                                     "batch": {**FAST, **(batch or {})}, **(jina or {})}, **sections)
+
+
+def server(make_jina_server, **knobs):
+    return make_jina_server(**{"batch_queue_s": 0.05, "batch_processing_s": 0.1, "batch_processing_per_1000_s": 0.05,
+                               **knobs})
+
+
+def records(out: Path) -> list[ShardBatches]:
+    st = Storage.open(out)
+    return [ShardBatches.read(st, p.stem) for p in sorted((out / "_batches").glob("shard-*.json"))]
+
+
+def check_vectors(out: Path, rows: list[dict]) -> None:
+    assert_vectors_match(read_output(out), {r["id"]: r["text"] for r in rows}, model=NANO, task=TASK, dims=DIMS)
+
+
+def test_a_batch_run_writes_exact_vectors_from_shuffled_output_and_records_every_batch(
+        ray_local, embed_config, make_jina_server, tmp_path):
+    srv = server(make_jina_server, batch_shuffle=True)
+    corpus = make_corpus(tmp_path / "corpus", files=2, rows_per_file=300, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, batch={"inputs_per_batch": 150})
+    rep = run_embed(cfg, progress=False)
+    stats = srv.stats()
+    st = stats["batch"]
+    check_vectors(out, corpus.rows)
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(corpus.ids) and set(CARRIED) <= set(table.column_names)
+    # 600 rows, 200 per shard, 150 per batch: 3 shards x 2 batches, each submitted once, billed once
+    assert rep.finished and rep.rows_embedded == 600 and rep.rows_dead_letter == 0
+    assert st["submitted"] == 6 and st["completed"] == 6 and rep.batches.submitted == 6
+    assert rep.batches.completed == 6 and rep.batches.resumed == rep.batches.resubmitted == 0
+    # the bill: the batches' tokens, plus the endpoint check's one tiny /v1/embeddings request
+    assert rep.batches.billed_tokens == st["billed_tokens"] > 0
+    assert rep.tokens == st["billed_tokens"] + stats["tokens"] and stats["requests"] == 1
+    assert rep.batches.polls == st["status_polls"] and rep.batches.downloads == st["downloads"] == 6
+    recs = records(out)
+    assert [r.name for r in recs] == ["shard-00000", "shard-00001", "shard-00002"]
+    for r in recs:
+        assert sorted((e.part, e.attempt, e.status, len(e.positions)) for e in r.batches) == \
+            [(0, 1, "completed", 150), (1, 1, "completed", 50)]
+        assert r.fingerprint == cfg.fingerprint()
+    report = json.loads((out / "_report.json").read_text())
+    assert report["batches"]["submitted"] == 6
+
+
+def test_items_the_api_cannot_embed_are_dead_letters_with_the_reason_and_counts_reconcile(
+        ray_local, embed_config, make_jina_server, tmp_path):
+    srv = server(make_jina_server, batch_item_fail_marker="@@poison@@", batch_unknown_custom_id=True)
+    rows = [{"id": i, "text": f"row {i} about rivers" + (" @@poison@@" if i % 50 == 7 else "")} for i in range(400)]
+    write_rows(tmp_path / "corpus" / "part-000.parquet", rows)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, corpus={"columns": []})
+    rep = run_embed(cfg, progress=False)
+    poisoned = {r["id"] for r in rows if "@@poison@@" in r["text"]}
+    dead = read_dead_letters(out)
+    assert set(dead.column("id").to_pylist()) == poisoned and len(poisoned) == 8
+    assert all("rejected by the Batch Embeddings API" in r and "400" in r for r in dead.column("reason").to_pylist())
+    assert rep.rows_in == 400 == rep.rows_embedded + rep.rows_dead_letter and rep.rows_dead_letter == 8
+    check_vectors(out, [r for r in rows if r["id"] not in poisoned])
+    assert rep.batches.unknown_lines == srv.stats()["batch"]["submitted"] == 2  # one extra line per batch, not a row
+
+
+def test_a_failed_batch_is_submitted_again_and_capped_by_max_attempts(ray_local, embed_config, make_jina_server,
+                                                                      tmp_path):
+    srv = server(make_jina_server, batch_fail_first=1)
+    make_corpus(tmp_path / "corpus", files=1, rows_per_file=200, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, jina={"max_attempts": 2})
+    rep = run_embed(cfg, progress=False)
+    assert rep.finished and rep.batches.failed == 1 and rep.batches.resubmitted == 1 and rep.batches.submitted == 2
+    (rec,) = records(out)
+    assert [(e.attempt, e.status) for e in rec.batches] == [(1, "failed"), (2, "completed")]
+    assert srv.stats()["batch"]["submitted"] == 2
+
+    srv2 = server(make_jina_server, batch_fail_first=10)
+    out2 = tmp_path / "out2"
+    rep2 = run_embed(batch_config(embed_config, tmp_path / "corpus", out2, srv2.url, jina={"max_attempts": 2}), progress=False)
+    assert not rep2.finished and rep2.shards_failed == 1
+    assert "after 2 submits (jina.max_attempts)" in rep2.failures[0].error
+    assert srv2.stats()["batch"]["submitted"] == 2 and not list((out2 / "shards").glob("*.parquet"))
+
+
+def test_a_run_stopped_by_an_empty_balance_cancels_its_running_batches_and_records_it(
+        ray_local, embed_config, make_jina_server, tmp_path):
+    srv = server(make_jina_server, batch_queue_s=30.0, batch_balance_after=1)
+    make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url)  # two shards at once: one submits, one 402s
+    with pytest.raises(BillingError):
+        run_embed(cfg, progress=False)
+    st = srv.stats()["batch"]
+    assert st["submitted"] == 1 and st["cancelled"] == 1 and st["in_flight"] == 0 and st["billed_tokens"] == 0
+    rec = records(out)[0]
+    assert [(e.status, e.cancelled_by_job) for e in rec.batches] == [("cancelled", True)]
+    report = json.loads((out / "_report.json").read_text())
+    assert report["batches"]["cancelled"] == 1
