@@ -120,3 +120,48 @@ def test_a_run_stopped_by_an_empty_balance_cancels_its_running_batches_and_recor
     assert [(e.status, e.cancelled_by_job) for e in rec.batches] == [("cancelled", True)]
     report = json.loads((out / "_report.json").read_text())
     assert report["batches"]["cancelled"] == 1
+
+
+def test_driver_killed_with_batches_in_flight_then_rerun_resumes_them_never_submits_again(
+        make_jina_server, jina_key, tmp_path):
+    """SIGKILL jobs/embed.py (driver, Ray, workers) once every shard's batch id is recorded and still queued; the
+    rerun waits on the recorded ids: the stand-in sees no second submit and bills every row's tokens once."""
+    import subprocess
+    import sys
+
+    from fixtures_ray import base_config
+    from jinabatch.local_api import fakemodel
+    from procs import job_env, kill_when, toml_of
+
+    srv = server(make_jina_server, batch_queue_s=6.0)
+    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
+    out = tmp_path / "out"
+    data = base_config(tmp_path / "corpus", out, srv.url, corpus={"columns": []},
+                       jina={"api": "batch", "model": NANO, "dimensions": DIMS})
+    data["jina.batch"] = dict(FAST)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(toml_of(data))
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "embed.py"), str(cfg), "--no-progress"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, env=job_env(jina_key), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        kill_when(proc, lambda: len(list((out / "_batches").glob("shard-*.json"))) == 2,
+                  lambda: (tmp_path / "first.log").read_text())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    first = srv.stats()["batch"]
+    assert first["submitted"] == 2 and first["completed"] == 0 and not list(out.glob("shards/*.parquet"))
+    ids = sorted(e.batch_id for r in records(out) for e in r.batches)
+
+    p = subprocess.run(cmd, env=job_env(jina_key), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    st = srv.stats()["batch"]
+    assert st["submitted"] == 2, "the rerun submitted a batch it had recorded"
+    assert st["billed_tokens"] == sum(fakemodel.count_tokens(r["text"]) for r in corpus.rows)
+    assert sorted(e.batch_id for r in records(out) for e in r.batches) == ids
+    check_vectors(out, corpus.rows)
+    rep = json.loads((out / "_report.json").read_text())
+    assert rep["finished"] and rep["batches"]["resumed"] == 2 and rep["batches"]["submitted"] == 0
+    assert jina_key not in p.stdout + p.stderr + (tmp_path / "first.log").read_text()
