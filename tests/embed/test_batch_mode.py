@@ -165,3 +165,67 @@ def test_driver_killed_with_batches_in_flight_then_rerun_resumes_them_never_subm
     rep = json.loads((out / "_report.json").read_text())
     assert rep["finished"] and rep["batches"]["resumed"] == 2 and rep["batches"]["submitted"] == 0
     assert jina_key not in p.stdout + p.stderr + (tmp_path / "first.log").read_text()
+
+
+LONG = "hello " * 8333  # ~8,333 tokens: over nano's 8,192, and not clearly over by estimate (the API decides)
+HUGE = "x" * 200_000  # clearly over: never sent
+
+
+@pytest.mark.parametrize("mode", ["truncate", "skip", "fail"])
+def test_over_long_inputs_are_cut_before_submit_dead_lettered_or_fail_the_run(
+        ray_local, embed_config, make_jina_server, tmp_path, mode):
+    from jinabatch.embed.batches import truncate_to
+    from jinabatch.jina.tokens import TokenEstimator
+    from jinabatch.local_api import fakemodel
+
+    srv = server(make_jina_server)
+    rows = [{"id": i, "text": f"short row {i}"} for i in range(30)] + [{"id": 900, "text": LONG}]
+    write_rows(tmp_path / "corpus" / "part-000.parquet", rows, carried=False)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, jina={"on_too_long": mode},
+                       corpus={"columns": []})
+    if mode == "fail":
+        with pytest.raises(BadRowError, match=r"part-000\.parquet row 30 \(id 900\).*rejected by the Batch"):
+            run_embed(cfg, progress=False)
+        assert not list(out.glob("shards/*.parquet"))
+        return
+    rep = run_embed(cfg, progress=False)
+    assert rep.finished and rep.rows_in == 31 == rep.rows_embedded + rep.rows_dead_letter
+    text_of = {r["id"]: r["text"] for r in rows if r["id"] != 900}
+    if mode == "truncate":  # cut by the calibrated estimate before submitting: the batch body has no truncate
+        assert rep.rows_truncated == 1 and rep.rows_embedded == 31
+        text_of[900] = cut = truncate_to(LONG, 8192, TokenEstimator().estimate_one)
+        assert 0 < fakemodel.count_tokens(cut) <= 8192 < fakemodel.count_tokens(LONG) and LONG.startswith(cut)
+        assert srv.stats()["batch"]["failed"] == 0
+    else:  # sent as it is: the API fails the item (status_code 400, in /errors) and the row is a dead letter
+        dead = read_dead_letters(out)
+        assert dead.column("id").to_pylist() == [900] and rep.rows_embedded == 30
+        (reason,) = dead.column("reason").to_pylist()
+        assert reason.startswith("too long (about") and "rejected by the Batch Embeddings API" in reason
+        assert "8192" in reason and srv.stats()["batch"]["failed"] == 0  # an item failure, not the batch's
+    assert_vectors_match(read_output(out), text_of, model=NANO, task=TASK, dims=DIMS)
+
+
+def test_a_recorded_batch_the_api_no_longer_knows_is_submitted_again_and_said_so(
+        ray_local, embed_config, make_jina_server, tmp_path, caplog):
+    """A record whose id the service answers 404 for (its batches expired, or another service): submit again."""
+    from jinabatch.config import parse_config  # noqa: F401
+    from jinabatch.embed.plan import plan_corpus
+    from jinabatch.observe.records import BatchEntry
+
+    srv = server(make_jina_server)
+    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=200, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, corpus={"columns": []})
+    (shard,) = plan_corpus(cfg, Storage.open(out)).shards
+    ShardBatches(shard=0, name=shard.name, shard_key=shard.key, fingerprint=cfg.fingerprint(), batches=[
+        BatchEntry(part=0, batch_id="batch_from_another_life", positions=list(range(200)),
+                   submitted_at=1.0)]).write(Storage.open(out))
+    rep = run_embed(cfg, progress=False)
+    assert rep.finished and rep.batches.resumed == 1 and rep.batches.gone == 1 and rep.batches.resubmitted == 1
+    (rec,) = records(out)
+    assert [(e.batch_id == "batch_from_another_life", e.status, e.attempt) for e in rec.batches] == \
+        [(True, "gone", 1), (False, "completed", 2)]
+    assert "no longer knows it" in rec.batches[0].error
+    assert srv.stats()["batch"]["submitted"] == 1
+    check_vectors(out, corpus.rows)
