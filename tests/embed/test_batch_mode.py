@@ -68,6 +68,15 @@ def test_a_batch_run_writes_exact_vectors_from_shuffled_output_and_records_every
     report = json.loads((out / "_report.json").read_text())
     assert report["batches"]["submitted"] == 6
 
+    from jinabatch.observe.report_html import write_report_html
+    from jinabatch.observe.status import format_status, read_status
+    status = read_status(Storage.open(out))
+    assert status.batches_by_state == {"completed": 6}
+    text = format_status(status)
+    assert "batches  6 completed" in text and "6 submitted, 0 resumed, 0 resubmitted" in text
+    write_report_html(Storage.open(out))
+    assert "6 submitted, 0 resumed" in (out / "_report.html").read_text()
+
 
 def test_items_the_api_cannot_embed_are_dead_letters_with_the_reason_and_counts_reconcile(
         ray_local, embed_config, make_jina_server, tmp_path):

@@ -105,6 +105,15 @@ class BatchCounts(Record):
     billed_tokens: int = 0  # the batches' usage
     wait_s: float = 0.0  # seconds from submit to the end of processing, summed over completed batches
 
+    def line(self) -> str:
+        """One line for people (status, the report page)."""
+        gone = f" ({self.gone:,} unknown to the API)" if self.gone else ""
+        avg = f", {self.wait_s / self.completed:,.1f} s from submit to done on average" if self.completed else ""
+        return (f"{self.submitted:,} submitted, {self.resumed:,} resumed, {self.resubmitted:,} resubmitted{gone}, "
+                f"{self.failed:,} failed, {self.cancelled:,} cancelled, {self.completed:,} completed{avg}; "
+                f"{self.billed_tokens:,} tokens billed; {self.polls:,} polls, {self.downloads:,} downloads "
+                f"({self.download_retries:,} again after a break), {self.unknown_lines:,} unknown output lines")
+
     def add(self, other: "BatchCounts") -> None:
         for name in type(self).model_fields:
             setattr(self, name, getattr(self, name) + getattr(other, name))

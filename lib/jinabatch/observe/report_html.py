@@ -176,6 +176,8 @@ def _embed_table(rep: EmbedReport, man: Manifest) -> str:
             ("duration", f"{format_duration(rep.duration_s)} (embedding {format_duration(rep.embed_window_s)})"),
             ("cost", f"${rep.tokens * price / 1e6:,.4f} at ${price:g} per 1M tokens" if price is not None
              else "set jina.price_per_million_tokens to see it")]
+    if (b := rep.batches) is not None:
+        rows.append(("batches", b.line()))
     if (est := man.plan.estimate) is not None:
         rows.append(("plan's estimate", f"{est.tokens:,} tokens, {format_duration(est.seconds)}"))
     return _table(rows)
