@@ -238,3 +238,59 @@ def test_a_recorded_batch_the_api_no_longer_knows_is_submitted_again_and_said_so
     assert "no longer knows it" in rec.batches[0].error
     assert srv.stats()["batch"]["submitted"] == 1
     check_vectors(out, corpus.rows)
+
+
+def test_a_worker_killed_while_its_batch_is_queued_is_retried_by_ray_and_resumes_the_recorded_batch(
+        ray_local, embed_config, make_jina_server, tmp_path):
+    from jinabatch.local_api import fakemodel
+    from procs import run_killing_one_worker
+
+    srv = server(make_jina_server, batch_queue_s=3.0)
+    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, corpus={"columns": []})
+    rep, killed = run_killing_one_worker(lambda: run_embed(cfg, progress=False),
+                                         lambda: len(list((out / "_batches").glob("shard-*.json"))) == 2)
+    assert killed and killed[0].startswith("ray::embed shard-"), "no shard worker was killed"
+    st = srv.stats()["batch"]
+    assert rep.finished and st["submitted"] == 2, "the retried task submitted its recorded batch again"
+    assert st["billed_tokens"] == sum(fakemodel.count_tokens(r["text"]) for r in corpus.rows)
+    assert rep.batches.resumed == 1 and rep.batches.submitted == 1  # the dead attempt's submit died with it
+    check_vectors(out, corpus.rows)
+
+
+def test_ctrl_c_cancels_the_running_batches_and_records_it(make_jina_server, jina_key, tmp_path):
+    """SIGINT to jobs/embed.py while its batches are queued: each is cancelled (DELETE), the records say so, the
+    job exits 130 saying a rerun resumes; the rerun submits the cancelled parts again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fixtures_ray import base_config
+    from procs import job_env, toml_of
+
+    srv = server(make_jina_server, batch_queue_s=60.0)
+    make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
+    out = tmp_path / "out"
+    data = base_config(tmp_path / "corpus", out, srv.url, corpus={"columns": []},
+                       jina={"api": "batch", "model": NANO, "dimensions": DIMS})
+    data["jina.batch"] = dict(FAST)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(toml_of(data))
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "embed.py"), str(cfg), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=job_env(jina_key), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while len(list((out / "_batches").glob("shard-*.json"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text[-2000:]
+    assert "interrupted" in text and jina_key not in text
+    st = srv.stats()["batch"]
+    assert st["submitted"] == 2 and st["cancelled"] == 2 and st["in_flight"] == 0
+    entries = [e for r in records(out) for e in r.batches]
+    assert [(e.status, e.cancelled_by_job) for e in entries] == [("cancelled", True)] * 2
+    assert all("Ctrl+C" in e.error for e in entries)

@@ -115,7 +115,8 @@ def test_each_submit_attempt_passes_the_limiter_and_429_is_retried_after_retry_a
     a, b, counts = asyncio.run(go())
     assert a.batch_id != b.batch_id and counts["http_429"] >= 1 and counts["submits"] == 1 + 1 + counts["http_429"]
     assert srv.stats()["batch"]["rejected_in_flight"] == counts["http_429"]
-    assert seen == {"acquire": counts["submits"], "429": counts["http_429"]}  # every attempt spent a request
+    # every attempt spent a request; the in-flight cap's 429 does not slow the key's pace (it is not a rate)
+    assert seen == {"acquire": counts["submits"], "429": 0}
 
 
 def test_a_cut_line_is_a_transport_error_so_the_download_starts_over():

@@ -110,6 +110,10 @@ def parse_custom_id(custom_id: Any, n: int) -> int | None:
     return int(tail) if tail.isdigit() and int(tail) < n else None
 
 
+def _in_flight_cap(message: str) -> bool:
+    return "batches in flight" in message.lower()
+
+
 def _bad(msg: str) -> ResponseError:
     return ResponseError(f"Batch Embeddings API output: {msg}", status=200)
 
@@ -276,7 +280,10 @@ class BatchClient:
             log.info("submitted %s: %d inputs on key%d", doc.get("batch_id"), len(body["input"]), key)
             return Submitted(str(doc["batch_id"]), key, float(doc.get("created_at") or time.time()))
         except RateLimited as e:
-            limited, retry_after, limit = True, e.retry_after, e.limit
+            # "batches in flight" is the API's cap on open batches, not on the key's rate: the submit waits and is
+            # retried, but the pace of the key's requests is not slowed for it
+            if not _in_flight_cap(str(e)):
+                limited, retry_after, limit = True, e.retry_after, e.limit
             raise
         except (KeyError, ValueError):
             raise ResponseError("the Batch Embeddings API accepted a batch without a batch_id", status=202) from None
