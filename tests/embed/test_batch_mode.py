@@ -294,3 +294,22 @@ def test_ctrl_c_cancels_the_running_batches_and_records_it(make_jina_server, jin
     entries = [e for r in records(out) for e in r.batches]
     assert [(e.status, e.cancelled_by_job) for e in entries] == [("cancelled", True)] * 2
     assert all("Ctrl+C" in e.error for e in entries)
+
+
+def test_a_key_revoked_mid_run_stops_it_with_auth_error_and_the_record_says_the_cancel_was_refused(
+        ray_local, embed_config, make_jina_server, jina_key, tmp_path):
+    from jinabatch.errors import AuthError
+
+    srv = server(make_jina_server, batch_queue_s=30.0, batch_auth_fail_after=2)  # 2 submits, then 401 for all
+    make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, batch={"inputs_per_batch": 200},
+                       corpus={"columns": [], "rows_per_shard": 400}, ray={"workers": 1})  # one task: 2 submits
+    with pytest.raises(AuthError) as e:
+        run_embed(cfg, progress=False)
+    assert jina_key not in str(e.value) and "401" in str(e.value)
+    st = srv.stats()["batch"]
+    assert st["submitted"] == 2 and st["cancelled"] == 0  # the revoked key cannot cancel either
+    entries = [e for r in records(out) for e in r.batches]
+    assert len(entries) == 2 and all(e.error.startswith("cancel failed") and not e.cancelled_by_job for e in entries)
+    assert jina_key not in (out / "_batches" / "shard-00000.json").read_text()

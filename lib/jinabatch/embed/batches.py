@@ -215,6 +215,7 @@ class _Batches:
                 except JinaError as err:
                     log.warning("could not cancel batch %s: %s", e.batch_id, err)
                     e.error = f"cancel failed: {err}"
+                    self._save()
                     continue
                 if done:
                     self.counts.cancelled += 1
