@@ -75,7 +75,11 @@ def test_a_batch_run_writes_exact_vectors_from_shuffled_output_and_records_every
     text = format_status(status)
     assert "batches  6 completed" in text and "6 submitted, 0 resumed, 0 resubmitted" in text
     write_report_html(Storage.open(out))
-    assert "6 submitted, 0 resumed" in (out / "_report.html").read_text()
+    page = (out / "_report.html").read_text()
+    assert "6 submitted, 0 resumed" in page and 'id="chart-batches"' in page
+    specs = json.loads(page.split('id="jb-charts">', 1)[1].split("</script>", 1)[0])
+    bars = specs["batches"]["data"]["values"]
+    assert len(bars) == 6 and {b["status"] for b in bars} == {"completed"}
 
 
 def test_items_the_api_cannot_embed_are_dead_letters_with_the_reason_and_counts_reconcile(

@@ -28,7 +28,7 @@ __all__ = [
     "Record", "Counters", "KeyCounters", "Tally", "ShardOutcome", "ShardRecord", "Sample", "Limits", "PlanEstimate", "PlanSummary", "RunMeta",
     "ShardCounts", "RowCounts", "Rates", "RunningShard", "Failure", "ReportSummary", "Manifest",
     "BatchCounts", "BatchEntry", "ShardBatches", "BATCHES",
-    "MANIFEST", "PROGRESS", "TIMESERIES", "COUNTERS", "read_progress", "read_timeseries",
+    "MANIFEST", "PROGRESS", "TIMESERIES", "COUNTERS", "read_batches", "read_progress", "read_timeseries",
 ]
 
 MANIFEST, PROGRESS, TIMESERIES, BATCHES = "_manifest.json", "_progress", "_timeseries", "_batches"
@@ -360,6 +360,13 @@ class Manifest(RunMeta):
 def read_progress(out: Storage, run: str | None = None) -> list[ShardRecord]:
     """Shard records in write order (of one run if ``run`` is given)."""
     return [r for r in map(ShardRecord.model_validate, ChunkLog.read(out, PROGRESS)) if run is None or r.run == run]
+
+
+def read_batches(out: Storage, limit: int | None = None) -> list[ShardBatches]:
+    """Batch mode: the batch records under ``_batches/`` (the first ``limit`` shards' at most), in shard order."""
+    files = out.list(BATCHES, recursive=False, pattern="*.json")[:limit]
+    recs = [ShardBatches.read(out, f.path.rsplit("/", 1)[-1].removesuffix(".json")) for f in files]
+    return [r for r in recs if r is not None]
 
 
 def read_timeseries(out: Storage, run: str | None = None) -> list[Sample]:

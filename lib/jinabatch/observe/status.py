@@ -17,7 +17,7 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..storage import Storage
 from .progress import format_duration
-from .records import BATCHES, MANIFEST, Manifest, PlanEstimate, Rates, ReportSummary, ShardBatches
+from .records import MANIFEST, Manifest, PlanEstimate, Rates, ReportSummary, read_batches
 from .report import EmbedReport
 
 __all__ = ["Status", "StatusRate", "read_status", "format_status", "STALE_AFTER_S"]
@@ -54,9 +54,8 @@ def batches_by_state(out: Storage) -> dict[str, int] | None:
     """Batch mode: how many batches (the latest attempt of each part of each shard) the records show in each
     state; None when the output has no batch records."""
     counts: dict[str, int] = {}
-    for f in out.list(BATCHES, recursive=False, pattern="*.json"):
-        rec = ShardBatches.read(out, f.path.rsplit("/", 1)[-1].removesuffix(".json"))
-        for part in {e.part for e in rec.batches} if rec else ():
+    for rec in read_batches(out):
+        for part in {e.part for e in rec.batches}:
             state = rec.latest(part).status
             counts[state] = counts.get(state, 0) + 1
     return counts or None
