@@ -84,7 +84,8 @@ def test_a_batch_run_writes_exact_vectors_from_shuffled_output_and_records_every
 
 def test_items_the_api_cannot_embed_are_dead_letters_with_the_reason_and_counts_reconcile(
         ray_local, embed_config, make_jina_server, tmp_path):
-    srv = server(make_jina_server, batch_item_fail_marker="@@poison@@", batch_unknown_custom_id=True)
+    srv = server(make_jina_server, batch_item_fail_marker="@@poison@@", batch_unknown_custom_id=True,
+                 batch_drop_first=1, batch_drop_after_bytes=3000)  # and the first download breaks mid-stream
     rows = [{"id": i, "text": f"row {i} about rivers" + (" @@poison@@" if i % 50 == 7 else "")} for i in range(400)]
     write_rows(tmp_path / "corpus" / "part-000.parquet", rows)
     out = tmp_path / "out"
@@ -97,6 +98,8 @@ def test_items_the_api_cannot_embed_are_dead_letters_with_the_reason_and_counts_
     assert rep.rows_in == 400 == rep.rows_embedded + rep.rows_dead_letter and rep.rows_dead_letter == 8
     check_vectors(out, [r for r in rows if r["id"] not in poisoned])
     assert rep.batches.unknown_lines == srv.stats()["batch"]["submitted"] == 2  # one extra line per batch, not a row
+    assert rep.batches.download_retries == srv.stats()["batch"]["dropped"] == 1  # downloaded again, whole
+    assert not list(out.rglob("*.tmp-*"))
 
 
 def test_a_failed_batch_is_submitted_again_and_capped_by_max_attempts(ray_local, embed_config, make_jina_server,
