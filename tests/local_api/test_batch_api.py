@@ -352,6 +352,17 @@ def test_expire_s_makes_output_and_errors_410_gone_after_completion(make_jina_se
         assert r.status_code == 410 and "expired" in r.json()["detail"]
 
 
+def test_forget_batches_makes_every_known_id_404(srv, jina_key):
+    done, running = submitted(srv, jina_key, ["x"]), None
+    wait_done(srv, jina_key, done)
+    running = submitted(srv, jina_key, ["y"])
+    assert httpx.post(srv.url.removesuffix("/v1") + "/admin/batch/forget").status_code == 401
+    assert srv.forget_batches() == 2
+    for bid in (done, running):
+        assert get(srv, jina_key, f"/batch/{bid}").status_code == 404
+    assert srv.stats()["batch"]["in_flight"] == 0
+
+
 # -- validation ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("body, status, needle", [
     ({"model": "jina-embeddings-v3", "input": ["x"]}, 422, "'jina-embeddings-v3' is not served by the batch"),

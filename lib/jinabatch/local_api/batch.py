@@ -26,6 +26,8 @@ gets 404, never someone else's vectors):
 * ``GET /v1/batch/{id}/errors`` → 409 until completed, then the JSONL lines of the failed items only.
 * ``DELETE /v1/batch/{id}`` → ``200 {"batch_id", "status": "cancelled"}`` while submitted or processing; 409
   once terminal.
+* ``POST /admin/batch/forget`` (any valid key; ``LocalServer.forget_batches()``) drops every batch: their ids answer
+  404 from then on, as from a service that no longer knows them.
 
 Fault knobs (``BatchKnobs``; ``ServerSettings`` fields, ``configure(...)`` keys and ``--batch-...`` flags):
 ``batch_fail_first=N`` (the next N batches submitted end ``failed``), ``batch_fail_marker`` (a batch with an input
@@ -315,6 +317,7 @@ def add_routes(app: web.Application, state_key: web.AppKey) -> None:
     app.router.add_delete("/v1/batch/{id}", h.wrap(h.cancel))
     app.router.add_get("/v1/batch/{id}/output", h.wrap(h.output))
     app.router.add_get("/v1/batch/{id}/errors", h.wrap(h.errors))
+    app.router.add_post("/admin/batch/forget", h.forget)
 
 
 def _problem(status: int, detail: str, headers: dict | None = None) -> web.Response:
@@ -338,6 +341,17 @@ class _Handlers:
             counters["by_status"][resp.status] = counters["by_status"].get(resp.status, 0) + 1
             return resp
         return run
+
+    async def forget(self, request: web.Request) -> web.Response:
+        """Drop every batch (any valid key may ask): the service no longer knows their ids."""
+        state = request.app[self.state_key]
+        try:
+            state.key_of(request)
+        except HTTPProblem as p:
+            return _problem(p.status, p.detail)
+        n = len(state.batches.batches)
+        state.batches.batches.clear()
+        return web.json_response({"forgotten": n})
 
     @staticmethod
     def _auth(state, request: web.Request) -> str:

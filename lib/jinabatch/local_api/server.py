@@ -21,7 +21,7 @@ Jina's Batch Embeddings API (``local_api.batch``): ``POST /v1/batch/embeddings``
 ``GET /v1/batch/{id}`` (submitted → processing → completed | failed | cancelled; tokens billed at the first status
 query after completion), ``GET /v1/batch/{id}/output`` (shuffled JSONL, ``custom_id`` ``request-N``, exact float32
 vectors), ``GET /v1/batch/{id}/errors``, ``DELETE /v1/batch/{id}``; a batch is visible to the key that submitted it
-only. Its settings and fault knobs are the ``batch_*`` fields of ``ServerSettings`` (``batch.BatchKnobs``), the
+only; ``POST /admin/batch/forget`` (``forget_batches()``) drops every batch. Its settings and fault knobs are the ``batch_*`` fields of ``ServerSettings`` (``batch.BatchKnobs``), the
 ``--batch-...`` flags and ``configure(batch_...=...)`` keys: timing ``batch_queue_s`` (0.2),
 ``batch_processing_s`` (0.5), ``batch_processing_per_1000_s`` (0.2); ``batch_max_inputs`` (10000),
 ``batch_max_in_flight`` (4 per key, then 429), ``batch_shuffle`` (true); faults ``batch_fail_first``,
@@ -209,6 +209,10 @@ class LocalServer:
 
     def reset_stats(self) -> dict:
         return self._client().post("/stats/reset").raise_for_status().json()
+
+    def forget_batches(self) -> int:
+        """Drop every batch of the batch API (their ids answer 404 from now on); returns how many."""
+        return self._client().post("/admin/batch/forget").raise_for_status().json()["forgotten"]
 
     def configure(self, **changes) -> dict:
         """Change limits / latency / faults at run time; returns the new settings (without keys)."""
