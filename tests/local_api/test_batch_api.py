@@ -401,7 +401,8 @@ def test_body_that_is_not_json_is_422(srv, jina_key):
     ({"batch_queue_s": -1}, "batch_queue_s: expected a number >= 0"),
     ({"batch_shuffle": "no"}, "batch_shuffle: expected true or false"),
     ({"batch_fail_marker": ""}, "batch_fail_marker: expected a non-empty text"),
-    ({"batch_max_inputs": 2.5}, "batch_max_inputs: expected a number >= 0"),
+    ({"batch_max_inputs": 2.5}, "batch_max_inputs: expected a whole number >= 0"),
+    ({"batch_expire_s": "soon"}, "batch_expire_s: expected a number >= 0, or null for none"),
 ])
 def test_bad_batch_settings_are_refused_naming_them(srv, changes, needle):
     with pytest.raises(ValueError, match=needle.replace("(", r"\(")):

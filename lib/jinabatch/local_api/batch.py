@@ -112,7 +112,9 @@ class BatchKnobs:
                 if not isinstance(v, str) or not v:
                     raise ValueError(f"{f.name}: expected a non-empty text, or null for none; got {v!r}")
             elif isinstance(v, bool) or not isinstance(v, int if kind.startswith("int") else (int, float)) or v < 0:
-                raise ValueError(f"{f.name}: expected a number >= 0{' or null' if 'None' in kind else ''}; got {v!r}")
+                what = "a whole number" if kind.startswith("int") else "a number"
+                raise ValueError(f"{f.name}: expected {what} >= 0{', or null for none' if 'None' in kind else ''}; "
+                                 f"got {v!r}")
         for name in ("batch_max_inputs", "batch_max_in_flight", "batch_drop_after_bytes"):
             if getattr(self, name) == 0:
                 raise ValueError(f"{name}: must be >= 1; got 0")
