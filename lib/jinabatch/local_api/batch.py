@@ -77,8 +77,8 @@ class BatchKnobs:
     """The batch settings of the stand-in (mixed into ``ServerSettings``)."""
 
     batch_queue_s: float = field(default=0.2, metadata={"help": "seconds a batch stays submitted"})
-    batch_processing_s: float = field(default=0.5, metadata={"help": "seconds a batch is processing, plus ..."})
-    batch_processing_per_1000_s: float = field(default=0.2, metadata={"help": "... seconds per 1,000 inputs"})
+    batch_processing_s: float = field(default=0.5, metadata={"help": "seconds a batch is processing (plus the next)"})
+    batch_processing_per_1000_s: float = field(default=0.2, metadata={"help": "more processing seconds per 1,000 inputs"})
     batch_max_inputs: int = field(default=10_000, metadata={"help": "inputs one batch may hold"})
     batch_max_in_flight: int | None = field(default=4, metadata={
         "help": "batches submitted or processing per key (more: 429)"})
@@ -91,7 +91,7 @@ class BatchKnobs:
     batch_unknown_custom_id: bool = field(default=False, metadata={
         "help": "the output carries a line for a custom_id never submitted"})
     batch_drop_first: int = field(default=0, metadata={"help": "the next N output downloads break the connection"})
-    batch_drop_after_bytes: int = field(default=1000, metadata={"help": "... after this many bytes"})
+    batch_drop_after_bytes: int = field(default=1000, metadata={"help": "bytes a broken download sends before it breaks"})
     batch_expire_s: float | None = field(default=None, metadata={
         "help": "output and errors answer 410 this long after completion"})
     batch_balance_after: int | None = field(default=None, metadata={

@@ -253,7 +253,7 @@ def _add_batch_flags(p: argparse.ArgumentParser) -> None:
         if f.name not in BATCH_KNOBS:
             continue
         flag, kind = "--" + f.name.replace("_", "-"), f.type
-        help_ = f"{f.metadata.get('help', '')} (default {f.default})"
+        help_ = f"{f.metadata.get('help', '')} (default {'off' if f.default is None else f.default})"
         if kind == "bool":
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         else:
