@@ -27,6 +27,10 @@ Models: every model of the job's table, and ``extra_models`` — models the tabl
 own names with the figures given (``local_api.catalog``), so a test can show the job running a model it has never
 heard of.
 
+Batch Embeddings API: ``local_api.batch`` registers its routes here and keeps its batches in ``State.batches``;
+its settings are the ``batch_*`` fields ``ServerSettings`` takes from ``batch.BatchKnobs``, and its counters are
+``/stats`` ``batch`` (not in the top-level request counters).
+
 The API key is compared, never stored in stats, logs or error details.
 """
 from __future__ import annotations
