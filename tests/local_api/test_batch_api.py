@@ -265,7 +265,22 @@ def test_a_submit_spends_the_keys_rpm_and_polls_and_tokens_do_not(make_jina_serv
     r = submit(srv, jina_key, {"model": SMALL, "input": ["third"]})
     assert r.status_code == 429 and "2 requests per minute" in r.json()["detail"]
     assert int(r.headers["Retry-After"]) >= 1
-    assert srv.stats()["batch"]["submitted"] == 2
+    b = srv.stats()["batch"]
+    assert b["submitted"] == 2 and b["rejected_rpm"] == 1
+
+
+def test_with_polls_spend_rpm_every_batch_request_spends_the_keys_rpm(make_jina_server, jina_key):
+    srv = make_jina_server(rpm=3, batch_polls_spend_rpm=True, **FAST)
+    bid = submitted(srv, jina_key, ["x"])
+    time.sleep(0.3)
+    assert get(srv, jina_key, f"/batch/{bid}").json()["status"] == "completed"
+    assert get(srv, jina_key, f"/batch/{bid}/output").status_code == 200
+    for path in (f"/batch/{bid}", f"/batch/{bid}/output", f"/batch/{bid}/errors"):
+        r = get(srv, jina_key, path)
+        assert r.status_code == 429 and "3 requests per minute" in r.json()["detail"] and "Retry-After" in r.headers
+    assert submit(srv, jina_key, {"model": SMALL, "input": ["y"]}).status_code == 429
+    b = srv.stats()["batch"]
+    assert b["rejected_rpm"] == 4 and b["status_polls"] == 1 and b["downloads"] == 1
 
 
 def test_a_missing_or_wrong_key_is_401(srv):
@@ -425,12 +440,12 @@ def test_cli_flags_set_every_batch_knob():
                             "--batch-item-fail-marker", "BAD", "--batch-unknown-custom-id", "--batch-drop-first", "2",
                             "--batch-drop-after-bytes", "99", "--batch-expire-s", "5", "--batch-balance-after", "3",
                             "--batch-auth-fail-after", "4", "--batch-max-inputs", "50",
-                            "--batch-processing-per-1000-s", "0.5"])
+                            "--batch-processing-per-1000-s", "0.5", "--batch-polls-spend-rpm"])
     assert (s.batch_queue_s, s.batch_processing_s, s.batch_max_in_flight, s.batch_shuffle) == (2, 3, 7, False)
     assert (s.batch_fail_first, s.batch_fail_marker, s.batch_item_fail_marker) == (1, "BOOM", "BAD")
     assert (s.batch_unknown_custom_id, s.batch_drop_first, s.batch_drop_after_bytes) == (True, 2, 99)
     assert (s.batch_expire_s, s.batch_balance_after, s.batch_auth_fail_after) == (5, 3, 4)
-    assert (s.batch_max_inputs, s.batch_processing_per_1000_s) == (50, 0.5)
+    assert (s.batch_max_inputs, s.batch_processing_per_1000_s, s.batch_polls_spend_rpm) == (50, 0.5, True)
     d = settings_from_args([])
     assert (d.batch_queue_s, d.batch_max_in_flight, d.batch_shuffle, d.batch_max_inputs) == (0.2, 4, True, 10_000)
 

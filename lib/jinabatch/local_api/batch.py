@@ -8,7 +8,7 @@ gets 404, never someone else's vectors):
   table marks ``batch_api`` (v5 text small / nano); a field the batch body does not have (``embedding_type``,
   ``truncate``, ``late_chunking``, ``input_file``) or an unknown one is a 422 naming it
   (``validate.parse_batch_request``). A submit is one request against the key's RPM (429 + ``Retry-After``), not
-  against its TPM. More than ``batch_max_in_flight`` batches submitted or processing for the key → 429 naming
+  against its TPM (with ``batch_polls_spend_rpm`` every other batch request spends one too). More than ``batch_max_in_flight`` batches submitted or processing for the key → 429 naming
   "batches in flight". 401 for a bad key, 402 once the balance is empty (``batch_balance_after``).
 * ``GET /v1/batch/{id}`` → ``{batch_id, status, created_at, completed_at?, stats {total, completed, failed,
   total_tokens}, output_url?, error?}``. ``submitted`` for ``batch_queue_s``, then ``processing`` for
@@ -39,7 +39,7 @@ extra line, ``request-<total>``, for an input never submitted), ``batch_drop_fir
 401). Setting a counted knob with ``configure`` starts its count again.
 
 ``/stats`` ``batch``: submitted, status_polls, downloads, dropped, cancelled, completed, failed, billed_tokens,
-in_flight (now), rejected_in_flight, by_status, and ``by_key`` (``key0``…: submitted, status_polls,
+in_flight (now), rejected_in_flight, rejected_rpm, by_status, and ``by_key`` (``key0``…: submitted, status_polls,
 billed_tokens, in_flight). Everything runs on the server's event loop; embedding and JSON encoding of an output
 block run in a worker thread.
 """
@@ -83,6 +83,8 @@ class BatchKnobs:
     batch_max_in_flight: int | None = field(default=4, metadata={
         "help": "batches submitted or processing per key (more: 429)"})
     batch_shuffle: bool = field(default=True, metadata={"help": "output lines in shuffled order"})
+    batch_polls_spend_rpm: bool = field(default=False, metadata={
+        "help": "status polls, downloads and cancels also spend the key's RPM (a submit always does)"})
     batch_fail_first: int = field(default=0, metadata={"help": "the next N batches end failed"})
     batch_fail_marker: str | None = field(default=None, metadata={
         "help": "a batch with an input containing this text ends failed"})
@@ -127,7 +129,7 @@ _COUNTED = {"batch_fail_first": "fail", "batch_drop_first": "drop", "batch_balan
 
 def new_counters() -> dict:
     return {"submitted": 0, "status_polls": 0, "downloads": 0, "dropped": 0, "cancelled": 0, "completed": 0,
-            "failed": 0, "billed_tokens": 0, "in_flight": 0, "rejected_in_flight": 0, "by_status": {},
+            "failed": 0, "billed_tokens": 0, "in_flight": 0, "rejected_in_flight": 0, "rejected_rpm": 0, "by_status": {},
             "by_key": {}}
 
 
@@ -314,7 +316,7 @@ def _blocks(b: Batch, seed: int) -> Iterator[list[int] | None]:
 def add_routes(app: web.Application, state_key: web.AppKey) -> None:
     """Register the batch endpoints; the app's state (``app.State``) is ``app[state_key]``."""
     h = _Handlers(state_key)
-    app.router.add_post("/v1/batch/embeddings", h.wrap(h.submit))
+    app.router.add_post("/v1/batch/embeddings", h.wrap(h.submit, submit=True))
     app.router.add_get("/v1/batch/{id}", h.wrap(h.status))
     app.router.add_delete("/v1/batch/{id}", h.wrap(h.cancel))
     app.router.add_get("/v1/batch/{id}/output", h.wrap(h.output))
@@ -330,12 +332,14 @@ class _Handlers:
     def __init__(self, state_key: web.AppKey):
         self.state_key = state_key
 
-    def wrap(self, handler):
+    def wrap(self, handler, submit: bool = False):
         async def run(request: web.Request) -> web.StreamResponse:
             state = request.app[self.state_key]
             counters = state.stats["batch"]
             try:
                 key = self._auth(state, request)
+                if not submit and state.settings.batch_polls_spend_rpm:
+                    self._spend_rpm(state, key)
                 state.batches.sweep(counters, time.monotonic())
                 resp = await handler(state, key, request)
             except HTTPProblem as p:
@@ -366,6 +370,15 @@ class _Handlers:
         return key
 
     @staticmethod
+    def _spend_rpm(state, key: str) -> None:
+        """One request of the key's RPM, or 429 + Retry-After (nothing spent)."""
+        refusal = state.limiter(key).admit_request()
+        if refusal is not None:
+            state.stats["batch"]["rejected_rpm"] += 1
+            headers = {"Retry-After": str(refusal.retry_after)} if state.settings.retry_after else None
+            raise HTTPProblem(429, refusal.reason + "; slow down and retry later", headers)
+
+    @staticmethod
     def _key_counters(state, key: str) -> dict:
         return state.stats["batch"]["by_key"].setdefault(state.key_label(key)[1], _key_counters())
 
@@ -387,10 +400,7 @@ class _Handlers:
             raise HTTPProblem(429, f"too many batches in flight: {len(flying)} of at most {s.batch_max_in_flight} "
                                    "batches in flight for this key are submitted or processing; wait for one to "
                                    "finish", {"Retry-After": str(wait)})
-        refusal = state.limiter(key).admit_request()
-        if refusal is not None:
-            headers = {"Retry-After": str(refusal.retry_after)} if s.retry_after else None
-            raise HTTPProblem(429, refusal.reason + "; slow down and retry later", headers)
+        self._spend_rpm(state, key)
         if s.batch_balance_after is not None:
             store.used["balance"] += 1
         b = store.create(key, req, s)

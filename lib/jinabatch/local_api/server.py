@@ -24,7 +24,7 @@ vectors), ``GET /v1/batch/{id}/errors``, ``DELETE /v1/batch/{id}``; a batch is v
 only; ``POST /admin/batch/forget`` (``forget_batches()``) drops every batch. Its settings and fault knobs are the ``batch_*`` fields of ``ServerSettings`` (``batch.BatchKnobs``), the
 ``--batch-...`` flags and ``configure(batch_...=...)`` keys: timing ``batch_queue_s`` (0.2),
 ``batch_processing_s`` (0.5), ``batch_processing_per_1000_s`` (0.2); ``batch_max_inputs`` (10000),
-``batch_max_in_flight`` (4 per key, then 429), ``batch_shuffle`` (true); faults ``batch_fail_first``,
+``batch_max_in_flight`` (4 per key, then 429), ``batch_shuffle`` (true), ``batch_polls_spend_rpm`` (false); faults ``batch_fail_first``,
 ``batch_fail_marker``, ``batch_item_fail_marker``, ``batch_unknown_custom_id``, ``batch_drop_first`` +
 ``batch_drop_after_bytes``, ``batch_expire_s``, ``batch_balance_after`` (402), ``batch_auth_fail_after`` (401).
 ``/stats`` has a ``batch`` section of counters.
