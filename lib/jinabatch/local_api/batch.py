@@ -36,7 +36,8 @@ extra line, ``request-<total>``, for an input never submitted), ``batch_drop_fir
 ``batch_drop_after_bytes`` (the next N output downloads break the connection after that many bytes),
 ``batch_expire_s`` (output and errors answer 410 Gone that long after completion), ``batch_balance_after=N``
 (the submits after the next N answer 402), ``batch_auth_fail_after=N`` (batch requests after the next N answer
-401). Setting a counted knob with ``configure`` starts its count again.
+401). Setting a counted knob with ``configure`` starts its count again. A batch keeps the timing, shuffle and
+fault decisions in force when it was submitted (``batch_expire_s`` and ``batch_drop_*`` act at download time).
 
 ``/stats`` ``batch``: submitted, status_polls, downloads, dropped, cancelled, completed, failed, billed_tokens,
 in_flight (now), rejected_in_flight, rejected_rpm, by_status, and ``by_key`` (``key0``…: submitted, status_polls,
