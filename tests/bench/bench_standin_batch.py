@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = ServerSettings(batch_queue_s=0, batch_processing_s=0, batch_processing_per_1000_s=0)
     with LocalServer(settings, mode="process") as srv:
         h = {"Authorization": f"Bearer {srv.key}"}
-        bid = httpx.post(f"{srv.url}/batch/embeddings", headers=h, timeout=120,
-                         json={"model": MODEL, "input": texts, "dimensions": a.dims}).raise_for_status().json()["batch_id"]
+        r = httpx.post(f"{srv.url}/batch/embeddings", headers=h, timeout=120,
+                       json={"model": MODEL, "input": texts, "dimensions": a.dims})
+        bid = r.raise_for_status().json()["batch_id"]
         time.sleep(0.05)
         assert httpx.get(f"{srv.url}/batch/{bid}", headers=h).json()["status"] == "completed"
         t, size = time.perf_counter(), 0

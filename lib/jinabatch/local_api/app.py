@@ -53,8 +53,8 @@ from .catalog import ServedModel, catalog, extra_model
 from .limits import KeyLimiter
 from .validate import EmbeddingRequest, HTTPProblem, parse_request
 
-__all__ = ["ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "make_app", "State", "STATE", "BATCH_KNOBS",
-           "STAND_IN_HEADER"]
+__all__ = ["ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "make_app", "State", "STATE",
+           "BATCH_KNOBS", "STAND_IN_HEADER"]
 
 FAULT_KINDS = ("json500", "html502", "drop", "stall", "wrong_count", "wrong_dims", "nan", "shuffle")
 TRANSIENT_FAULTS = ("json500", "html502", "drop")

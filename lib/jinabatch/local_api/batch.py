@@ -3,13 +3,13 @@
 Endpoints (Bearer key as for ``/v1/embeddings``; a batch belongs to the key that submitted it — any other key
 gets 404, never someone else's vectors):
 
-* ``POST /v1/batch/embeddings`` ``{model, input: [str, ...], task?, dimensions?, normalized?}`` →
-  ``202 {"batch_id": "batch_<hex>", "status": "submitted", "created_at": <unix s>}``. Only the models the
-  table marks ``batch_api`` (v5 text small / nano); a field the batch body does not have (``embedding_type``,
-  ``truncate``, ``late_chunking``, ``input_file``) or an unknown one is a 422 naming it
-  (``validate.parse_batch_request``). A submit is one request against the key's RPM (429 + ``Retry-After``), not
-  against its TPM (with ``batch_polls_spend_rpm`` every other batch request spends one too). More than ``batch_max_in_flight`` batches submitted or processing for the key → 429 naming
-  "batches in flight". 401 for a bad key, 402 once the balance is empty (``batch_balance_after``).
+* ``POST /v1/batch/embeddings`` ``{model, input: [str, ...], task?, dimensions?, normalized?}`` → ``202 {"batch_id":
+  "batch_<hex>", "status": "submitted", "created_at": <unix s>}``. Only the models the table marks ``batch_api`` (v5
+  text small / nano); a field the batch body does not have (``embedding_type``, ``truncate``, ``late_chunking``,
+  ``input_file``) or an unknown one is a 422 naming it (``validate.parse_batch_request``). A submit is one request
+  against the key's RPM (429 + ``Retry-After``), not against its TPM (with ``batch_polls_spend_rpm`` every other
+  batch request spends one too). More than ``batch_max_in_flight`` batches submitted or processing for the key → 429
+  naming "batches in flight". 401 for a bad key, 402 once the balance is empty (``batch_balance_after``).
 * ``GET /v1/batch/{id}`` → ``{batch_id, status, created_at, completed_at?, stats {total, completed, failed,
   total_tokens}, output_url?, error?}``. ``submitted`` for ``batch_queue_s``, then ``processing`` for
   ``batch_processing_s + batch_processing_per_1000_s * n / 1000`` (stats grow with it), then ``completed`` or
@@ -79,7 +79,8 @@ class BatchKnobs:
 
     batch_queue_s: float = field(default=0.2, metadata={"help": "seconds a batch stays submitted"})
     batch_processing_s: float = field(default=0.5, metadata={"help": "seconds a batch is processing (plus the next)"})
-    batch_processing_per_1000_s: float = field(default=0.2, metadata={"help": "more processing seconds per 1,000 inputs"})
+    batch_processing_per_1000_s: float = field(default=0.2, metadata={
+        "help": "more processing seconds per 1,000 inputs"})
     batch_max_inputs: int = field(default=10_000, metadata={"help": "inputs one batch may hold"})
     batch_max_in_flight: int | None = field(default=4, metadata={
         "help": "batches submitted or processing per key (more: 429)"})
@@ -94,7 +95,8 @@ class BatchKnobs:
     batch_unknown_custom_id: bool = field(default=False, metadata={
         "help": "the output carries a line for a custom_id never submitted"})
     batch_drop_first: int = field(default=0, metadata={"help": "the next N output downloads break the connection"})
-    batch_drop_after_bytes: int = field(default=1000, metadata={"help": "bytes a broken download sends before it breaks"})
+    batch_drop_after_bytes: int = field(default=1000, metadata={
+        "help": "bytes a broken download sends before it breaks"})
     batch_expire_s: float | None = field(default=None, metadata={
         "help": "output and errors answer 410 this long after completion"})
     batch_balance_after: int | None = field(default=None, metadata={
@@ -130,8 +132,8 @@ _COUNTED = {"batch_fail_first": "fail", "batch_drop_first": "drop", "batch_balan
 
 def new_counters() -> dict:
     return {"submitted": 0, "status_polls": 0, "downloads": 0, "dropped": 0, "cancelled": 0, "completed": 0,
-            "failed": 0, "billed_tokens": 0, "in_flight": 0, "rejected_in_flight": 0, "rejected_rpm": 0, "by_status": {},
-            "by_key": {}}
+            "failed": 0, "billed_tokens": 0, "in_flight": 0, "rejected_in_flight": 0, "rejected_rpm": 0,
+            "by_status": {}, "by_key": {}}
 
 
 @dataclass
