@@ -222,6 +222,12 @@ class BatchStore:
         self.batches: dict[str, Batch] = {}
         self.used = {"fail": 0, "drop": 0, "balance": 0, "auth": 0}
 
+    def forget(self) -> int:
+        """Drop every batch; how many there were."""
+        n = len(self.batches)
+        self.batches.clear()
+        return n
+
     def reconfigured(self, changes) -> None:
         for name in set(changes) & set(_COUNTED):
             self.used[_COUNTED[name]] = 0
@@ -358,9 +364,7 @@ class _Handlers:
             state.key_of(request)
         except HTTPProblem as p:
             return _problem(p.status, p.detail)
-        n = len(state.batches.batches)
-        state.batches.batches.clear()
-        return web.json_response({"forgotten": n})
+        return web.json_response({"forgotten": state.batches.forget()})
 
     @staticmethod
     def _auth(state, request: web.Request) -> str:
