@@ -27,6 +27,10 @@ Models: every model of the job's table, and ``extra_models`` — models the tabl
 own names with the figures given (``local_api.catalog``), so a test can show the job running a model it has never
 heard of.
 
+Batch Embeddings API: ``local_api.batch`` registers its routes here and keeps its batches in ``State.batches``;
+its settings are the ``batch_*`` fields ``ServerSettings`` takes from ``batch.BatchKnobs``, and its counters are
+``/stats`` ``batch`` (not in the top-level request counters).
+
 The API key is compared, never stored in stats, logs or error details.
 """
 from __future__ import annotations
@@ -49,8 +53,8 @@ from .catalog import ServedModel, catalog, extra_model
 from .limits import KeyLimiter
 from .validate import EmbeddingRequest, HTTPProblem, parse_request
 
-__all__ = ["ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "make_app", "State", "STATE", "BATCH_KNOBS",
-           "STAND_IN_HEADER"]
+__all__ = ["ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "make_app", "State", "STATE",
+           "BATCH_KNOBS", "STAND_IN_HEADER"]
 
 FAULT_KINDS = ("json500", "html502", "drop", "stall", "wrong_count", "wrong_dims", "nan", "shuffle")
 TRANSIENT_FAULTS = ("json500", "html502", "drop")

@@ -3,13 +3,13 @@
 Endpoints (Bearer key as for ``/v1/embeddings``; a batch belongs to the key that submitted it — any other key
 gets 404, never someone else's vectors):
 
-* ``POST /v1/batch/embeddings`` ``{model, input: [str, ...], task?, dimensions?, normalized?}`` →
-  ``202 {"batch_id": "batch_<hex>", "status": "submitted", "created_at": <unix s>}``. Only the models the
-  table marks ``batch_api`` (v5 text small / nano); a field the batch body does not have (``embedding_type``,
-  ``truncate``, ``late_chunking``, ``input_file``) or an unknown one is a 422 naming it
-  (``validate.parse_batch_request``). A submit is one request against the key's RPM (429 + ``Retry-After``), not
-  against its TPM. More than ``batch_max_in_flight`` batches submitted or processing for the key → 429 naming
-  "batches in flight". 401 for a bad key, 402 once the balance is empty (``batch_balance_after``).
+* ``POST /v1/batch/embeddings`` ``{model, input: [str, ...], task?, dimensions?, normalized?}`` → ``202 {"batch_id":
+  "batch_<hex>", "status": "submitted", "created_at": <unix s>}``. Only the models the table marks ``batch_api`` (v5
+  text small / nano); a field the batch body does not have (``embedding_type``, ``truncate``, ``late_chunking``,
+  ``input_file``) or an unknown one is a 422 naming it (``validate.parse_batch_request``). A submit is one request
+  against the key's RPM (429 + ``Retry-After``), not against its TPM (with ``batch_polls_spend_rpm`` every other
+  batch request spends one too). More than ``batch_max_in_flight`` batches submitted or processing for the key → 429
+  naming "batches in flight". 401 for a bad key, 402 once the balance is empty (``batch_balance_after``).
 * ``GET /v1/batch/{id}`` → ``{batch_id, status, created_at, completed_at?, stats {total, completed, failed,
   total_tokens}, output_url?, error?}``. ``submitted`` for ``batch_queue_s``, then ``processing`` for
   ``batch_processing_s + batch_processing_per_1000_s * n / 1000`` (stats grow with it), then ``completed`` or
@@ -26,6 +26,8 @@ gets 404, never someone else's vectors):
 * ``GET /v1/batch/{id}/errors`` → 409 until completed, then the JSONL lines of the failed items only.
 * ``DELETE /v1/batch/{id}`` → ``200 {"batch_id", "status": "cancelled"}`` while submitted or processing; 409
   once terminal.
+* ``POST /admin/batch/forget`` (any valid key; ``LocalServer.forget_batches()``) drops every batch: their ids answer
+  404 from then on, as from a service that no longer knows them.
 
 Fault knobs (``BatchKnobs``; ``ServerSettings`` fields, ``configure(...)`` keys and ``--batch-...`` flags):
 ``batch_fail_first=N`` (the next N batches submitted end ``failed``), ``batch_fail_marker`` (a batch with an input
@@ -34,10 +36,11 @@ extra line, ``request-<total>``, for an input never submitted), ``batch_drop_fir
 ``batch_drop_after_bytes`` (the next N output downloads break the connection after that many bytes),
 ``batch_expire_s`` (output and errors answer 410 Gone that long after completion), ``batch_balance_after=N``
 (the submits after the next N answer 402), ``batch_auth_fail_after=N`` (batch requests after the next N answer
-401). Setting a counted knob with ``configure`` starts its count again.
+401). Setting a counted knob with ``configure`` starts its count again. A batch keeps the timing, shuffle and
+fault decisions in force when it was submitted (``batch_expire_s`` and ``batch_drop_*`` act at download time).
 
 ``/stats`` ``batch``: submitted, status_polls, downloads, dropped, cancelled, completed, failed, billed_tokens,
-in_flight (now), rejected_in_flight, by_status, and ``by_key`` (``key0``…: submitted, status_polls,
+in_flight (now), rejected_in_flight, rejected_rpm, by_status, and ``by_key`` (``key0``…: submitted, status_polls,
 billed_tokens, in_flight). Everything runs on the server's event loop; embedding and JSON encoding of an output
 block run in a worker thread.
 """
@@ -75,12 +78,15 @@ class BatchKnobs:
     """The batch settings of the stand-in (mixed into ``ServerSettings``)."""
 
     batch_queue_s: float = field(default=0.2, metadata={"help": "seconds a batch stays submitted"})
-    batch_processing_s: float = field(default=0.5, metadata={"help": "seconds a batch is processing, plus ..."})
-    batch_processing_per_1000_s: float = field(default=0.2, metadata={"help": "... seconds per 1,000 inputs"})
+    batch_processing_s: float = field(default=0.5, metadata={"help": "seconds a batch is processing (plus the next)"})
+    batch_processing_per_1000_s: float = field(default=0.2, metadata={
+        "help": "more processing seconds per 1,000 inputs"})
     batch_max_inputs: int = field(default=10_000, metadata={"help": "inputs one batch may hold"})
     batch_max_in_flight: int | None = field(default=4, metadata={
         "help": "batches submitted or processing per key (more: 429)"})
     batch_shuffle: bool = field(default=True, metadata={"help": "output lines in shuffled order"})
+    batch_polls_spend_rpm: bool = field(default=False, metadata={
+        "help": "status polls, downloads and cancels also spend the key's RPM (a submit always does)"})
     batch_fail_first: int = field(default=0, metadata={"help": "the next N batches end failed"})
     batch_fail_marker: str | None = field(default=None, metadata={
         "help": "a batch with an input containing this text ends failed"})
@@ -89,7 +95,8 @@ class BatchKnobs:
     batch_unknown_custom_id: bool = field(default=False, metadata={
         "help": "the output carries a line for a custom_id never submitted"})
     batch_drop_first: int = field(default=0, metadata={"help": "the next N output downloads break the connection"})
-    batch_drop_after_bytes: int = field(default=1000, metadata={"help": "... after this many bytes"})
+    batch_drop_after_bytes: int = field(default=1000, metadata={
+        "help": "bytes a broken download sends before it breaks"})
     batch_expire_s: float | None = field(default=None, metadata={
         "help": "output and errors answer 410 this long after completion"})
     batch_balance_after: int | None = field(default=None, metadata={
@@ -110,7 +117,9 @@ class BatchKnobs:
                 if not isinstance(v, str) or not v:
                     raise ValueError(f"{f.name}: expected a non-empty text, or null for none; got {v!r}")
             elif isinstance(v, bool) or not isinstance(v, int if kind.startswith("int") else (int, float)) or v < 0:
-                raise ValueError(f"{f.name}: expected a number >= 0{' or null' if 'None' in kind else ''}; got {v!r}")
+                what = "a whole number" if kind.startswith("int") else "a number"
+                raise ValueError(f"{f.name}: expected {what} >= 0{', or null for none' if 'None' in kind else ''}; "
+                                 f"got {v!r}")
         for name in ("batch_max_inputs", "batch_max_in_flight", "batch_drop_after_bytes"):
             if getattr(self, name) == 0:
                 raise ValueError(f"{name}: must be >= 1; got 0")
@@ -123,8 +132,8 @@ _COUNTED = {"batch_fail_first": "fail", "batch_drop_first": "drop", "batch_balan
 
 def new_counters() -> dict:
     return {"submitted": 0, "status_polls": 0, "downloads": 0, "dropped": 0, "cancelled": 0, "completed": 0,
-            "failed": 0, "billed_tokens": 0, "in_flight": 0, "rejected_in_flight": 0, "by_status": {},
-            "by_key": {}}
+            "failed": 0, "billed_tokens": 0, "in_flight": 0, "rejected_in_flight": 0, "rejected_rpm": 0,
+            "by_status": {}, "by_key": {}}
 
 
 @dataclass
@@ -212,6 +221,12 @@ class BatchStore:
     def __init__(self) -> None:
         self.batches: dict[str, Batch] = {}
         self.used = {"fail": 0, "drop": 0, "balance": 0, "auth": 0}
+
+    def forget(self) -> int:
+        """Drop every batch; how many there were."""
+        n = len(self.batches)
+        self.batches.clear()
+        return n
 
     def reconfigured(self, changes) -> None:
         for name in set(changes) & set(_COUNTED):
@@ -310,11 +325,12 @@ def _blocks(b: Batch, seed: int) -> Iterator[list[int] | None]:
 def add_routes(app: web.Application, state_key: web.AppKey) -> None:
     """Register the batch endpoints; the app's state (``app.State``) is ``app[state_key]``."""
     h = _Handlers(state_key)
-    app.router.add_post("/v1/batch/embeddings", h.wrap(h.submit))
+    app.router.add_post("/v1/batch/embeddings", h.wrap(h.submit, submit=True))
     app.router.add_get("/v1/batch/{id}", h.wrap(h.status))
     app.router.add_delete("/v1/batch/{id}", h.wrap(h.cancel))
     app.router.add_get("/v1/batch/{id}/output", h.wrap(h.output))
     app.router.add_get("/v1/batch/{id}/errors", h.wrap(h.errors))
+    app.router.add_post("/admin/batch/forget", h.forget)
 
 
 def _problem(status: int, detail: str, headers: dict | None = None) -> web.Response:
@@ -325,12 +341,14 @@ class _Handlers:
     def __init__(self, state_key: web.AppKey):
         self.state_key = state_key
 
-    def wrap(self, handler):
+    def wrap(self, handler, submit: bool = False):
         async def run(request: web.Request) -> web.StreamResponse:
             state = request.app[self.state_key]
             counters = state.stats["batch"]
             try:
                 key = self._auth(state, request)
+                if not submit and state.settings.batch_polls_spend_rpm:
+                    self._spend_rpm(state, key)
                 state.batches.sweep(counters, time.monotonic())
                 resp = await handler(state, key, request)
             except HTTPProblem as p:
@@ -338,6 +356,15 @@ class _Handlers:
             counters["by_status"][resp.status] = counters["by_status"].get(resp.status, 0) + 1
             return resp
         return run
+
+    async def forget(self, request: web.Request) -> web.Response:
+        """Drop every batch (any valid key may ask): the service no longer knows their ids."""
+        state = request.app[self.state_key]
+        try:
+            state.key_of(request)
+        except HTTPProblem as p:
+            return _problem(p.status, p.detail)
+        return web.json_response({"forgotten": state.batches.forget()})
 
     @staticmethod
     def _auth(state, request: web.Request) -> str:
@@ -348,6 +375,15 @@ class _Handlers:
                 raise HTTPProblem(401, "invalid API key: the key was revoked (injected: batch_auth_fail_after)")
             store.used["auth"] += 1
         return key
+
+    @staticmethod
+    def _spend_rpm(state, key: str) -> None:
+        """One request of the key's RPM, or 429 + Retry-After (nothing spent)."""
+        refusal = state.limiter(key).admit_request()
+        if refusal is not None:
+            state.stats["batch"]["rejected_rpm"] += 1
+            headers = {"Retry-After": str(refusal.retry_after)} if state.settings.retry_after else None
+            raise HTTPProblem(429, refusal.reason + "; slow down and retry later", headers)
 
     @staticmethod
     def _key_counters(state, key: str) -> dict:
@@ -371,10 +407,7 @@ class _Handlers:
             raise HTTPProblem(429, f"too many batches in flight: {len(flying)} of at most {s.batch_max_in_flight} "
                                    "batches in flight for this key are submitted or processing; wait for one to "
                                    "finish", {"Retry-After": str(wait)})
-        refusal = state.limiter(key).admit_request()
-        if refusal is not None:
-            headers = {"Retry-After": str(refusal.retry_after)} if s.retry_after else None
-            raise HTTPProblem(429, refusal.reason + "; slow down and retry later", headers)
+        self._spend_rpm(state, key)
         if s.batch_balance_after is not None:
             store.used["balance"] += 1
         b = store.create(key, req, s)

@@ -17,17 +17,18 @@ Endpoints: ``POST /v1/embeddings``, ``GET /stats`` (``by_key``: per key, named `
 position), ``GET /stats/trace``, ``POST /stats/reset``, ``POST /admin/config``
 (JSON object of settings to merge), ``GET /healthz``. The POST admin endpoints need a valid key.
 
-Jina's Batch Embeddings API (``local_api.batch``): ``POST /v1/batch/embeddings`` (202 + ``batch_id``),
-``GET /v1/batch/{id}`` (submitted → processing → completed | failed | cancelled; tokens billed at the first status
-query after completion), ``GET /v1/batch/{id}/output`` (shuffled JSONL, ``custom_id`` ``request-N``, exact float32
+Jina's Batch Embeddings API (``local_api.batch``): ``POST /v1/batch/embeddings`` (202 + ``batch_id``), ``GET
+/v1/batch/{id}`` (submitted → processing → completed | failed | cancelled; tokens billed at the first status query
+after completion), ``GET /v1/batch/{id}/output`` (shuffled JSONL, ``custom_id`` ``request-N``, exact float32
 vectors), ``GET /v1/batch/{id}/errors``, ``DELETE /v1/batch/{id}``; a batch is visible to the key that submitted it
-only. Its settings and fault knobs are the ``batch_*`` fields of ``ServerSettings`` (``batch.BatchKnobs``), the
-``--batch-...`` flags and ``configure(batch_...=...)`` keys: timing ``batch_queue_s`` (0.2),
-``batch_processing_s`` (0.5), ``batch_processing_per_1000_s`` (0.2); ``batch_max_inputs`` (10000),
-``batch_max_in_flight`` (4 per key, then 429), ``batch_shuffle`` (true); faults ``batch_fail_first``,
-``batch_fail_marker``, ``batch_item_fail_marker``, ``batch_unknown_custom_id``, ``batch_drop_first`` +
-``batch_drop_after_bytes``, ``batch_expire_s``, ``batch_balance_after`` (402), ``batch_auth_fail_after`` (401).
-``/stats`` has a ``batch`` section of counters.
+only; ``POST /admin/batch/forget`` (``forget_batches()``) drops every batch. Its settings and fault knobs are the
+``batch_*`` fields of ``ServerSettings`` (``batch.BatchKnobs``), the ``--batch-...`` flags and
+``configure(batch_...=...)`` keys: timing ``batch_queue_s`` (0.2), ``batch_processing_s`` (0.5),
+``batch_processing_per_1000_s`` (0.2); ``batch_max_inputs`` (10000), ``batch_max_in_flight`` (4 per key, then 429),
+``batch_shuffle`` (true), ``batch_polls_spend_rpm`` (false); faults ``batch_fail_first``, ``batch_fail_marker``,
+``batch_item_fail_marker``, ``batch_unknown_custom_id``, ``batch_drop_first`` + ``batch_drop_after_bytes``,
+``batch_expire_s``, ``batch_balance_after`` (402), ``batch_auth_fail_after`` (401). ``/stats`` has a ``batch``
+section of counters.
 """
 from __future__ import annotations
 
@@ -210,6 +211,10 @@ class LocalServer:
     def reset_stats(self) -> dict:
         return self._client().post("/stats/reset").raise_for_status().json()
 
+    def forget_batches(self) -> int:
+        """Drop every batch of the batch API (their ids answer 404 from now on); returns how many."""
+        return self._client().post("/admin/batch/forget").raise_for_status().json()["forgotten"]
+
     def configure(self, **changes) -> dict:
         """Change limits / latency / faults at run time; returns the new settings (without keys)."""
         r = self._client().post("/admin/config", json=changes)
@@ -249,7 +254,7 @@ def _add_batch_flags(p: argparse.ArgumentParser) -> None:
         if f.name not in BATCH_KNOBS:
             continue
         flag, kind = "--" + f.name.replace("_", "-"), f.type
-        help_ = f"{f.metadata.get('help', '')} (default {f.default})"
+        help_ = f"{f.metadata.get('help', '')} (default {'off' if f.default is None else f.default})"
         if kind == "bool":
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
         else:
