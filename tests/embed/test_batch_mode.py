@@ -320,3 +320,19 @@ def test_a_key_revoked_mid_run_stops_it_with_auth_error_and_the_record_says_the_
     entries = [e for r in records(out) for e in r.batches]
     assert len(entries) == 2 and all(e.error.startswith("cancel failed") and not e.cancelled_by_job for e in entries)
     assert jina_key not in (out / "_batches" / "shard-00000.json").read_text()
+
+
+def test_batches_in_flight_stay_within_the_cap_so_the_api_never_refuses_one_for_it(
+        ray_local, embed_config, make_jina_server, tmp_path):
+    """jina.batch.max_in_flight = 1 against a server whose cap is 1: four parts of one shard go one after the
+    other, and the server never answers "batches in flight"."""
+    srv = server(make_jina_server, batch_max_in_flight=1)
+    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url,
+                       batch={"inputs_per_batch": 100, "max_in_flight": 1},
+                       corpus={"columns": [], "rows_per_shard": 400}, ray={"workers": 1})
+    rep = run_embed(cfg, progress=False)
+    st = srv.stats()["batch"]
+    assert rep.finished and st["submitted"] == 4 and st["rejected_in_flight"] == 0 and rep.http_429 == 0
+    check_vectors(out, corpus.rows)

@@ -148,7 +148,8 @@ class _Batches:
 
     async def run(self, part: Part) -> tuple[BatchEntry, BatchOutput, BatchStatus]:
         """The part's batch — resumed if recorded, else submitted — waited on and downloaded; resubmitted when it
-        failed or is gone, ``jina.max_attempts`` submits at most."""
+        failed or is gone, ``jina.max_attempts`` submits at most. A slot of the task's in-flight cap is held from
+        before the submit until the batch has ended (not while it downloads)."""
         e, submits = self._resumable(part), 0
         first = e is not None  # a recorded batch is asked about at once
         if e is not None:
@@ -156,15 +157,17 @@ class _Batches:
             log.info("%s part %d: resuming batch %s (%s when recorded)", self.shard.name, part.index, e.batch_id,
                      e.status)
         while True:
-            if e is None:
-                if submits >= self.config.jina.max_attempts:
-                    raise JinaError(self._gave_up(part))
-                prior = self.record.latest(part.index)
-                e = await self._submit(part, (prior.attempt + 1) if prior else 1)
-                submits += 1
-            got = await self._settle(part, e, first)
+            async with self.sem:
+                if e is None:
+                    if submits >= self.config.jina.max_attempts:
+                        raise JinaError(self._gave_up(part))
+                    prior = self.record.latest(part.index)
+                    e = await self._submit(part, (prior.attempt + 1) if prior else 1)
+                    submits += 1
+                st = await self._wait(part, e, first)
+            got = await self._download(part, e, st) if st is not None else None
             if got is not None:
-                return e, *got
+                return e, got, st
             self.counts.resubmitted += 1
             e, first = None, False
 
@@ -174,30 +177,41 @@ class _Batches:
                 f"{last.status if last else 'failed'} after {self.config.jina.max_attempts} submits "
                 f"(jina.max_attempts){f': {last.error}' if last and last.error else ''}; a rerun submits it again")
 
-    async def _settle(self, part: Part, e: BatchEntry, first: bool) -> tuple[BatchOutput, BatchStatus] | None:
-        """Wait on ``e`` and download it; None when it must be submitted again (failed, cancelled or gone)."""
-        key = int(e.key.removeprefix("key"))
+    def _gone(self, part: Part, e: BatchEntry, g: BatchGone) -> None:
+        self.counts.gone += 1
+        self._ended(e, "gone", str(g))
+        log.warning("%s: %s; submitting its %d rows again", self.shard.name, g, len(part.members))
+
+    async def _wait(self, part: Part, e: BatchEntry, first: bool) -> BatchStatus | None:
+        """Until ``e`` ends: its status if completed; None when it must be submitted again (failed, cancelled,
+        gone)."""
         try:
-            async with self.sem:
-                st = await self.client.wait(e.batch_id, key, since=e.submitted_at, first=first,
-                                            on_poll=lambda s: self._polled(e, s))
-            if st.status != "completed":
-                self.counts.failed += st.status == "failed"
-                self._ended(e, st.status, st.error)
-                log.warning("%s: batch %s ended %s%s; submitting its %d rows again", self.shard.name, e.batch_id,
-                            st.status, f" ({st.error})" if st.error else "", len(part.members))
-                return None
-            out = await self.client.output(e.batch_id, key, len(part.members), self.config.jina.dim)
+            st = await self.client.wait(e.batch_id, int(e.key.removeprefix("key")), first=first,
+                                        on_poll=lambda s: self._polled(e, s))
         except BatchGone as g:
-            self.counts.gone += 1
-            self._ended(e, "gone", str(g))
-            log.warning("%s: %s; submitting its %d rows again", self.shard.name, g, len(part.members))
+            self._gone(part, e, g)
             return None
-        if st.failed > len(out.failed):
-            out.failed.update(await self.client.errors(e.batch_id, key, len(part.members)))
+        if st.status == "completed":
+            return st
+        self.counts.failed += st.status == "failed"
+        self._ended(e, st.status, st.error)
+        log.warning("%s: batch %s ended %s%s; submitting its %d rows again", self.shard.name, e.batch_id,
+                    st.status, f" ({st.error})" if st.error else "", len(part.members))
+        return None
+
+    async def _download(self, part: Part, e: BatchEntry, st: BatchStatus) -> BatchOutput | None:
+        """The completed batch's output (with ``/errors`` when it lists more failures); None when it is gone."""
+        key, n = int(e.key.removeprefix("key")), len(part.members)
+        try:
+            out = await self.client.output(e.batch_id, key, n, self.config.jina.dim)
+            if st.failed > len(out.failed):
+                out.failed.update(await self.client.errors(e.batch_id, key, n))
+        except BatchGone as g:
+            self._gone(part, e, g)
+            return None
         self.counts.completed += 1
         self.counts.wait_s += max(0.0, float(st.completed_at or time.time()) - e.submitted_at)
-        return out, st
+        return out
 
     def _polled(self, e: BatchEntry, st: BatchStatus) -> None:
         if st.status != e.status:  # recorded at each change of state only

@@ -11,7 +11,7 @@
   transient faults the same way.
 * **Wait** polls with a growing, jittered interval (``jina.batch.poll_initial`` ×1.5 per query up to
   ``poll_max``, each wait stretched at random by up to ``poll_jitter``) until the batch is terminal or
-  ``jina.batch.timeout`` has passed since it was submitted (a resumed batch counts from its first submit).
+  ``jina.batch.timeout`` seconds of waiting have passed (a rerun waits on the same batch again).
 * **Output** is streamed line by line (never the whole ~100 MB of JSON floats of a 10,000 × 1024 batch in
   memory), each line matched to its input by ``custom_id`` (``request-N``: N the input's position in the submitted
   list) — never by arrival order — into a preallocated float32 array. Lines for an id never submitted are
@@ -313,13 +313,13 @@ class BatchClient:
             return BatchStatus.of(resp.json())
         return await self._retrying(f"status of {batch_id}", once)
 
-    async def wait(self, batch_id: str, key: int, *, since: float | None = None, first: bool = False,
+    async def wait(self, batch_id: str, key: int, *, first: bool = False,
                    on_poll: Callable[[BatchStatus], None] | None = None) -> BatchStatus:
         """Poll until the batch is terminal (jittered, growing interval; ``first``: ask at once, for a batch
-        recorded by an earlier run); JinaError past ``jina.batch.timeout`` counted from ``since`` (epoch s of its
-        submit; default now)."""
+        recorded by an earlier run); JinaError after ``jina.batch.timeout`` seconds of waiting (a rerun waits on
+        the same batch again, with a new timeout)."""
         b = self.settings.batch
-        deadline = (since or time.time()) + b.timeout
+        deadline = time.monotonic() + b.timeout
         interval = b.poll_initial
         while True:
             if not first:
@@ -330,9 +330,9 @@ class BatchClient:
                 on_poll(st)
             if st.terminal:
                 return st
-            if time.time() > deadline:
-                raise JinaError(f"batch {batch_id} is still {st.status} after jina.batch.timeout = {b.timeout:g}s "
-                                "since its submit; raise the timeout (a rerun resumes waiting on it)")
+            if time.monotonic() > deadline:
+                raise JinaError(f"batch {batch_id} is still {st.status} after waiting jina.batch.timeout = "
+                                f"{b.timeout:g}s; a rerun waits on it again (it is not submitted again)")
             interval = min(b.poll_max, interval * POLL_GROWTH)
 
     async def output(self, batch_id: str, key: int, n: int, dim: int) -> BatchOutput:
