@@ -336,3 +336,18 @@ def test_batches_in_flight_stay_within_the_cap_so_the_api_never_refuses_one_for_
     st = srv.stats()["batch"]
     assert rep.finished and st["submitted"] == 4 and st["rejected_in_flight"] == 0 and rep.http_429 == 0
     check_vectors(out, corpus.rows)
+
+
+def test_polls_that_spend_the_keys_rpm_do_not_starve_the_submits(ray_local, embed_config, make_jina_server, tmp_path):
+    """A server that counts every poll and download against the key's RPM (the contract's knob; Jina does not
+    publish whether it does): with 60 RPM and four shards' batches being polled, every submit still gets through
+    and the run finishes, each part submitted once."""
+    srv = server(make_jina_server, batch_polls_spend_rpm=True, rpm=60, batch_queue_s=1.0)
+    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=800, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, batch={"inputs_per_batch": 100},
+                       corpus={"columns": []}, limits={"rpm": 60})
+    rep = run_embed(cfg, progress=False)
+    st = srv.stats()["batch"]
+    assert rep.finished and st["submitted"] == 8 and rep.batches.submitted == 8
+    check_vectors(out, corpus.rows)
