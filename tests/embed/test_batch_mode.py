@@ -59,6 +59,9 @@ def test_a_batch_run_writes_exact_vectors_from_shuffled_output_and_records_every
     assert rep.batches.billed_tokens == st["billed_tokens"] > 0
     assert rep.tokens == st["billed_tokens"] + stats["tokens"] and stats["requests"] == 1
     assert rep.batches.polls == st["status_polls"] and rep.batches.downloads == st["downloads"] == 6
+    # the stand-in queues a batch 0.05 s, then processes it 0.1 s + 0.05 s per 1,000 inputs; polls see both
+    assert rep.batches.queued_s > 0 and rep.batches.processing_s > 0
+    assert rep.batches.wait_s == pytest.approx(rep.batches.queued_s + rep.batches.processing_s)
     recs = records(out)
     assert [r.name for r in recs] == ["shard-00000", "shard-00001", "shard-00002"]
     for r in recs:

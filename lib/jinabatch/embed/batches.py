@@ -136,7 +136,7 @@ class _Batches:
     async def _submit(self, part: Part, attempt: int) -> BatchEntry:
         sub: Submitted = await self.client.submit(part.texts)
         e = BatchEntry(part=part.index, attempt=attempt, batch_id=sub.batch_id, key=f"key{sub.key}",
-                       positions=part.positions, submitted_at=sub.created_at)
+                       positions=part.positions, submitted_at=time.time())  # the job's clock, as every time here
         self.record.batches.append(e)
         self._save()  # durable before anything waits on it
         self.counts.submitted += 1
@@ -209,13 +209,19 @@ class _Batches:
         except BatchGone as g:
             self._gone(part, e, g)
             return None
-        self.counts.completed += 1
-        self.counts.wait_s += max(0.0, float(st.completed_at or time.time()) - e.submitted_at)
+        c, done = self.counts, e.finished_at or time.time()  # when this job saw it end
+        c.completed += 1
+        c.wait_s += max(0.0, done - e.submitted_at)
+        if e.processing_at is not None:  # seen by this run's polls (a resumed batch may have ended before)
+            c.queued_s += max(0.0, min(e.processing_at, done) - e.submitted_at)
+            c.processing_s += max(0.0, done - min(e.processing_at, done))
         return out
 
     def _polled(self, e: BatchEntry, st: BatchStatus) -> None:
         if st.status != e.status:  # recorded at each change of state only
             e.status = st.status
+            if st.status != "submitted" and e.processing_at is None:
+                e.processing_at = time.time()
             if st.terminal:
                 e.finished_at = time.time()
             self._save()

@@ -104,11 +104,14 @@ class BatchCounts(Record):
     unknown_lines: int = 0  # output lines for a custom_id never submitted (logged, never matched to a row)
     billed_tokens: int = 0  # the batches' usage
     wait_s: float = 0.0  # seconds from submit to the end of processing, summed over completed batches
+    queued_s: float = 0.0  # of which before the job first saw it processing (by its polls), summed
+    processing_s: float = 0.0  # of which from then on, summed
 
     def line(self) -> str:
         """One line for people (status, the report page)."""
         gone = f" ({self.gone:,} unknown to the API)" if self.gone else ""
-        avg = f", {self.wait_s / self.completed:,.1f} s from submit to done on average" if self.completed else ""
+        avg = (f", {self.wait_s / self.completed:,.1f} s from submit to done on average ({self.queued_s / self.completed:,.1f} s "
+               f"queued, {self.processing_s / self.completed:,.1f} s processing)") if self.completed else ""
         return (f"{self.submitted:,} submitted, {self.resumed:,} resumed, {self.resubmitted:,} resubmitted{gone}, "
                 f"{self.failed:,} failed, {self.cancelled:,} cancelled, {self.completed:,} completed{avg}; "
                 f"{self.billed_tokens:,} tokens billed; {self.polls:,} polls, {self.downloads:,} downloads "
@@ -129,8 +132,9 @@ class BatchEntry(Record):
     batch_id: str
     key: str = "key0"  # the key of the pool it belongs to (never the value)
     positions: list[int] = Field(default_factory=list)
-    submitted_at: float = 0.0  # epoch s
+    submitted_at: float = 0.0  # epoch s, the job's clock when the API accepted it
     status: str = "submitted"  # last seen: submitted | processing | completed | failed | cancelled | gone
+    processing_at: float | None = None  # epoch s, when the job first saw it processing (or ended, if it never did)
     finished_at: float | None = None  # epoch s, when the job saw it end
     error: str | None = None  # why it failed / was cancelled
     cancelled_by_job: bool = False

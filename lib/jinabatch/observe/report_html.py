@@ -153,7 +153,8 @@ def _batch_bars(batches: Sequence[ShardBatches]) -> list[dict[str, Any]]:
     last = max((e.finished_at or e.submitted_at for _, e in entries), default=0.0)
     return [{"batch": f"{name} part {e.part}", "id": e.batch_id, "attempt": e.attempt, "status": e.status,
              "start": _iso(e.submitted_at), "end": _iso(e.finished_at or last), "rows": len(e.positions),
-             "seconds": round((e.finished_at or last) - e.submitted_at, 1)} for name, e in entries]
+             "seconds": round((e.finished_at or last) - e.submitted_at, 1),
+             "queued_s": round((e.processing_at or e.finished_at or last) - e.submitted_at, 1)} for name, e in entries]
 
 
 def _batch_chart(bars: list[dict[str, Any]]) -> dict[str, Any]:
@@ -164,7 +165,8 @@ def _batch_chart(bars: list[dict[str, Any]]) -> dict[str, Any]:
         x=alt.X("start:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=axis), x2="end:T",
         y=alt.Y("batch:N", title=None, sort="ascending"), color=alt.Color("status:N", title="state"),
         tooltip=["batch:N", "id:N", "attempt:Q", "status:N", alt.Tooltip("rows:Q", format=","),
-                 alt.Tooltip("seconds:Q", format=".1f")]).properties(
+                 alt.Tooltip("seconds:Q", format=".1f", title="submit to end (s)"),
+                 alt.Tooltip("queued_s:Q", format=".1f", title="queued (s)")]).properties(
         width=760, height=max(80, 18 * len({b["batch"] for b in bars})),
         title="Batches over time: submit to end, one row per part of a shard, colour = last state").to_dict()
 
