@@ -135,8 +135,8 @@ def test_a_run_stopped_by_an_empty_balance_cancels_its_running_batches_and_recor
         run_embed(cfg, progress=False)
     st = srv.stats()["batch"]
     assert st["submitted"] == 1 and st["cancelled"] == 1 and st["in_flight"] == 0 and st["billed_tokens"] == 0
-    rec = records(out)[0]
-    assert [(e.status, e.cancelled_by_job) for e in rec.batches] == [("cancelled", True)]
+    entries = [e for r in records(out) for e in r.batches]  # the refused submit left no entry
+    assert [(e.status, e.cancelled_by_job) for e in entries] == [("cancelled", True)]
     report = json.loads((out / "_report.json").read_text())
     assert report["batches"]["cancelled"] == 1
 
@@ -152,7 +152,7 @@ def test_driver_killed_with_batches_in_flight_then_rerun_resumes_them_never_subm
     from jinabatch.local_api import fakemodel
     from procs import job_env, kill_when, toml_of
 
-    srv = server(make_jina_server, batch_queue_s=6.0)
+    srv = server(make_jina_server, batch_queue_s=20.0)  # longer than a killed tree takes to die on a loaded machine
     corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
     out = tmp_path / "out"
     data = base_config(tmp_path / "corpus", out, srv.url, corpus={"columns": []},
@@ -353,4 +353,26 @@ def test_polls_that_spend_the_keys_rpm_do_not_starve_the_submits(ray_local, embe
     rep = run_embed(cfg, progress=False)
     st = srv.stats()["batch"]
     assert rep.finished and st["submitted"] == 8 and rep.batches.submitted == 8
+    check_vectors(out, corpus.rows)
+
+
+def test_a_submit_a_killed_run_never_recorded_is_said_so_and_the_part_submitted_again(
+        ray_local, embed_config, make_jina_server, tmp_path):
+    """The crash window: a record left "submitting" (the run died between the submit and the write of its id). The
+    rerun cannot know whether the API accepted it: it says so (log, record, report) and submits the part."""
+    from jinabatch.embed.plan import plan_corpus
+    from jinabatch.observe.records import BatchEntry
+
+    srv = server(make_jina_server)
+    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=200, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, corpus={"columns": []})
+    (shard,) = plan_corpus(cfg, Storage.open(out)).shards
+    ShardBatches(shard=0, name=shard.name, shard_key=shard.key, fingerprint=cfg.fingerprint(), batches=[
+        BatchEntry(part=0, batch_id="", positions=list(range(200)), status="submitting")]).write(Storage.open(out))
+    rep = run_embed(cfg, progress=False)
+    assert rep.finished and rep.batches.unrecorded == 1 and rep.batches.submitted == 1 and rep.batches.resumed == 0
+    (rec,) = records(out)
+    assert [(e.status, e.attempt) for e in rec.batches] == [("unrecorded", 1), ("completed", 2)]
+    assert "runs unwatched and is billed if it completes" in rec.batches[0].error
     check_vectors(out, corpus.rows)

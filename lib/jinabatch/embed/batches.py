@@ -116,6 +116,7 @@ class _Batches:
         self.sem, self.estimator = in_flight, estimator
         self.counts = BatchCounts()
         self.record = self._load_record()
+        self._unrecorded()
 
     def _load_record(self) -> ShardBatches:
         s, fp = self.shard, self.config.fingerprint()
@@ -134,13 +135,32 @@ class _Batches:
         return e if e is not None and e.status in RESUMABLE and e.positions == part.positions else None
 
     async def _submit(self, part: Part, attempt: int) -> BatchEntry:
-        sub: Submitted = await self.client.submit(part.texts)
-        e = BatchEntry(part=part.index, attempt=attempt, batch_id=sub.batch_id, key=f"key{sub.key}",
-                       positions=part.positions, submitted_at=time.time())  # the job's clock, as every time here
+        """Submit the part; its entry is written as ``submitting`` first and with its id as soon as the API accepted
+        it, so a crash in between is seen by the rerun (``unrecorded``) instead of going unnoticed."""
+        e = BatchEntry(part=part.index, attempt=attempt, batch_id="", positions=part.positions, status="submitting")
         self.record.batches.append(e)
+        self._save()
+        try:
+            sub: Submitted = await self.client.submit(part.texts)
+        except BaseException as err:
+            self.record.batches.remove(e)  # refused (or stopped before an answer): nothing was accepted
+            self._save()
+            raise err
+        e.batch_id, e.key, e.status, e.submitted_at = sub.batch_id, f"key{sub.key}", "submitted", time.time()
         self._save()  # durable before anything waits on it
         self.counts.submitted += 1
         return e
+
+    def _unrecorded(self) -> None:
+        """Entries an earlier run left ``submitting``: it stopped between a submit and the write of its id."""
+        for e in self.record.batches:
+            if e.status == "submitting":
+                self.counts.unrecorded += 1
+                e.status, e.error = "unrecorded", ("the run stopped between submitting this part and recording the "
+                                                   "batch id: if the API accepted it, that batch runs unwatched and "
+                                                   "is billed if it completes; the part is submitted again")
+                log.warning("%s part %d: %s", self.shard.name, e.part, e.error)
+                self._save()
 
     def _ended(self, e: BatchEntry, status: str, error: str | None = None) -> None:
         e.status, e.error, e.finished_at = status, error, time.time()

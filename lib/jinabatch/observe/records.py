@@ -95,6 +95,7 @@ class BatchCounts(Record):
     resumed: int = 0  # recorded by an earlier, killed attempt and waited on again instead of submitted
     resubmitted: int = 0  # submitted again: the batch ended failed, or the API no longer knew its id (gone)
     gone: int = 0  # of those, ids the API answered 404/410 for
+    unrecorded: int = 0  # submits an earlier run made and died before recording their id (a batch may run unwatched)
     failed: int = 0  # batches that ended "failed"
     cancelled: int = 0  # cancelled by the job (DELETE) on Ctrl+C or a run-stopping error
     completed: int = 0
@@ -110,6 +111,7 @@ class BatchCounts(Record):
     def line(self) -> str:
         """One line for people (status, the report page)."""
         gone = f" ({self.gone:,} unknown to the API)" if self.gone else ""
+        gone += f", {self.unrecorded:,} submit(s) of a killed run never recorded" if self.unrecorded else ""
         avg = (f", {self.wait_s / self.completed:,.1f} s from submit to done on average ({self.queued_s / self.completed:,.1f} s "
                f"queued, {self.processing_s / self.completed:,.1f} s processing)") if self.completed else ""
         return (f"{self.submitted:,} submitted, {self.resumed:,} resumed, {self.resubmitted:,} resubmitted{gone}, "
@@ -133,7 +135,9 @@ class BatchEntry(Record):
     key: str = "key0"  # the key of the pool it belongs to (never the value)
     positions: list[int] = Field(default_factory=list)
     submitted_at: float = 0.0  # epoch s, the job's clock when the API accepted it
-    status: str = "submitted"  # last seen: submitted | processing | completed | failed | cancelled | gone
+    # last seen: submitted | processing | completed | failed | cancelled | gone; "submitting" while the API has not
+    # answered the submit yet (no id), "unrecorded" when a rerun found it so (the run died in between)
+    status: str = "submitted"
     processing_at: float | None = None  # epoch s, when the job first saw it processing (or ended, if it never did)
     finished_at: float | None = None  # epoch s, when the job saw it end
     error: str | None = None  # why it failed / was cancelled
