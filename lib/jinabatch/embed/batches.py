@@ -12,7 +12,8 @@ record → wait → download → write.
   ``storage``), before anything waits on it. A rerun — after a SIGKILL of the driver or of this worker — finds the
   recorded id of each part and waits on it or downloads it; it never submits that part again. The only window is
   between the API's 202 and that write (one small file write): a crash there leaves one batch nobody waits on,
-  which is billed if it completes, and the rerun submits that part again.
+  which is billed if it completes, and the rerun submits that part again — and says so, since the entry was
+  written ``submitting`` before the submit (``unrecorded`` in the record and the report).
 * A batch that ended ``failed`` (or that the API no longer knows: 404 / 410) is submitted again, at most
   ``jina.max_attempts`` submits of a part in one run; then the shard fails (a rerun tries again).
 * Output lines are matched to rows by ``custom_id``; failed items (a non-200 ``status_code``, or listed by
