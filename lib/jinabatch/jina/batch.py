@@ -217,8 +217,9 @@ class BatchClient:
     def _error(self, resp: httpx.Response, key: int, batch_id: str | None) -> JinaError:
         if batch_id is not None and resp.status_code in (404, 410):
             why = "no longer knows it" if resp.status_code == 404 else "expired its output"
-            return BatchGone(f"the Batch Embeddings API {why} ({resp.status_code}: {short_text(self._scrub(resp.content))}"
-                             f") for batch {batch_id}", status=resp.status_code)
+            detail = short_text(self._scrub(resp.content))
+            return BatchGone(f"the Batch Embeddings API {why} ({resp.status_code}: {detail}) for batch {batch_id}",
+                             status=resp.status_code)
         return error_for_status(resp.status_code, self._scrub(resp.content), resp.headers, model=self.spec.name,
                                 key_env=self._key_name(key))
 

@@ -112,8 +112,9 @@ class BatchCounts(Record):
         """One line for people (status, the report page)."""
         gone = f" ({self.gone:,} unknown to the API)" if self.gone else ""
         gone += f", {self.unrecorded:,} submit(s) of a killed run never recorded" if self.unrecorded else ""
-        avg = (f", {self.wait_s / self.completed:,.1f} s from submit to done on average ({self.queued_s / self.completed:,.1f} s "
-               f"queued, {self.processing_s / self.completed:,.1f} s processing)") if self.completed else ""
+        n = self.completed
+        avg = (f", {self.wait_s / n:,.1f} s from submit to done on average ({self.queued_s / n:,.1f} s queued, "
+               f"{self.processing_s / n:,.1f} s processing)") if n else ""
         return (f"{self.submitted:,} submitted, {self.resumed:,} resumed, {self.resubmitted:,} resubmitted{gone}, "
                 f"{self.failed:,} failed, {self.cancelled:,} cancelled, {self.completed:,} completed{avg}; "
                 f"{self.billed_tokens:,} tokens billed; {self.polls:,} polls, {self.downloads:,} downloads "
