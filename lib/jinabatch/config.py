@@ -107,7 +107,7 @@ class BatchSettings(_Section):
     poll_initial: float = Field(10.0, gt=0)  # seconds before the first status query of a batch
     poll_max: float = Field(30.0, gt=0)  # the poll interval grows x1.5 per query up to this
     poll_jitter: float = Field(0.2, ge=0, le=1)  # each wait is stretched by up to this share, at random
-    timeout: float = Field(86_400.0, gt=0)  # seconds of waiting on one batch; then the shard fails (a rerun waits again)
+    timeout: float = Field(86_400.0, gt=0)  # s of waiting on one batch; then the shard fails (a rerun waits again)
 
     @model_validator(mode="after")
     def _poll_order(self) -> "BatchSettings":

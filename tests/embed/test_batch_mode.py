@@ -119,7 +119,8 @@ def test_a_failed_batch_is_submitted_again_and_capped_by_max_attempts(ray_local,
 
     srv2 = server(make_jina_server, batch_fail_first=10)
     out2 = tmp_path / "out2"
-    rep2 = run_embed(batch_config(embed_config, tmp_path / "corpus", out2, srv2.url, jina={"max_attempts": 2}), progress=False)
+    cfg2 = batch_config(embed_config, tmp_path / "corpus", out2, srv2.url, jina={"max_attempts": 2})
+    rep2 = run_embed(cfg2, progress=False)
     assert not rep2.finished and rep2.shards_failed == 1
     assert "after 2 submits (jina.max_attempts)" in rep2.failures[0].error
     assert srv2.stats()["batch"]["submitted"] == 2 and not list((out2 / "shards").glob("*.parquet"))

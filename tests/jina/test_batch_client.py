@@ -37,7 +37,8 @@ def test_a_batch_round_trip_gives_the_exact_vectors_matched_by_custom_id(make_ji
     async def go(c):
         sub = await c.submit(texts)
         st = await c.wait(sub.batch_id, sub.key)
-        return st, await c.output(sub.batch_id, sub.key, len(texts), 768), await c.errors(sub.batch_id, sub.key, len(texts))
+        out = await c.output(sub.batch_id, sub.key, len(texts), 768)
+        return st, out, await c.errors(sub.batch_id, sub.key, len(texts))
     st, out, errs = _run(srv, jina_key, go)
     assert st.status == "completed" and st.total == 301 and st.failed == 1
     want = fakemodel.embed(NANO, "retrieval.passage", 768, texts[:300])
