@@ -76,6 +76,7 @@ bench: install
 	$(PY) tests/bench/bench_load.py
 	$(PY) tests/bench/bench_shapes.py
 	$(PY) tests/bench/bench_refresh.py
+	$(PY) tests/bench/bench_batch.py
 
 # planning 1M-50M-row corpora (generated once under out/scale/) and the job's CPU per row; not part of make test
 bench-scale: install

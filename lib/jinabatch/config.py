@@ -28,10 +28,19 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .models import CAUTIOUS_CONTEXT, CAUTIOUS_INPUTS, ModelSpec, close_models, spec_of
+from .models import (
+    BATCH_FIELDS,
+    BATCH_MAX_INPUTS,
+    CAUTIOUS_CONTEXT,
+    CAUTIOUS_INPUTS,
+    MODELS,
+    ModelSpec,
+    close_models,
+    spec_of,
+)
 
 __all__ = [
-    "Config", "CorpusSettings", "JinaSettings", "LimitsSettings", "RaySettings", "OutputSettings",
+    "Config", "CorpusSettings", "JinaSettings", "BatchSettings", "LimitsSettings", "RaySettings", "OutputSettings",
     "MilvusSettings", "IndexSettings", "StorageSettings", "load_config", "parse_config", "key_envs", "DEFAULT_BASE_URL",
     "LOCAL_BASE_URL",
 ]
@@ -87,6 +96,30 @@ def key_envs(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+class BatchSettings(_Section):
+    """``[jina.batch]``: how the embed stage uses Jina's Batch Embeddings API (``jina.api = "batch"``).
+
+    Jina publishes neither how many batches a key may have in flight nor how long one takes; it suggests polling
+    every 10-30 s, which the poll defaults follow (tests set them small)."""
+
+    inputs_per_batch: int = Field(BATCH_MAX_INPUTS, gt=0, le=BATCH_MAX_INPUTS)  # the API takes up to 10,000
+    max_in_flight: int = Field(4, gt=0)  # batches submitted and not finished, per key (the job's own cap)
+    poll_initial: float = Field(10.0, gt=0)  # seconds before the first status query of a batch
+    poll_max: float = Field(30.0, gt=0)  # the poll interval grows x1.5 per query up to this
+    poll_jitter: float = Field(0.2, ge=0, le=1)  # each wait is stretched by up to this share, at random
+    timeout: float = Field(86_400.0, gt=0)  # s of waiting on one batch; then the shard fails (a rerun waits again)
+
+    @model_validator(mode="after")
+    def _poll_order(self) -> "BatchSettings":
+        if self.poll_max < self.poll_initial:
+            raise ValueError(f"poll_max: {self.poll_max:g}s is below poll_initial ({self.poll_initial:g}s); "
+                             "the interval only grows")
+        return self
+
+
+BATCH_MODELS = tuple(m.name for m in MODELS.values() if m.batch_api)
+
+
 class JinaSettings(_Section):
     """``[jina]``: the API, the model and its request settings, retries.
 
@@ -95,6 +128,10 @@ class JinaSettings(_Section):
     (``request_fields``), and its width is ``dimensions`` or the endpoint check's answer (``answered``)."""
 
     base_url: str = DEFAULT_BASE_URL
+    # "embeddings": POST /v1/embeddings, answers in seconds; "batch": the Batch Embeddings API ([jina.batch]),
+    # for large offline runs with the models it serves (BATCH_MODELS)
+    api: Literal["embeddings", "batch"] = "embeddings"
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     # the variable holding the key, or a list of variables = a pool of keys, [limits] being each key's budget;
     # held as the tuple of names either way
     api_key_env: Annotated[tuple[str, ...], BeforeValidator(key_envs)] = ("JINAAI_API_KEY",)
@@ -134,6 +171,8 @@ class JinaSettings(_Section):
         spec = self.spec
         if self.dimensions is not None and self.dimensions < 1:
             raise ValueError(f"dimensions: a width of at least 1; got {self.dimensions}")
+        if self.api == "batch":
+            self._fits_batch()
         if not spec.known:
             _warn_unknown(self.model)
             return self
@@ -152,6 +191,19 @@ class JinaSettings(_Section):
                 raise ValueError(f"dimensions: {e}") from None
         return self
 
+    def _fits_batch(self) -> None:
+        """The Batch Embeddings API serves v5 text models only and its body has no embedding_type / late_chunking."""
+        if not self.spec.batch_api:
+            raise ValueError(f"model: the Batch Embeddings API (jina.api = \"batch\") serves only "
+                             f"{' and '.join(BATCH_MODELS)}; {self.model!r} is not one of them — use one of those, "
+                             f"or jina.api = \"embeddings\"")
+        if "embedding_type" in self.model_fields_set and self.embedding_type != "float":
+            raise ValueError(f"embedding_type: the Batch Embeddings API has no embedding_type (its vectors come as "
+                             f"JSON floats); remove jina.embedding_type = {self.embedding_type!r} or set \"float\"")
+        if self.late_chunking:
+            raise ValueError("late_chunking: the Batch Embeddings API has no late_chunking; remove it or use "
+                             "jina.api = \"embeddings\"")
+
     @property
     def spec(self) -> ModelSpec:
         """The model's entry in the model table (``ModelSpec.unknown`` for a model it does not know)."""
@@ -167,6 +219,8 @@ class JinaSettings(_Section):
         """The optional request fields this config's requests may carry: those the model takes; for a model the
         table does not know, only the settings the user wrote (``truncate`` when ``on_too_long = "truncate"``)."""
         spec = self.spec
+        if self.api == "batch":  # the batch body's optional fields the model takes
+            return spec.fields & frozenset(BATCH_FIELDS)
         if spec.known:
             return spec.fields
         chosen = set(self._written())
@@ -184,7 +238,7 @@ class JinaSettings(_Section):
     @property
     def wire_type(self) -> str:
         """The embedding type answers come in: ``embedding_type``, or the API's default (float) when not sent."""
-        return self.embedding_type if "embedding_type" in self.request_fields else "float"
+        return self.embedding_type if "embedding_type" in self.request_fields else "float"  # batch: float
 
     @property
     def dim(self) -> int | None:

@@ -11,6 +11,7 @@
     │   ├── BillingError         402/403: balance / permission            — not retried
     │   ├── InvalidRequest       400/422: the request itself is wrong     — not retried
     │   ├── ResponseError        2xx with a wrong count, dims, non-finite values or bad body — not retried
+    │   ├── BatchGone            404/410 for a batch id the job submitted: the service no longer knows it
     │   ├── TransientError       worth retrying
     │   │   ├── RateLimited      429 (retry_after seconds when the server gave one)
     │   │   ├── ServerError      5xx, JSON or HTML body
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 __all__ = [
     "JinaBatchError", "ConfigError", "CorpusError", "StorageError", "BadRowError", "LoadError",
-    "JinaError", "AuthError", "BillingError", "InvalidRequest", "ResponseError",
+    "JinaError", "AuthError", "BillingError", "InvalidRequest", "ResponseError", "BatchGone",
     "TransientError", "RateLimited", "ServerError", "TransportError", "RetriesExhausted",
 ]
 
@@ -87,6 +88,10 @@ class InvalidRequest(JinaError):
 
 class ResponseError(JinaError):
     pass
+
+
+class BatchGone(JinaError):
+    """The Batch Embeddings API no longer knows a batch id (404) or its output has expired (410): submit again."""
 
 
 class TransientError(JinaError):

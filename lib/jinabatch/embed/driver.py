@@ -32,7 +32,7 @@ from ..config import Config
 from ..errors import AuthError, BadRowError, BillingError, ConfigError, JinaBatchError
 from ..jina.keys import KeyPool
 from ..observe.progress import make_progress
-from ..observe.records import Counters, Limits, Manifest, PlanEstimate, PlanSummary, RunMeta, ShardRecord
+from ..observe.records import BatchCounts, Counters, Limits, Manifest, PlanEstimate, PlanSummary, RunMeta, ShardRecord
 from ..observe.report import EmbedReport, ShardFailure
 from ..observe.report_html import warm_up
 from ..observe.runlog import RunLog
@@ -247,13 +247,42 @@ class _Schedule:
                         ray.cancel(ref, force=True)
                 self._tick(coordinator)
             spent = self._tick(coordinator)  # what the key was billed, dead attempts included
+        except KeyboardInterrupt:
+            for ref in self.running:
+                ray.cancel(ref, force=True)
+            self._cancel_batches(todo, base_url, keys, "interrupted (Ctrl+C)")
+            raise
         finally:
             self.bar.close()
+        if self.fatal is not None:
+            self._cancel_batches(todo, base_url, keys, f"the run stopped: {type(self.fatal).__name__}")
         t_end = time.monotonic()
         self._bill(*spent, probe=keys.probe_spend)
         if self.out.abort_multipart_uploads():
             log.info("aborted uploads that killed workers left under %s", self.out.uri)
         return (t_end - t_first) if t_first else 0.0, self.fatal
+
+    def _cancel_batches(self, todo: list[Shard], base_url: str, keys: KeyPool, why: str) -> None:
+        """Batch mode: cancel (DELETE) every batch the shards' records show running, and record it."""
+        if self.config.jina.api != "batch":
+            return
+        import asyncio
+
+        from ..jina.batch import BatchClient
+        from .batches import cancel_recorded
+
+        async def sweep() -> BatchCounts:
+            async with BatchClient(self.config.jina, api_key=keys, base_url=base_url) as client:
+                return await cancel_recorded(self.config, self.out, todo, client, why)
+        try:
+            counts = asyncio.run(sweep())
+        except JinaBatchError as e:
+            log.error("could not cancel the run's batches (%s): they may still run and be billed", e)
+            return
+        self.rep.batches = self.rep.batches or BatchCounts()
+        self.rep.batches.cancelled += counts.cancelled
+        if counts.cancelled:
+            log.warning("cancelled %d batch(es) still running (%s)", counts.cancelled, why)
 
     def _finished(self, s: Shard, ref) -> None:
         import ray
@@ -273,6 +302,9 @@ class _Schedule:
         rep.requests += r.requests
         rep.retries += r.retries
         rep.http_429 += r.http_429
+        if r.batches is not None:
+            rep.batches = rep.batches or BatchCounts()
+            rep.batches.add(r.batches)
         if r.status == "done":
             rep.shards_done += 1
             if r.node:

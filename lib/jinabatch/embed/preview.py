@@ -39,6 +39,8 @@ class Preview:
     limits: dict[str, Any] = field(default_factory=dict)
     price_per_million_tokens: float | None = None
     largest_shard: int = 0  # rows; over rows_per_shard when late chunking extends a shard to finish a document
+    batches: int | None = None  # jina.api = "batch": batches a run would submit (at most, before dead letters)
+    inputs_per_batch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +64,16 @@ def preview(config: Config) -> tuple[Preview, Plan]:
                    estimate=est, incremental=plan.reuse.to_dict() if plan.reuse else None, limits={"rpm": lim.rpm, "tpm": lim.tpm, "concurrency": lim.concurrency,
                                          "target": lim.target},
                    price_per_million_tokens=config.jina.price_per_million_tokens,
-                   largest_shard=max((sh.rows for sh in plan.shards), default=0)), plan
+                   largest_shard=max((sh.rows for sh in plan.shards), default=0),
+                   **_batches(config, todo)), plan
+
+
+def _batches(config: Config, todo: list) -> dict[str, int]:
+    """Batch mode: how many batches the shards to do make (each shard's rows in parts of inputs_per_batch)."""
+    if config.jina.api != "batch":
+        return {}
+    size = config.jina.batch.inputs_per_batch
+    return {"batches": sum(-(-s.rows // size) for s in todo), "inputs_per_batch": size}
 
 
 def _duration(seconds: float) -> str:
@@ -91,6 +102,11 @@ def format_preview(p: Preview) -> str:
         f"time     ~{_duration(e.seconds)} under {p.limits['tpm']:,} TPM / {p.limits['rpm']:,} RPM "
         f"x {e.keys} key(s) at {p.limits['target']:.1%} ({e.binding_limit.upper()} binds)",
     ]
+    if p.batches is not None:  # the Batch Embeddings API: the time is Jina's queue's, not the key's rate
+        lines[-2:] = [f"batches  ~{p.batches:,} of at most {p.inputs_per_batch:,} rows (one submit each, plus polls "
+                      "and one download)",
+                      "time     depends on Jina's batch queue, which Jina does not publish (it suggests polling "
+                      "every 10-30 s); use jina.api = \"embeddings\" for results within minutes"]
     if p.incremental:
         i = p.incremental
         lines.insert(2, f"previous {i['previous']}: {i['reused']:,} rows reused, {i['changed']:,} changed, "

@@ -23,6 +23,7 @@ import pyarrow as pa
 from ..config import Config
 from ..errors import JinaBatchError
 from ..storage import Storage
+from .batches import batch_in_flight, process_shard_batches
 from .grants import BURST_SECONDS, GrantedLimiter
 from .plan import Shard
 from .worker import ShardResult, process_shard
@@ -52,6 +53,7 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
                      base_url: str, keys: list[str], coordinator) -> ShardResult:
     import ray
 
+    from ..jina.batch import BatchClient
     from ..jina.client import JinaClient
     from ..jina.keys import KeyPool, Secret
 
@@ -62,7 +64,11 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
     i, envs = seat["key"], config.jina.api_key_env
     pool = KeyPool([Secret(k, name=envs[j] if len(envs) == len(keys) else None, label=f"key{j}")  # names its variable
                     for j, k in enumerate(keys)])
-    client = JinaClient(config.jina, api_key=pool, base_url=base_url, limiter=limiter, max_tokens_per_request=budget)
+    if config.jina.api == "batch":
+        client = BatchClient(config.jina, api_key=pool, base_url=base_url, limiter=limiter)
+    else:
+        client = JinaClient(config.jina, api_key=pool, base_url=base_url, limiter=limiter,
+                            max_tokens_per_request=budget)
     rows = 0
 
     def on_rows(n: int) -> None:
@@ -86,8 +92,8 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
 
     t0 = time.monotonic()
     pumping = asyncio.ensure_future(pump())
-    working = asyncio.ensure_future(process_shard(config, shard, client, Storage.open(out, config.storage),
-                                                  id_field=id_field, carried=carried, on_rows=on_rows))
+    working = asyncio.ensure_future(_process(config, shard, client, Storage.open(out, config.storage), id_field,
+                                             carried, on_rows, len(keys)))
     try:
         await asyncio.wait({pumping, working}, return_when=asyncio.FIRST_COMPLETED)
         if not working.done():  # the pump died (the coordinator is gone): nothing would be granted any more
@@ -104,6 +110,15 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
         await coordinator.unregister.remote(shard.index, _counters(rows, client), limiter.by_key(),
                                             *limiter.unspent())
         await client.aclose()
+
+
+def _process(config: Config, shard: Shard, client, out: Storage, id_field: pa.Field, carried: list[pa.Field],
+             on_rows, keys: int):
+    """The shard's coroutine: through batches (``jina.api = "batch"``) or synchronous requests."""
+    if config.jina.api == "batch":
+        return process_shard_batches(config, shard, client, out, id_field=id_field, carried=carried, on_rows=on_rows,
+                                     in_flight=asyncio.Semaphore(batch_in_flight(config, keys)))
+    return process_shard(config, shard, client, out, id_field=id_field, carried=carried, on_rows=on_rows)
 
 
 def shard_task(config: Config, shard: Shard, out: str, id_field: pa.Field, carried: list[pa.Field],

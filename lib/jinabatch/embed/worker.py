@@ -31,6 +31,7 @@ import pyarrow as pa
 from ..config import Config
 from ..errors import BadRowError, ConfigError, InvalidRequest
 from ..jina.client import JinaClient
+from ..jina.tokens import TokenEstimator
 from ..storage import Storage
 from .chunking import document_windows
 from .plan import Shard
@@ -38,7 +39,7 @@ from .result import ShardResult
 from .rows import PendingRows, ShardInput, ShardOutput
 from .triage import Triage, triage
 
-__all__ = ["ShardResult", "RequestPacker", "process_shard", "shard_meta"]
+__all__ = ["ShardResult", "RequestPacker", "process_shard", "shard_meta", "judge_group", "FLOAT_TYPES", "NO_LIMIT"]
 
 FLOAT_TYPES = ("base64", "float")  # embedding types that decode to float32 vectors
 NO_LIMIT = 2 ** 62  # the token limit triage judges by when the model's is not published
@@ -136,12 +137,13 @@ class _Requests:
             t.cancel()
 
 
-def _judge(config: Config, client: JinaClient, rows: ShardInput, b: PendingRows, res: ShardResult) -> Triage:
+def judge_group(config: Config, estimator: TokenEstimator, rows: ShardInput, b: PendingRows,
+                res: ShardResult) -> Triage:
     """The triage of group ``b`` with what needs no request already applied: dead letters, vectors carried over,
     counts in ``res``. A row refused under ``on_too_long = "fail"`` stops the shard (BadRowError naming it)."""
     cs, j = config.corpus, config.jina
     documents = b.table.column(cs.document_column).to_pylist() if j.late_chunking else None
-    verdict = triage(b.ids, b.texts, b.positions, estimate=client.estimator.estimate_one,
+    verdict = triage(b.ids, b.texts, b.positions, estimate=estimator.estimate_one,
                      limit=j.spec.max_tokens or NO_LIMIT,  # a context Jina does not publish: the API decides
                      on_too_long=j.on_too_long, duplicates=rows.duplicates, reuse=rows.reuse, documents=documents,
                      document_column=cs.document_column)
@@ -186,7 +188,7 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
     try:
         rows = ShardInput.open(config, shard, out, carried)
         while (b := await rows.next_group(cs)) is not None:
-            verdict = _judge(config, client, rows, b, res)
+            verdict = judge_group(config, client.estimator, rows, b, res)
             if j.late_chunking:  # a request is one document's window
                 windows = document_windows(b.table, verdict.keep, cs, client)
                 res.documents += windows.documents

@@ -56,13 +56,13 @@ from .pacing import AdaptiveLimiter
 from .tokens import TokenEstimator, next_batch, plan_batches, raw_estimate
 from .wire import DTYPES, build_body, cap_named, decode_response, error_for_status, row_width, short_text
 
-__all__ = ["JinaClient", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "KeyPool",
+__all__ = ["JinaClient", "BearerAuth", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "KeyPool",
            "resolve_api_key", "FALLBACK_KEY_ENV"]
 
 log = logging.getLogger("jinabatch.jina")
 
 
-class _BearerAuth(httpx.Auth):
+class BearerAuth(httpx.Auth):
     def __init__(self, key: Secret):
         self._key = key
 
@@ -71,7 +71,7 @@ class _BearerAuth(httpx.Auth):
         yield request
 
     def __repr__(self) -> str:
-        return "_BearerAuth(***)"
+        return "BearerAuth(***)"
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class JinaClient:
         self._key = resolve_api_key(api_key, settings.api_key_env)
         # a pool: the limiter may send a request with any of its keys (a permit naming it); the first is the default
         self._pool: list[Secret] = list(api_key) if isinstance(api_key, KeyPool) else [self._key]
-        self._auths = [_BearerAuth(k) for k in self._pool]
+        self._auths = [BearerAuth(k) for k in self._pool]
         self._key_env = self._key.name or settings.api_key_env[0]
         for name, v in (("rpm", rpm), ("tpm", tpm)):
             if v is not None and not v > 0:
@@ -156,7 +156,7 @@ class JinaClient:
                                  else None)
         self._caps: dict[str, int] = {}  # caps learnt from the API's 4xx: "inputs", "tokens" (per request)
         self._http = httpx.AsyncClient(
-            auth=_BearerAuth(self._key), transport=transport,
+            auth=BearerAuth(self._key), transport=transport,
             timeout=httpx.Timeout(connect=s.connect_timeout, read=s.read_timeout, write=s.read_timeout,
                                   pool=s.read_timeout),
             limits=httpx.Limits(max_connections=max(8, 2 * s.concurrency),

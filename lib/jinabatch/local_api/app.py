@@ -27,6 +27,10 @@ Models: every model of the job's table, and ``extra_models`` — models the tabl
 own names with the figures given (``local_api.catalog``), so a test can show the job running a model it has never
 heard of.
 
+Batch Embeddings API: ``local_api.batch`` registers its routes here and keeps its batches in ``State.batches``;
+its settings are the ``batch_*`` fields ``ServerSettings`` takes from ``batch.BatchKnobs``, and its counters are
+``/stats`` ``batch`` (not in the top-level request counters).
+
 The API key is compared, never stored in stats, logs or error details.
 """
 from __future__ import annotations
@@ -43,13 +47,14 @@ import numpy as np
 from aiohttp import web
 
 from ..jina.wire import STAND_IN_HEADER
-from . import fakemodel
+from . import batch, fakemodel
+from .batch import BATCH_KNOBS, BatchKnobs, BatchStore
 from .catalog import ServedModel, catalog, extra_model
 from .limits import KeyLimiter
 from .validate import EmbeddingRequest, HTTPProblem, parse_request
 
 __all__ = ["ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "make_app", "State", "STATE",
-           "STAND_IN_HEADER"]
+           "BATCH_KNOBS", "STAND_IN_HEADER"]
 
 FAULT_KINDS = ("json500", "html502", "drop", "stall", "wrong_count", "wrong_dims", "nan", "shuffle")
 TRANSIENT_FAULTS = ("json500", "html502", "drop")
@@ -57,12 +62,12 @@ DEFAULT_KEY = "jina_local_server_key"  # well-known key of a local server starte
 TRACE_CAP = 500_000
 _TUNABLE = ("rpm", "tpm", "concurrency", "burst_seconds", "retry_after", "latency_ms", "latency_per_token_ms",
             "fault_rate", "fault_every", "faults", "stall_seconds", "seed", "record_inputs", "tokenizer",
-            "token_scale", "bucket_start", "arrival_jitter_ms")
+            "token_scale", "bucket_start", "arrival_jitter_ms", *BATCH_KNOBS)
 _LIMITS = {"rpm", "tpm", "concurrency", "burst_seconds", "bucket_start"}  # a change gives every key new buckets
 
 
 @dataclass
-class ServerSettings:
+class ServerSettings(BatchKnobs):  # the batch_* fields: local_api.batch
     host: str = "127.0.0.1"
     port: int = 0  # 0 = a free port
     api_keys: frozenset[str] = field(default_factory=lambda: frozenset({DEFAULT_KEY}), repr=False)
@@ -114,6 +119,7 @@ class ServerSettings:
         self.extra_models = tuple(extra_model(m) for m in self.extra_models)
         catalog(self.extra_models)  # raises ValueError naming a model the table knows already
         fakemodel.tokenizer(self.tokenizer, self.token_scale)  # raises ValueError naming the setting
+        self.check_batch()
 
     def public(self) -> dict:
         """The settings without the keys (what /stats shows)."""
@@ -138,7 +144,7 @@ def _new_stats() -> dict:
     return {"requests": 0, "ok": 0, "by_status": {}, "http_429": 0, "http_5xx": 0, "faults": 0,
             "faults_by_kind": {}, "dropped": 0, "tokens": 0, "inputs": 0, "in_flight": 0,
             "peak_concurrency": 0, "first_ok_at": None, "last_ok_at": None, "inputs_log": [], "by_key": {},
-            "arrival_delay_s": 0.0}
+            "arrival_delay_s": 0.0, "batch": batch.new_counters()}
 
 
 def _new_key_stats() -> dict:
@@ -154,6 +160,7 @@ class State:
         self.tokenizer = fakemodel.tokenizer(settings.tokenizer, settings.token_scale)
         self.models = catalog(settings.extra_models)
         self.jitter = random.Random(settings.seed + 1)
+        self.batches = BatchStore()
         self._reset_faults()
 
     def key_label(self, key: str) -> tuple[int, str]:
@@ -185,6 +192,7 @@ class State:
                 self.limiters[key] = self._limiter(lim.in_flight)
         if {"fault_rate", "fault_every", "faults", "seed"} & set(changes):
             self._reset_faults()
+        self.batches.reconfigured(changes)
 
     def _limiter(self, in_flight: int = 0) -> KeyLimiter:
         s = self.settings
@@ -225,6 +233,7 @@ class State:
         s = self.settings
         st["limits"] = {"rpm": s.rpm, "tpm": s.tpm, "concurrency": s.concurrency, "burst_seconds": s.burst_seconds}
         st["settings"] = s.public()
+        st["batch"] = self.batches.public(self.stats["batch"], lambda k: self.key_label(k)[1], time.monotonic())
         return st
 
     def count(self, status: int) -> None:
@@ -395,4 +404,5 @@ def make_app(settings: ServerSettings) -> web.Application:
     app.router.add_get("/stats/trace", trace)
     app.router.add_post("/admin/config", admin_config)
     app.router.add_get("/healthz", healthz)
+    batch.add_routes(app, STATE)
     return app

@@ -88,5 +88,15 @@ class KeyLimiter:
         self.in_flight += 1
         return None
 
+    def admit_request(self) -> Refusal | None:
+        """Spend one request of the RPM budget only (a batch submit: no tokens, no in-flight slot) or say why not."""
+        if self._rpm is None:
+            return None
+        w = self._rpm.wait_for(1)
+        if w > 0:
+            return Refusal(f"rate limit of {self.rpm} requests per minute exceeded", max(1, math.ceil(w)))
+        self._rpm.take(1)
+        return None
+
     def release(self) -> None:
         self.in_flight -= 1

@@ -16,6 +16,19 @@ GIL with the client under measurement (benchmarks). Either way it is driven over
 Endpoints: ``POST /v1/embeddings``, ``GET /stats`` (``by_key``: per key, named ``key0``… by sorted
 position), ``GET /stats/trace``, ``POST /stats/reset``, ``POST /admin/config``
 (JSON object of settings to merge), ``GET /healthz``. The POST admin endpoints need a valid key.
+
+Jina's Batch Embeddings API (``local_api.batch``): ``POST /v1/batch/embeddings`` (202 + ``batch_id``), ``GET
+/v1/batch/{id}`` (submitted → processing → completed | failed | cancelled; tokens billed at the first status query
+after completion), ``GET /v1/batch/{id}/output`` (shuffled JSONL, ``custom_id`` ``request-N``, exact float32
+vectors), ``GET /v1/batch/{id}/errors``, ``DELETE /v1/batch/{id}``; a batch is visible to the key that submitted it
+only; ``POST /admin/batch/forget`` (``forget_batches()``) drops every batch. Its settings and fault knobs are the
+``batch_*`` fields of ``ServerSettings`` (``batch.BatchKnobs``), the ``--batch-...`` flags and
+``configure(batch_...=...)`` keys: timing ``batch_queue_s`` (0.2), ``batch_processing_s`` (0.5),
+``batch_processing_per_1000_s`` (0.2); ``batch_max_inputs`` (10000), ``batch_max_in_flight`` (4 per key, then 429),
+``batch_shuffle`` (true), ``batch_polls_spend_rpm`` (false); faults ``batch_fail_first``, ``batch_fail_marker``,
+``batch_item_fail_marker``, ``batch_unknown_custom_id``, ``batch_drop_first`` + ``batch_drop_after_bytes``,
+``batch_expire_s``, ``batch_balance_after`` (402), ``batch_auth_fail_after`` (401). ``/stats`` has a ``batch``
+section of counters.
 """
 from __future__ import annotations
 
@@ -33,7 +46,7 @@ import threading
 import httpx
 from aiohttp import web
 
-from .app import DEFAULT_KEY, FAULT_KINDS, TRANSIENT_FAULTS, ServerSettings, make_app
+from .app import BATCH_KNOBS, DEFAULT_KEY, FAULT_KINDS, TRANSIENT_FAULTS, ServerSettings, make_app
 
 __all__ = ["LocalServer", "ServerSettings", "FAULT_KINDS", "TRANSIENT_FAULTS", "DEFAULT_KEY", "main", "KEY_ENV"]
 
@@ -198,6 +211,10 @@ class LocalServer:
     def reset_stats(self) -> dict:
         return self._client().post("/stats/reset").raise_for_status().json()
 
+    def forget_batches(self) -> int:
+        """Drop every batch of the batch API (their ids answer 404 from now on); returns how many."""
+        return self._client().post("/admin/batch/forget").raise_for_status().json()["forgotten"]
+
     def configure(self, **changes) -> dict:
         """Change limits / latency / faults at run time; returns the new settings (without keys)."""
         r = self._client().post("/admin/config", json=changes)
@@ -222,7 +239,27 @@ def _cli_args(s: ServerSettings) -> list[str]:
         out.append("--no-retry-after")
     for m in s.public()["extra_models"]:
         out += ["--extra-model", json.dumps(m)]
+    for f in dataclasses.fields(ServerSettings):
+        v = getattr(s, f.name)
+        if f.name in BATCH_KNOBS and v != f.default:
+            flag = "--" + f.name.replace("_", "-")
+            out += ([flag] if v is True else [f"--no-{flag[2:]}"]) if isinstance(v, bool) else [flag, str(v)]
     return out
+
+
+def _add_batch_flags(p: argparse.ArgumentParser) -> None:
+    """--batch-... flags, one per ``batch.BatchKnobs`` field (its default and help)."""
+    g = p.add_argument_group("batch embeddings API (local_api.batch)")
+    for f in dataclasses.fields(ServerSettings):
+        if f.name not in BATCH_KNOBS:
+            continue
+        flag, kind = "--" + f.name.replace("_", "-"), f.type
+        help_ = f"{f.metadata.get('help', '')} (default {'off' if f.default is None else f.default})"
+        if kind == "bool":
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        else:
+            conv = str if kind.startswith("str") else int if kind.startswith("int") else float
+            g.add_argument(flag, type=conv, default=f.default, help=help_)
 
 
 def _parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -254,6 +291,7 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="also serve a model the job's table does not know, e.g. '{\"name\": \"jina-embeddings-v6\", "
                         "\"dim\": 1024, \"tasks\": [\"retrieval.query\", \"retrieval.passage\"]}' (repeatable; "
                         "keys: name, dim, dims, tasks, max_inputs, max_tokens, fields)")
+    _add_batch_flags(p)
     return p
 
 
@@ -268,7 +306,8 @@ def settings_from_args(argv: list[str] | None = None, prog: str | None = None) -
             latency_ms=a.latency_ms, latency_per_token_ms=a.latency_per_token_ms, fault_rate=a.fault_rate,
             fault_every=a.fault_every, faults=tuple(k for k in a.faults.split(",") if k),
             stall_seconds=a.stall_seconds, seed=a.seed, tokenizer=a.tokenizer, token_scale=a.token_scale,
-            bucket_start=a.bucket_start, arrival_jitter_ms=a.arrival_jitter_ms, extra_models=tuple(a.extra_model))
+            bucket_start=a.bucket_start, arrival_jitter_ms=a.arrival_jitter_ms, extra_models=tuple(a.extra_model),
+            **{name: getattr(a, name) for name in BATCH_KNOBS})
     except ValueError as e:
         _parser(prog).error(str(e))
         raise

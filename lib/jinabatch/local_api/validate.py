@@ -11,28 +11,43 @@ the job's table, and models it does not know when the server is told to serve th
 Truncation under late chunking: all inputs form one sequence, so the model's token cap applies
 to the request. With ``truncate: true`` inputs are cut in order, each keeping room for the
 special tokens of the ones after it, so the total always fits.
+
+``parse_batch_request`` validates a body of ``POST /v1/batch/embeddings`` (Jina's Batch Embeddings API): only the
+fields ``models.BATCH_FIELDS`` (a field of the synchronous API the batch body does not have, such as
+``embedding_type`` or ``truncate``, is a 422 naming it; so is ``input_file``, which the stand-in does not serve),
+only models the table marks ``batch_api``, ``input`` a list of 1..``max_inputs`` strings. Content problems of one
+input (empty, over the model's context) do not refuse the batch: they are that item's failure, in the output.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models import EMBEDDING_TYPES, REQUEST_FIELDS
+from ..models import BATCH_FIELDS, EMBEDDING_TYPES, MODELS, REQUEST_FIELDS
 from . import fakemodel
 from .catalog import ServedModel, catalog
 
-__all__ = ["HTTPProblem", "EmbeddingRequest", "parse_request", "ALL_FIELDS"]
+__all__ = ["HTTPProblem", "EmbeddingRequest", "parse_request", "ALL_FIELDS", "BatchRequest", "parse_batch_request",
+           "BATCH_MODELS"]
 
 ALL_FIELDS = ("model", "input", *REQUEST_FIELDS, "return_multivector")
 _CATALOG = catalog()
+BATCH_MODELS = tuple(name for name, spec in MODELS.items() if spec.batch_api)
+_NOT_IN_BATCH = {  # fields a batch body does not have, and what to do instead
+    "embedding_type": "the batch API returns JSON floats only; leave it out",
+    "truncate": "the batch API has no truncate; shorten over-long inputs before submitting",
+    "late_chunking": "the batch API embeds each input on its own; leave it out",
+    "input_file": "the local stand-in takes inline input only; send the texts in \"input\"",
+}
 
 
 class HTTPProblem(Exception):
-    """An error response: ``status`` and the ``detail`` text."""
+    """An error response: ``status``, the ``detail`` text and any headers (``Retry-After``)."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
 
 
 @dataclass
@@ -165,3 +180,61 @@ def parse_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE,
     elif max(tokens) > spec.max_tokens or (late and sum(tokens) > spec.max_tokens):
         texts, tokens = _truncate_all(spec, texts, late, tokenizer)
     return EmbeddingRequest(spec, texts, tokens, task, dimensions, late, etype, normalized)
+
+
+@dataclass
+class BatchRequest:
+    """A validated batch submission: every input as sent (no truncation) and its token count."""
+
+    spec: ServedModel
+    texts: list[str]
+    tokens: list[int]
+    task: str | None
+    dimensions: int
+    normalized: bool
+
+
+def _batch_inputs(raw, max_inputs: int) -> list[str]:
+    if not isinstance(raw, list):
+        raise HTTPProblem(422, "input: expected a list of strings")
+    if not raw:
+        raise HTTPProblem(400, "input: the list is empty; send at least one text")
+    if len(raw) > max_inputs:
+        raise HTTPProblem(400, f"input: {len(raw)} inputs, over the batch limit of {max_inputs}; split it into "
+                               "several batches")
+    for i, item in enumerate(raw):
+        if not isinstance(item, str):
+            raise HTTPProblem(422, f"input[{i}]: expected a string; got {type(item).__name__}")
+    return raw
+
+
+def parse_batch_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE, max_inputs: int = 10_000,
+                        models: dict[str, ServedModel] | None = None) -> BatchRequest:
+    """Validate a decoded ``POST /v1/batch/embeddings`` body; raise HTTPProblem(400|422, detail) if wrong."""
+    if not isinstance(body, dict):
+        raise HTTPProblem(422, "request body must be a JSON object")
+    for name, why in _NOT_IN_BATCH.items():
+        if name in body:
+            raise HTTPProblem(422, f"{name}: not a field of the batch embeddings API ({why})")
+    unknown = sorted(set(body) - set(BATCH_FIELDS))
+    if unknown:
+        raise HTTPProblem(422, f"unknown field(s) {unknown}; accepted fields: {list(BATCH_FIELDS)}")
+    spec = _model(body, _CATALOG if models is None else models)
+    if spec.name not in BATCH_MODELS:
+        raise HTTPProblem(422, f"model: {spec.name!r} is not served by the batch embeddings API; batch models: "
+                               f"{', '.join(BATCH_MODELS)}")
+    if "input" not in body:
+        raise HTTPProblem(422, "input: field required")
+    texts = _batch_inputs(body["input"], max_inputs)
+    task = body.get("task")
+    if task is not None and (not isinstance(task, str) or task not in spec.tasks):
+        raise HTTPProblem(422, f"task: {spec.name} accepts {list(spec.tasks)}; got {task!r}")
+    dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int)):
+        raise HTTPProblem(422, f"dimensions: expected an integer; got {dims!r}")
+    try:
+        dimensions = spec.check_dimensions(dims)
+    except ValueError as e:
+        raise HTTPProblem(422, f"dimensions: {e}") from None
+    normalized = _bool(body, "normalized", True)
+    return BatchRequest(spec, texts, [tokenizer.count(t) for t in texts], task, dimensions, normalized)

@@ -5,6 +5,7 @@ Under the output root (a folder or an ``s3://`` prefix)::
     _manifest.json        Manifest      the run's snapshot (RunLog writes it; status and _report.html read it)
     _progress/*.jsonl     ShardRecord   one line per finished, failed or skipped shard (RunLog; resume, the page)
     _timeseries/*.jsonl   Sample        cumulative counters every few seconds (RunLog; the page)
+    _batches/NAME.json    ShardBatches  batch mode: each batch of a shard, its id written before it is waited on
 
 (``_report.json`` and ``_load_report.json`` are ``jinabatch.observe.report``'s ``EmbedReport`` and ``LoadReport``.)
 
@@ -26,11 +27,12 @@ from .chunklog import ChunkLog
 __all__ = [
     "Record", "Counters", "KeyCounters", "Tally", "ShardOutcome", "ShardRecord", "Sample", "Limits", "PlanEstimate", "PlanSummary", "RunMeta",
     "ShardCounts", "RowCounts", "Rates", "RunningShard", "Failure", "ReportSummary", "Manifest",
-    "MANIFEST", "PROGRESS", "TIMESERIES", "COUNTERS", "read_progress", "read_timeseries",
+    "BatchCounts", "BatchEntry", "ShardBatches", "BATCHES",
+    "MANIFEST", "PROGRESS", "TIMESERIES", "COUNTERS", "read_batches", "read_progress", "read_timeseries",
     "OutputRef", "ChainRecord", "AppliedDelta", "PendingOp", "LedgerEntry", "CHAIN",
 ]
 
-MANIFEST, PROGRESS, TIMESERIES = "_manifest.json", "_progress", "_timeseries"
+MANIFEST, PROGRESS, TIMESERIES, BATCHES = "_manifest.json", "_progress", "_timeseries", "_batches"
 CHAIN = "_chain.json"  # ChainRecord: what an output is in a chain of refreshes
 COUNTERS = ("rows", "tokens", "requests", "http_429", "retries")  # the fields of Counters
 
@@ -88,6 +90,90 @@ class KeyCounters(Counters):
     binding_limit: str = "tpm"
 
 
+class BatchCounts(Record):
+    """Batch mode (``jina.api = "batch"``): what happened to a shard's (or a run's) batches."""
+
+    submitted: int = 0  # submits the API accepted (first submits and resubmits)
+    resumed: int = 0  # recorded by an earlier, killed attempt and waited on again instead of submitted
+    resubmitted: int = 0  # submitted again: the batch ended failed, or the API no longer knew its id (gone)
+    gone: int = 0  # of those, ids the API answered 404/410 for
+    unrecorded: int = 0  # submits an earlier run made and died before recording their id (a batch may run unwatched)
+    failed: int = 0  # batches that ended "failed"
+    cancelled: int = 0  # cancelled by the job (DELETE) on Ctrl+C or a run-stopping error
+    completed: int = 0
+    polls: int = 0
+    downloads: int = 0
+    download_retries: int = 0  # downloads that broke and were fetched again from scratch
+    unknown_lines: int = 0  # output lines for a custom_id never submitted (logged, never matched to a row)
+    billed_tokens: int = 0  # the batches' usage
+    wait_s: float = 0.0  # seconds from submit to the end of processing, summed over completed batches
+    queued_s: float = 0.0  # of which before the job first saw it processing (by its polls), summed
+    processing_s: float = 0.0  # of which from then on, summed
+
+    def line(self) -> str:
+        """One line for people (status, the report page)."""
+        gone = f" ({self.gone:,} unknown to the API)" if self.gone else ""
+        gone += f", {self.unrecorded:,} submit(s) of a killed run never recorded" if self.unrecorded else ""
+        n = self.completed
+        avg = (f", {self.wait_s / n:,.1f} s from submit to done on average ({self.queued_s / n:,.1f} s queued, "
+               f"{self.processing_s / n:,.1f} s processing)") if n else ""
+        return (f"{self.submitted:,} submitted, {self.resumed:,} resumed, {self.resubmitted:,} resubmitted{gone}, "
+                f"{self.failed:,} failed, {self.cancelled:,} cancelled, {self.completed:,} completed{avg}; "
+                f"{self.billed_tokens:,} tokens billed; {self.polls:,} polls, {self.downloads:,} downloads "
+                f"({self.download_retries:,} again after a break), {self.unknown_lines:,} unknown output lines")
+
+    def add(self, other: "BatchCounts") -> None:
+        for name in type(self).model_fields:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class BatchEntry(Record):
+    """One batch of a shard: written to ``_batches/NAME.json`` as soon as the API accepted it, before any wait.
+    ``positions``: the corpus positions of its inputs in submitted order (``custom_id`` ``request-N`` is
+    ``positions[N]``)."""
+
+    part: int  # which slice of the shard's rows (0, 1, ...: inputs_per_batch each)
+    attempt: int = 1  # submits of this part so far (1 = the first)
+    batch_id: str
+    key: str = "key0"  # the key of the pool it belongs to (never the value)
+    positions: list[int] = Field(default_factory=list)
+    submitted_at: float = 0.0  # epoch s, the job's clock when the API accepted it
+    # last seen: submitted | processing | completed | failed | cancelled | gone; "submitting" while the API has not
+    # answered the submit yet (no id), "unrecorded" when a rerun found it so (the run died in between)
+    status: str = "submitted"
+    processing_at: float | None = None  # epoch s, when the job first saw it processing (or ended, if it never did)
+    finished_at: float | None = None  # epoch s, when the job saw it end
+    error: str | None = None  # why it failed / was cancelled
+    cancelled_by_job: bool = False
+
+
+class ShardBatches(Record):
+    """``_batches/NAME.json``: a shard's batches, every attempt, in submit order. A rerun trusts it only for the same
+    pieces (``shard_key``) and settings (``fingerprint``)."""
+
+    shard: int
+    name: str
+    shard_key: str = ""
+    fingerprint: str = ""
+    batches: list[BatchEntry] = Field(default_factory=list)
+
+    @staticmethod
+    def path(name: str) -> str:
+        return f"{BATCHES}/{name}.json"
+
+    @classmethod
+    def read(cls, out: Storage, name: str) -> "ShardBatches | None":
+        data = out.read_json(cls.path(name))
+        return None if data is None else cls.model_validate(data)
+
+    def write(self, out: Storage) -> None:
+        """In one step (a rename, or one object put): a reader sees the old record or the new."""
+        out.write_json(self.path(self.name), self.to_json())
+
+    def latest(self, part: int) -> BatchEntry | None:
+        return next((b for b in reversed(self.batches) if b.part == part), None)
+
+
 class Tally(Record):
     """Rows and requests of a shard or of a whole run: ``rows_in == rows_embedded + rows_dead_letter`` once done."""
 
@@ -106,6 +192,7 @@ class Tally(Record):
     retries: int = 0
     http_429: int = 0
     raw_tokens: float = 0.0  # uncalibrated estimate of what was sent: tokens / raw_tokens calibrates the next plan
+    batches: BatchCounts | None = None  # batch mode only
 
 
 class ShardOutcome(Tally):
@@ -284,6 +371,13 @@ class Manifest(RunMeta):
 def read_progress(out: Storage, run: str | None = None) -> list[ShardRecord]:
     """Shard records in write order (of one run if ``run`` is given)."""
     return [r for r in map(ShardRecord.model_validate, ChunkLog.read(out, PROGRESS)) if run is None or r.run == run]
+
+
+def read_batches(out: Storage, limit: int | None = None) -> list[ShardBatches]:
+    """Batch mode: the batch records under ``_batches/`` (the first ``limit`` shards' at most), in shard order."""
+    files = out.list(BATCHES, recursive=False, pattern="*.json")[:limit]
+    recs = [ShardBatches.read(out, f.path.rsplit("/", 1)[-1].removesuffix(".json")) for f in files]
+    return [r for r in recs if r is not None]
 
 
 def read_timeseries(out: Storage, run: str | None = None) -> list[Sample]:

@@ -144,7 +144,8 @@ class EmbedReport(ReportSummary):
                 + (f"{self.documents} documents ({self.documents_split} longer than the context, sent as several "
                    "windows); " if self.documents else "")
                 + f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
-                f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"
+                + (f"batches: {self.batches.line()}; " if self.batches is not None else "")
+                + f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"
                 + (" (per key: " + ", ".join(f"{k} {c.utilization:.1%}, {c.http_429} 429s"
                                             for k, c in self.keys.items()) + ")" if len(self.keys) > 1 else "")
                 + f"; {self.duration_s:.1f}s")

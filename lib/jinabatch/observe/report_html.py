@@ -23,7 +23,17 @@ from typing import Any
 from ..config import Config
 from ..storage import Storage
 from .progress import format_duration
-from .records import COUNTERS, Limits, Manifest, Sample, ShardRecord, read_progress, read_timeseries
+from .records import (
+    COUNTERS,
+    Limits,
+    Manifest,
+    Sample,
+    ShardBatches,
+    ShardRecord,
+    read_batches,
+    read_progress,
+    read_timeseries,
+)
 from .report import EmbedReport, LoadReport
 
 log = logging.getLogger(__name__)
@@ -137,6 +147,30 @@ def _charts(series: list[dict[str, Any]], shards: list[dict[str, Any]], limits: 
     return specs
 
 
+def _batch_bars(batches: Sequence[ShardBatches]) -> list[dict[str, Any]]:
+    """Batch mode: one bar per batch from its submit to when the job saw it end (to the last record if it has not)."""
+    entries = [(r.name, e) for r in batches for e in r.batches][:MAX_BARS]
+    last = max((e.finished_at or e.submitted_at for _, e in entries), default=0.0)
+    return [{"batch": f"{name} part {e.part}", "id": e.batch_id, "attempt": e.attempt, "status": e.status,
+             "start": _iso(e.submitted_at), "end": _iso(e.finished_at or last), "rows": len(e.positions),
+             "seconds": round((e.finished_at or last) - e.submitted_at, 1),
+             "queued_s": round((e.processing_at or e.finished_at or last) - e.submitted_at, 1)} for name, e in entries]
+
+
+def _batch_chart(bars: list[dict[str, Any]]) -> dict[str, Any]:
+    import altair as alt
+
+    axis = alt.Axis(format="%H:%M:%S", labelAngle=0, labelOverlap=True)
+    return alt.Chart(alt.Data(values=bars)).mark_bar(height={"band": 0.8}).encode(
+        x=alt.X("start:T", title="time (UTC)", scale=alt.Scale(type="utc"), axis=axis), x2="end:T",
+        y=alt.Y("batch:N", title=None, sort="ascending"), color=alt.Color("status:N", title="state"),
+        tooltip=["batch:N", "id:N", "attempt:Q", "status:N", alt.Tooltip("rows:Q", format=","),
+                 alt.Tooltip("seconds:Q", format=".1f", title="submit to end (s)"),
+                 alt.Tooltip("queued_s:Q", format=".1f", title="queued (s)")]).properties(
+        width=760, height=max(80, 18 * len({b["batch"] for b in bars})),
+        title="Batches over time: submit to end, one row per part of a shard, colour = last state").to_dict()
+
+
 def _shard_bars(records: Sequence[ShardRecord | Mapping[str, Any]]) -> list[dict[str, Any]]:
     bars = []
     for r in map(ShardRecord.of, records):
@@ -176,6 +210,8 @@ def _embed_table(rep: EmbedReport, man: Manifest) -> str:
             ("duration", f"{format_duration(rep.duration_s)} (embedding {format_duration(rep.embed_window_s)})"),
             ("cost", f"${rep.tokens * price / 1e6:,.4f} at ${price:g} per 1M tokens" if price is not None
              else "set jina.price_per_million_tokens to see it")]
+    if (b := rep.batches) is not None:
+        rows.append(("batches", b.line()))
     if (est := man.plan.estimate) is not None:
         rows.append(("plan's estimate", f"{est.tokens:,} tokens, {format_duration(est.seconds)}"))
     if (c := rep.chain) is not None:  # what the output is in its chain of refreshes
@@ -243,9 +279,10 @@ def warm_up() -> None:
 
 def render_report_html(report: EmbedReport | Mapping[str, Any] | None, manifest: Manifest | Mapping[str, Any] | None,
                        samples: Sequence[Sample | Mapping[str, Any]], records: Sequence[ShardRecord | Mapping[str, Any]],
-                       load: LoadReport | Mapping[str, Any] | None = None) -> str:
+                       load: LoadReport | Mapping[str, Any] | None = None,
+                       batches: Sequence[ShardBatches] = ()) -> str:
     """The page as a string (no I/O): the embed part from the report, the manifest, the run's samples and shard
-    records; the load part when ``load`` (the load report) is given."""
+    records (and batch records, batch mode); the load part when ``load`` (the load report) is given."""
     import vl_convert
 
     rep = EmbedReport() if report is None else EmbedReport.of(report)
@@ -253,6 +290,8 @@ def render_report_html(report: EmbedReport | Mapping[str, Any] | None, manifest:
     limits = rep.limits if rep.limits != Limits() else man.limits
     series = series_rows(samples)
     specs = _charts(series, _shard_bars(records), limits, max(1, len(man.keys)))
+    if bars := _batch_bars(batches):
+        specs["batches"] = _batch_chart(bars)
     body = [f"<h1>jinabatch embed report</h1><p class=note>{html.escape(rep.output)} — run "
             f"{html.escape(man.run or '?')}</p>", "<h2>Embed</h2>", _embed_table(rep, man)]
     if not series:
@@ -286,6 +325,7 @@ def write_report_html(out: Storage, *, report: EmbedReport | None = None, manife
     run = manifest.run if manifest is not None else None
     samples = read_timeseries(out, run) if run else []
     records = read_progress(out, run) if run else []
-    page = render_report_html(report, manifest, samples, records, LoadReport.read(out))
+    batches = read_batches(out, limit=MAX_BARS) if report is not None and report.batches is not None else []
+    page = render_report_html(report, manifest, samples, records, LoadReport.read(out), batches)
     out.write_bytes(HTML_NAME, page.encode())
     return out.uri_of(HTML_NAME)

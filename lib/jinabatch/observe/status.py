@@ -17,7 +17,7 @@ from pydantic import Field
 from ..errors import ConfigError
 from ..storage import Storage
 from .progress import format_duration
-from .records import MANIFEST, ChainRecord, Manifest, PlanEstimate, Rates, ReportSummary
+from .records import MANIFEST, ChainRecord, Manifest, PlanEstimate, Rates, ReportSummary, read_batches
 from .report import EmbedReport, LoadReport
 
 __all__ = ["Status", "StatusRate", "read_status", "format_status", "STALE_AFTER_S"]
@@ -49,6 +49,18 @@ class Status(Manifest):
     estimate_usd: float | None = None
     refresh: ChainRecord | None = None  # what the finished output is in its chain: full or delta, with its counts
     load: LoadReport | None = None  # the last load of this output: in place or a new collection, rows sent
+    batches_by_state: dict[str, int] | None = None  # batch mode: the latest batch of each part, by its state
+
+
+def batches_by_state(out: Storage) -> dict[str, int] | None:
+    """Batch mode: how many batches (the latest attempt of each part of each shard) the records show in each
+    state; None when the output has no batch records."""
+    counts: dict[str, int] = {}
+    for rec in read_batches(out):
+        for part in {e.part for e in rec.batches}:
+            state = rec.latest(part).status
+            counts[state] = counts.get(state, 0) + 1
+    return counts or None
 
 
 def read_status(out: Storage, *, now: float | None = None) -> Status:
@@ -77,7 +89,8 @@ def read_status(out: Storage, *, now: float | None = None) -> Status:
                   stale=bool(running and age is not None and age > STALE_AFTER_S),
                   eta_s=None if eta is None else round(eta, 1), rows_left=left,
                   spend_usd=round(billed.tokens * price / 1e6, 9) if price is not None else None, estimate=est,
-                  estimate_usd=round(est.tokens * price / 1e6, 9) if price is not None and est and est.tokens else None)
+                  estimate_usd=round(est.tokens * price / 1e6, 9) if price is not None and est and est.tokens else None,
+                  batches_by_state=batches_by_state(out))
 
 
 def _since(iso: str | None, now: float) -> str:
@@ -138,6 +151,10 @@ def format_status(st: Status | Mapping[str, Any], *, now: float | None = None) -
                    f"in {format_duration(r.duration_s)}; {r.tokens_per_min:,.0f} tokens/min = {r.utilization:.1%} of "
                    f"{r.binding_limit.upper()}")
     out.extend(_refresh_lines(st))
+    if st.batches_by_state:
+        out.append("batches  " + ", ".join(f"{n:,} {k}" for k, n in sorted(st.batches_by_state.items())))
+    if st.report is not None and st.report.batches is not None:
+        out.append(f"         {st.report.batches.line()}")
     if st.price_per_million_tokens is not None:
         line = f"spend    ${st.spend_usd:,.4f} so far at ${st.price_per_million_tokens:g} per 1M tokens"
         if st.estimate_usd is not None:
