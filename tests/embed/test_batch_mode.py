@@ -35,6 +35,21 @@ def records(out: Path) -> list[ShardBatches]:
     return [ShardBatches.read(st, p.stem) for p in sorted((out / "_batches").glob("shard-*.json"))]
 
 
+def embed_command(tmp_path: Path, out: Path, url: str) -> list[str]:
+    """``jobs/embed.py`` on a batch-mode config (written under tmp_path) embedding tmp_path/corpus into ``out``."""
+    import sys
+
+    from fixtures_ray import base_config
+    from procs import toml_of
+
+    data = base_config(tmp_path / "corpus", out, url, corpus={"columns": []},
+                       jina={"api": "batch", "model": NANO, "dimensions": DIMS})
+    data["jina.batch"] = dict(FAST)
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(toml_of(data))
+    return [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "embed.py"), str(cfg), "--no-progress"]
+
+
 def check_vectors(out: Path, rows: list[dict]) -> None:
     assert_vectors_match(read_output(out), {r["id"]: r["text"] for r in rows}, model=NANO, task=TASK, dims=DIMS)
 
@@ -147,21 +162,14 @@ def test_driver_killed_with_batches_in_flight_then_rerun_resumes_them_never_subm
     """SIGKILL jobs/embed.py (driver, Ray, workers) once every shard's batch id is recorded and still queued; the
     rerun waits on the recorded ids: the stand-in sees no second submit and bills every row's tokens once."""
     import subprocess
-    import sys
 
-    from fixtures_ray import base_config
     from jinabatch.local_api import fakemodel
-    from procs import job_env, kill_when, toml_of
+    from procs import job_env, kill_when
 
     srv = server(make_jina_server, batch_queue_s=20.0)  # longer than a killed tree takes to die on a loaded machine
     corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
     out = tmp_path / "out"
-    data = base_config(tmp_path / "corpus", out, srv.url, corpus={"columns": []},
-                       jina={"api": "batch", "model": NANO, "dimensions": DIMS})
-    data["jina.batch"] = dict(FAST)
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text(toml_of(data))
-    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "embed.py"), str(cfg), "--no-progress"]
+    cmd = embed_command(tmp_path, out, srv.url)
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, env=job_env(jina_key), stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -275,21 +283,14 @@ def test_ctrl_c_cancels_the_running_batches_and_records_it(make_jina_server, jin
     job exits 130 saying a rerun resumes; the rerun submits the cancelled parts again."""
     import signal
     import subprocess
-    import sys
     import time
 
-    from fixtures_ray import base_config
-    from procs import job_env, toml_of
+    from procs import job_env
 
     srv = server(make_jina_server, batch_queue_s=60.0)
     make_corpus(tmp_path / "corpus", files=1, rows_per_file=400, row_group_size=100)
     out = tmp_path / "out"
-    data = base_config(tmp_path / "corpus", out, srv.url, corpus={"columns": []},
-                       jina={"api": "batch", "model": NANO, "dimensions": DIMS})
-    data["jina.batch"] = dict(FAST)
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text(toml_of(data))
-    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "embed.py"), str(cfg), "--no-progress"]
+    cmd = embed_command(tmp_path, out, srv.url)
     proc = subprocess.Popen(cmd, env=job_env(jina_key), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while len(list((out / "_batches").glob("shard-*.json"))) < 2:

@@ -141,16 +141,7 @@ def parse_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE,
         raise HTTPProblem(422, "input: field required")
     texts = _inputs(body["input"])
 
-    task = body.get("task")
-    if task is not None and (not isinstance(task, str) or task not in spec.tasks):
-        raise HTTPProblem(422, f"task: {spec.name} accepts {list(spec.tasks)}; got {task!r}")
-    dims = body.get("dimensions")
-    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int)):
-        raise HTTPProblem(422, f"dimensions: expected an integer; got {dims!r}")
-    try:
-        dimensions = spec.check_dimensions(dims)
-    except ValueError as e:
-        raise HTTPProblem(422, f"dimensions: {e}") from None
+    task, dimensions = _task_and_dimensions(body, spec)
     etype = body.get("embedding_type")
     etype = "float" if etype is None else etype
     if etype not in EMBEDDING_TYPES:
@@ -208,6 +199,20 @@ def _batch_inputs(raw, max_inputs: int) -> list[str]:
     return raw
 
 
+def _task_and_dimensions(body: dict, spec: ServedModel) -> tuple[str | None, int]:
+    """The request's ``task`` (one the model knows, or None) and the width it asks for (checked by the model)."""
+    task = body.get("task")
+    if task is not None and (not isinstance(task, str) or task not in spec.tasks):
+        raise HTTPProblem(422, f"task: {spec.name} accepts {list(spec.tasks)}; got {task!r}")
+    dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int)):
+        raise HTTPProblem(422, f"dimensions: expected an integer; got {dims!r}")
+    try:
+        return task, spec.check_dimensions(dims)
+    except ValueError as e:
+        raise HTTPProblem(422, f"dimensions: {e}") from None
+
+
 def parse_batch_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE, max_inputs: int = 10_000,
                         models: dict[str, ServedModel] | None = None) -> BatchRequest:
     """Validate a decoded ``POST /v1/batch/embeddings`` body; raise HTTPProblem(400|422, detail) if wrong."""
@@ -226,15 +231,6 @@ def parse_batch_request(body, tokenizer: fakemodel.Tokenizer = fakemodel.FAKE, m
     if "input" not in body:
         raise HTTPProblem(422, "input: field required")
     texts = _batch_inputs(body["input"], max_inputs)
-    task = body.get("task")
-    if task is not None and (not isinstance(task, str) or task not in spec.tasks):
-        raise HTTPProblem(422, f"task: {spec.name} accepts {list(spec.tasks)}; got {task!r}")
-    dims = body.get("dimensions")
-    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int)):
-        raise HTTPProblem(422, f"dimensions: expected an integer; got {dims!r}")
-    try:
-        dimensions = spec.check_dimensions(dims)
-    except ValueError as e:
-        raise HTTPProblem(422, f"dimensions: {e}") from None
+    task, dimensions = _task_and_dimensions(body, spec)
     normalized = _bool(body, "normalized", True)
     return BatchRequest(spec, texts, [tokenizer.count(t) for t in texts], task, dimensions, normalized)
