@@ -50,6 +50,21 @@ def embed_command(tmp_path: Path, out: Path, url: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "embed.py"), str(cfg), "--no-progress"]
 
 
+def one_shard_recorded(embed_config, make_jina_server, tmp_path: Path, entry):
+    """A 200-row corpus planned as one shard whose batch record holds ``entry`` before the run (what an earlier run
+    left); returns (stand-in, corpus, out, config)."""
+    from jinabatch.embed.plan import plan_corpus
+
+    srv = server(make_jina_server)
+    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=200, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, corpus={"columns": []})
+    (shard,) = plan_corpus(cfg, Storage.open(out)).shards
+    ShardBatches(shard=0, name=shard.name, shard_key=shard.key, fingerprint=cfg.fingerprint(),
+                 batches=[entry]).write(Storage.open(out))
+    return srv, corpus, out, cfg
+
+
 def check_vectors(out: Path, rows: list[dict]) -> None:
     assert_vectors_match(read_output(out), {r["id"]: r["text"] for r in rows}, model=NANO, task=TASK, dims=DIMS)
 
@@ -237,18 +252,10 @@ def test_over_long_inputs_are_cut_before_submit_dead_lettered_or_fail_the_run(
 def test_a_recorded_batch_the_api_no_longer_knows_is_submitted_again_and_said_so(
         ray_local, embed_config, make_jina_server, tmp_path, caplog):
     """A record whose id the service answers 404 for (its batches expired, or another service): submit again."""
-    from jinabatch.config import parse_config  # noqa: F401
-    from jinabatch.embed.plan import plan_corpus
     from jinabatch.observe.records import BatchEntry
 
-    srv = server(make_jina_server)
-    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=200, row_group_size=100)
-    out = tmp_path / "out"
-    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, corpus={"columns": []})
-    (shard,) = plan_corpus(cfg, Storage.open(out)).shards
-    ShardBatches(shard=0, name=shard.name, shard_key=shard.key, fingerprint=cfg.fingerprint(), batches=[
-        BatchEntry(part=0, batch_id="batch_from_another_life", positions=list(range(200)),
-                   submitted_at=1.0)]).write(Storage.open(out))
+    srv, corpus, out, cfg = one_shard_recorded(embed_config, make_jina_server, tmp_path, BatchEntry(
+        part=0, batch_id="batch_from_another_life", positions=list(range(200)), submitted_at=1.0))
     rep = run_embed(cfg, progress=False)
     assert rep.finished and rep.batches.resumed == 1 and rep.batches.gone == 1 and rep.batches.resubmitted == 1
     (rec,) = records(out)
@@ -362,16 +369,10 @@ def test_a_submit_a_killed_run_never_recorded_is_said_so_and_the_part_submitted_
         ray_local, embed_config, make_jina_server, tmp_path):
     """The crash window: a record left "submitting" (the run died between the submit and the write of its id). The
     rerun cannot know whether the API accepted it: it says so (log, record, report) and submits the part."""
-    from jinabatch.embed.plan import plan_corpus
     from jinabatch.observe.records import BatchEntry
 
-    srv = server(make_jina_server)
-    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=200, row_group_size=100)
-    out = tmp_path / "out"
-    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, corpus={"columns": []})
-    (shard,) = plan_corpus(cfg, Storage.open(out)).shards
-    ShardBatches(shard=0, name=shard.name, shard_key=shard.key, fingerprint=cfg.fingerprint(), batches=[
-        BatchEntry(part=0, batch_id="", positions=list(range(200)), status="submitting")]).write(Storage.open(out))
+    srv, corpus, out, cfg = one_shard_recorded(embed_config, make_jina_server, tmp_path, BatchEntry(
+        part=0, batch_id="", positions=list(range(200)), status="submitting"))
     rep = run_embed(cfg, progress=False)
     assert rep.finished and rep.batches.unrecorded == 1 and rep.batches.submitted == 1 and rep.batches.resumed == 0
     (rec,) = records(out)
