@@ -38,7 +38,7 @@ import stamina
 
 from ..config import JinaSettings
 from ..errors import BatchGone, JinaError, RateLimited, ResponseError, RetriesExhausted, TransientError, TransportError
-from .client import BearerAuth, ClientStats
+from .client import BearerAuth, ClientStats, http_timeout
 from .keys import KeyPool, Secret
 from .limits import Limiter, NoLimiter
 from .wire import build_body, error_for_status, short_text
@@ -173,8 +173,7 @@ class BatchClient:
         self.limiter: Limiter = limiter or NoLimiter()
         self._sleep = sleep
         s = settings
-        timeout = httpx.Timeout(connect=s.connect_timeout, read=s.read_timeout, write=s.read_timeout,
-                                pool=s.read_timeout)
+        timeout = http_timeout(s)
         headers = {"User-Agent": "jinabatch"}
         # two pools: submits never wait for a connection a download or a poll holds
         self._submits = httpx.AsyncClient(transport=transport, timeout=timeout, headers=headers)

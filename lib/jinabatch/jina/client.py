@@ -57,7 +57,7 @@ from .tokens import TokenEstimator, next_batch, plan_batches, raw_estimate
 from .wire import DTYPES, build_body, cap_named, decode_response, error_for_status, row_width, short_text
 
 __all__ = ["JinaClient", "BearerAuth", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "KeyPool",
-           "resolve_api_key", "FALLBACK_KEY_ENV"]
+           "resolve_api_key", "FALLBACK_KEY_ENV", "http_timeout"]
 
 log = logging.getLogger("jinabatch.jina")
 
@@ -100,6 +100,11 @@ class ClientStats:
 
 class _Split(Exception):
     """Internal: a request a 429 refused is bigger than the budget learnt since; JinaClient.embed halves it."""
+
+
+def http_timeout(s: JinaSettings) -> httpx.Timeout:
+    """The connect / read timeouts of ``[jina]`` as httpx's (a write or a wait for a pooled connection: as a read)."""
+    return httpx.Timeout(connect=s.connect_timeout, read=s.read_timeout, write=s.read_timeout, pool=s.read_timeout)
 
 
 class JinaClient:
@@ -157,8 +162,7 @@ class JinaClient:
         self._caps: dict[str, int] = {}  # caps learnt from the API's 4xx: "inputs", "tokens" (per request)
         self._http = httpx.AsyncClient(
             auth=BearerAuth(self._key), transport=transport,
-            timeout=httpx.Timeout(connect=s.connect_timeout, read=s.read_timeout, write=s.read_timeout,
-                                  pool=s.read_timeout),
+            timeout=http_timeout(s),
             limits=httpx.Limits(max_connections=max(8, 2 * s.concurrency),
                                 max_keepalive_connections=max(4, s.concurrency)),
             headers={"Accept": "application/json", "User-Agent": "jinabatch"})
