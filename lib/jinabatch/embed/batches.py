@@ -112,12 +112,15 @@ class _Batches:
     """A shard's parts through the API: the record, the in-flight cap, the counts."""
 
     def __init__(self, config: Config, shard: Shard, client: BatchClient, out: Storage, in_flight: asyncio.Semaphore,
-                 estimator: TokenEstimator):
+                 estimator: TokenEstimator, record: ShardBatches | None = None):
+        """``record``: the shard's batch record as already read (the driver's sweep); else it is read here, and
+        what an earlier run left ``submitting`` is marked ``unrecorded``."""
         self.config, self.shard, self.client, self.out = config, shard, client, out
         self.sem, self.estimator = in_flight, estimator
         self.counts = BatchCounts()
-        self.record = self._load_record()
-        self._unrecorded()
+        self.record = record if record is not None else self._load_record()
+        if record is None:
+            self._unrecorded()
 
     def _load_record(self) -> ShardBatches:
         s, fp = self.shard, self.config.fingerprint()
@@ -161,7 +164,8 @@ class _Batches:
                                                    "batch id: if the API accepted it, that batch runs unwatched and "
                                                    "is billed if it completes; the part is submitted again")
                 log.warning("%s part %d: %s", self.shard.name, e.part, e.error)
-                self._save()
+        if self.counts.unrecorded:
+            self._save()
 
     def _ended(self, e: BatchEntry, status: str, error: str | None = None) -> None:
         e.status, e.error, e.finished_at = status, error, time.time()
@@ -345,8 +349,7 @@ async def cancel_recorded(config: Config, out: Storage, shards: list[Shard], cli
         rec = ShardBatches.read(out, s.name)
         if rec is None or not any(e.status in LIVE for e in rec.batches):
             continue
-        runner = _Batches(config, s, client, out, asyncio.Semaphore(1), TokenEstimator())
-        runner.record = rec
+        runner = _Batches(config, s, client, out, asyncio.Semaphore(1), TokenEstimator(), record=rec)
         await runner.cancel_live(why)
         counts.add(runner.counts)
     return counts

@@ -38,7 +38,7 @@ import stamina
 
 from ..config import JinaSettings
 from ..errors import BatchGone, JinaError, RateLimited, ResponseError, RetriesExhausted, TransientError, TransportError
-from .client import BearerAuth, ClientStats, http_timeout
+from .client import BearerAuth, ClientStats, backoff, http_timeout, scrub_bytes
 from .keys import KeyPool, Secret
 from .limits import Limiter, NoLimiter
 from .wire import build_body, error_for_status, short_text
@@ -208,10 +208,7 @@ class BatchClient:
         return self._pool[key].name or self.settings.api_key_env[min(key, len(self.settings.api_key_env) - 1)]
 
     def _scrub(self, content: bytes) -> bytes:
-        for k in self._pool:
-            if k.get() and k.get().encode() in content:
-                content = content.replace(k.get().encode(), b"***")
-        return content
+        return scrub_bytes(self._pool, content)
 
     def _error(self, resp: httpx.Response, key: int, batch_id: str | None) -> JinaError:
         if batch_id is not None and resp.status_code in (404, 410):
@@ -255,8 +252,7 @@ class BatchClient:
                                    last=e) from None
 
     def _backoff(self, n: int) -> float:
-        s = self.settings
-        return min(s.retry_wait_max, s.retry_wait_initial * 2 ** max(0, n - 1)) + random.uniform(0, s.retry_wait_jitter)
+        return backoff(self.settings, n)
 
     async def _send(self, http: httpx.AsyncClient, method: str, path: str, key: int, *,
                     batch_id: str | None = None, **kw: Any) -> httpx.Response:

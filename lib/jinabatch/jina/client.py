@@ -57,7 +57,7 @@ from .tokens import TokenEstimator, next_batch, plan_batches, raw_estimate
 from .wire import DTYPES, build_body, cap_named, decode_response, error_for_status, row_width, short_text
 
 __all__ = ["JinaClient", "BearerAuth", "BatchResult", "ClientStats", "Limiter", "NoLimiter", "Secret", "KeyPool",
-           "resolve_api_key", "FALLBACK_KEY_ENV", "http_timeout"]
+           "resolve_api_key", "FALLBACK_KEY_ENV", "http_timeout", "backoff", "scrub_bytes"]
 
 log = logging.getLogger("jinabatch.jina")
 
@@ -105,6 +105,19 @@ class _Split(Exception):
 def http_timeout(s: JinaSettings) -> httpx.Timeout:
     """The connect / read timeouts of ``[jina]`` as httpx's (a write or a wait for a pooled connection: as a read)."""
     return httpx.Timeout(connect=s.connect_timeout, read=s.read_timeout, write=s.read_timeout, pool=s.read_timeout)
+
+
+def backoff(s: JinaSettings, n: int) -> float:
+    """Seconds before the ``n``-th retry of a fault: exponential from jina.retry_wait_initial, capped, jittered."""
+    return min(s.retry_wait_max, s.retry_wait_initial * 2 ** max(0, n - 1)) + random.uniform(0, s.retry_wait_jitter)
+
+
+def scrub_bytes(pool: Sequence[Secret], content: bytes) -> bytes:
+    """``content`` with every key of ``pool`` replaced by ``***`` (an answer that echoes the key)."""
+    for k in pool:
+        if k.get() and k.get().encode() in content:
+            content = content.replace(k.get().encode(), b"***")
+    return content
 
 
 class JinaClient:
@@ -254,8 +267,7 @@ class JinaClient:
         return min(self.max_tokens(), size) if size else self.max_tokens()
 
     def _backoff(self, n: int) -> float:
-        s = self.settings
-        return min(s.retry_wait_max, s.retry_wait_initial * 2 ** max(0, n - 1)) + random.uniform(0, s.retry_wait_jitter)
+        return backoff(self.settings, n)
 
     async def embed_batch(self, texts: Sequence[str], *, task: str | None = ..., truncate: bool = False,
                           late_chunking: bool | None = None) -> BatchResult:  # type: ignore[assignment]
@@ -388,10 +400,7 @@ class JinaClient:
         return text
 
     def _scrub_bytes(self, content: bytes) -> bytes:
-        for k in self._pool:
-            if k.get() and k.get().encode() in content:
-                content = content.replace(k.get().encode(), b"***")
-        return content
+        return scrub_bytes(self._pool, content)
 
     async def embed(self, texts: Sequence[str], *, task: str | None = ..., truncate: bool = False) -> np.ndarray:  # type: ignore[assignment]
         """Embed any number of texts, returned in input order.
