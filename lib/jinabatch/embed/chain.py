@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import StorageSettings
@@ -170,16 +169,7 @@ def compaction_advice(members: list[ChainRecord]) -> str:
     return ""
 
 
-def ids_table(ids: pa.Array | pa.ChunkedArray, **more: Any) -> pa.Table:
-    """A table of ``id`` and ``more`` columns."""
-    return pa.table({"id": ids, **more})
-
-
 def deleted_ids(st: Storage) -> pa.Array:
     """The ids a delta deleted."""
     return pq.read_table(st.open_input_file(DELETED), columns=["id"]).column("id").combine_chunks()
 
-
-def in_set(values: pa.Array, value_set: pa.Array) -> np.ndarray:
-    """Boolean mask of ``values`` in ``value_set``."""
-    return pc.is_in(values, value_set=value_set).to_numpy(zero_copy_only=False)

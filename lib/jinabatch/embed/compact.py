@@ -27,8 +27,9 @@ from ..observe.records import CHAIN, ChainRecord, OutputRef
 from ..observe.report import EmbedReport
 from ..storage import Storage
 from .chain import LOC_MASK, DEL_LOC, M32, bytes_under, chain_members, member_items, new_id
-from .dedup import LOCAL_MAX_ROWS, SHUFFLE_BATCH_BYTES
+from .dedup import LOCAL_MAX_ROWS
 from .incremental import member_side
+from .passes import num_partitions, ray_data
 from .shards import SHARDS
 
 __all__ = ["compact", "live_codes"]
@@ -38,21 +39,15 @@ log = logging.getLogger("jinabatch.embed")
 
 def _resolve_ray(items: list[dict[str, Any]], config: Config, rows: int) -> np.ndarray:
     import ray
-    from ray.data import DataContext
     from ray.data.aggregate import Max
 
-    ctx = DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes)
-    ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = False, SHUFFLE_BATCH_BYTES
-    try:
+    with ray_data():
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 4, 2000)))
         sides = ds.map_batches(_codes_batch, batch_size=4, batch_format="pyarrow",
                                fn_kwargs={"id_column": config.corpus.id_column, "settings": config.storage})
-        joined = sides.groupby("id", num_partitions=int(min(1024, max(4, rows // 2_000_000)))).aggregate(
+        joined = sides.groupby("id", num_partitions=num_partitions(rows)).aggregate(
             Max("pl", alias_name="pl")).materialize()
         return np.concatenate([ray.get(r)["pl"].to_numpy() for r in joined.to_arrow_refs()] or [np.empty(0, np.int64)])
-    finally:
-        ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = saved
 
 
 def _codes_batch(batch: pa.Table, id_column: str, settings) -> pa.Table:

@@ -38,7 +38,8 @@ from ..observe.report import EmbedReport
 from ..storage import Storage
 from .chain import DELETED, PRIOR, chain_members, decode, locate, member_codes, member_items, write_table
 from .corpus import CorpusFile
-from .dedup import DUPLICATES, LOCAL_MAX_ROWS, SHUFFLE_BATCH_BYTES
+from .dedup import DUPLICATES, LOCAL_MAX_ROWS
+from .passes import num_partitions, ray_data
 
 __all__ = ["text_hash", "text_hashes", "Reuse", "plan_reuse", "read_reuse", "PrevVectors", "member_side", "REUSE",
            "HASH_COLUMN"]
@@ -193,20 +194,14 @@ def _join_in_process(tables: list[pa.Table]) -> pa.Table:
 def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray, rows: int,
                  id_type: pa.DataType) -> tuple[pa.Table, dict[str, int], pa.Table]:
     import ray
-    from ray.data import DataContext
     from ray.data.aggregate import Max, Min
 
-    ctx = DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes)
-    # Ray's default shuffle (v2, hash-partitioned); its map side buffers 1 GiB of input per batch by default, which
-    # grew one worker to 5-12 GB on 20-50M ids: 64 MiB batches keep every process well under 2 GB
-    ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = False, SHUFFLE_BATCH_BYTES
-    try:
+    with ray_data():
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 4, 2000)))
         sides = ds.map_batches(_side_batch, batch_size=4, batch_format="pyarrow", fn_kwargs={
             "id_column": config.corpus.id_column, "text_column": config.corpus.text_column,
             "settings": config.storage, "skip": [ray.put(skip)], "id_type": id_type})
-        joined = sides.groupby("id", num_partitions=int(min(1024, max(4, rows // 2_000_000)))).aggregate(
+        joined = sides.groupby("id", num_partitions=num_partitions(rows)).aggregate(
             Min("pos", alias_name="pos"), Min("hc", alias_name="hc"), Max("pa", alias_name="pa"),
             Max("pb", alias_name="pb"), Max("pl", alias_name="pl")).materialize()
         counts = dict.fromkeys(_COUNTS, 0)
@@ -221,8 +216,6 @@ def _join_on_ray(items: list[dict[str, Any]], config: Config, skip: np.ndarray, 
                 moved.append(changes)
         table = pa.concat_tables(parts) if parts else _EMPTY_REUSE
         return table, counts, (pa.concat_tables(moved) if moved else None)
-    finally:
-        ctx.enable_progress_bars, ctx.shuffle_input_batch_bytes = saved
 
 
 _EMPTY_REUSE = pa.table({"pos": pa.array([], pa.int64()), "loc": pa.array([], pa.int64())})

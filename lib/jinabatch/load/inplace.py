@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..config import MilvusSettings, StorageSettings
-from ..embed.chain import DELETED, PRIOR, M32, chain_members, read_chain
+from ..embed.chain import PRIOR, M32, chain_members, deleted_ids, read_chain
 from ..errors import LoadError
 from ..observe.records import AppliedDelta, ChainRecord, LedgerEntry, PendingOp
 from ..observe.report import LoadReport
@@ -118,7 +118,7 @@ def apply_delta(target: Target, ms: MilvusSettings, out: Storage, rec: ChainReco
                          deleted=rec.deleted)
     col.ledger.put(col.entry.model_copy(update={"pending": PendingOp(op="apply", delta=delta)}))
     shards = delta_shards(out)
-    deleted = pq.read_table(out.open_input_file(DELETED)).column("id").to_pylist()
+    deleted = deleted_ids(out).to_pylist()
     with tqdm(total=rec.rows_written, unit="rows", desc="load (in place)", disable=not progress) as bar:
         sent = upsert_shards(target, col.name, shards, col.dim, ms.insert_batch_mb, bar.update, col.dynamic)
     delete_ids(target, col.name, deleted)

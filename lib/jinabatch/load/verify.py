@@ -61,7 +61,7 @@ def verify(client, name: str, inp: LoadInput, sample: int = SAMPLE_SIZE, seed: i
     """Row count equals the report's rows_embedded, and sampled ids come back with the shard's vectors and
     carried values (a null comes back as None, whether a nullable field or an absent dynamic key).
     ``seed``: the sample's (drawn when None). LoadError naming the id, shard and row group otherwise."""
-    got = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
+    got = count_rows(client, name)
     if got != inp.rows:
         raise LoadError(f"{name} holds {got} rows but the embed report says rows_embedded = {inp.rows}; "
                         "the load is incomplete or a shard was imported twice — the alias was not changed")
