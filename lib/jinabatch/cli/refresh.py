@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 
 from .common import add_config, config_of, parser, run_main, setup_logging
@@ -29,13 +30,12 @@ LATEST = "_latest.json"
 log = logging.getLogger("jinabatch.refresh")
 
 
-def _previous(root, out_uri: str, settings) -> str | None:
-    """The output tonight's is a delta of: the last finished night, or — rerunning a night that finished — its own
-    previous."""
+def _previous(latest: str | None, out_uri: str, settings) -> str | None:
+    """The output tonight's is a delta of: the last finished night (``latest``), or — rerunning a night that
+    finished — its own previous."""
     from ..embed.chain import read_chain
     from ..storage import Storage
 
-    latest = (root.read_json(LATEST) or {}).get("uri")
     if latest != out_uri:
         return latest
     rec = read_chain(Storage.open(out_uri, settings))
@@ -67,17 +67,19 @@ def refresh(cfg, root_uri: str, night: str, progress: bool) -> dict:
 
     root = Storage.open(root_uri, cfg.storage)
     out_uri = root.uri_of(night)
-    prev = _previous(root, out_uri, cfg.storage)
-    rerun = (root.read_json(LATEST) or {}).get("uri") == out_uri  # tonight's embed finished before: no catch-up
+    latest = (root.read_json(LATEST) or {}).get("uri")
+    prev = _previous(latest, out_uri, cfg.storage)
+    rerun = latest == out_uri  # tonight's embed finished before: no catch-up
+    bars = progress and sys.stderr.isatty()  # the loads' tqdm bars: on a terminal only (cron logs get lines)
     if prev is not None and not rerun:  # catch up: a night whose load failed is applied before tonight's delta of it
-        _catch_up(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": prev})}), progress)
+        _catch_up(cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": prev})}), bars)
     tonight = cfg.model_copy(update={"output": cfg.output.model_copy(update={"path": out_uri, "previous": prev})})
     rep = run_embed(tonight, progress=progress)
     if not rep.finished:
         raise JinaBatchError(f"{out_uri}: the embed did not finish ({rep.shards_failed} shard(s) failed); the alias "
                              "still serves the last verified state — rerun the same command to finish the night")
     root.write_json(LATEST, {"uri": out_uri, "id": rep.chain.id if rep.chain else ""})
-    load = run_load(tonight, progress=progress)
+    load = run_load(tonight, progress=bars)
     return {"night": out_uri, "previous": prev, "chain": rep.chain.to_json() if rep.chain else None,
             "load": load.to_json()}
 
