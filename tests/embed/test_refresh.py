@@ -14,6 +14,7 @@ from jinabatch.embed.compact import compact
 from jinabatch.embed.driver import run_embed
 from jinabatch.embed.plan import plan_corpus
 from jinabatch.local_api import fakemodel
+from jinabatch.observe.records import read_progress
 from jinabatch.observe.status import format_status, read_status
 from jinabatch.storage import Storage
 from refresh_gen import evolve
@@ -137,3 +138,54 @@ def test_a_full_output_made_against_a_chain_copies_every_vector_from_the_member_
     assert np.array_equal(np.asarray(k.column("embedding").to_pylist(), np.float32),
                           np.asarray(f.column("embedding").to_pylist(), np.float32))
     assert chain["spent"]["k"] <= chain["spent"]["d"] + 20 and chain["reps"]["k"].chain.kind == "full"
+
+
+@pytest.mark.parametrize("out", ["b", "c", "d"])
+def test_a_deltas_shard_tasks_read_only_the_rows_the_join_did_not_reuse(chain, out):
+    """A delta's shards are cut from its to-do list, not from the corpus: they hold exactly the new and changed
+    rows (300 a shard), so a night's tasks read, embed and write what changed."""
+    tmp, night = chain["tmp"], {"b": 1, "c": 2, "d": 3}[out]
+    rows, what = chain["nights"][night]
+    plan = plan_corpus(chain["cfg"](night, out, previous=str(tmp / "abc"[night - 1])), Storage.open(tmp / out))
+    ids = np.concatenate([pq.read_table(f.uri, columns=["id"]).column("id").to_numpy() for f in plan.files])
+    todo = pq.read_table(tmp / out / "_plan" / "todo.parquet").column("pos").to_numpy()
+    assert sorted(ids[todo].tolist()) == sorted(what["changed"] + what["new"])
+    assert plan.shard_rows == len(todo) and all(s.sparse and not s.pieces for s in plan.shards)
+    rep = chain["reps"][out]
+    assert rep.shards_total == len(plan.shards) == -(-len(todo) // 300)
+    done = [r for r in read_progress(Storage.open(tmp / out)) if r.status == "done"]
+    assert sum(r.rows_in for r in done) == len(todo) and len(done) == len(plan.shards)
+
+
+def test_a_changed_row_the_api_cannot_embed_is_a_dead_letter_named_by_file_and_row_and_is_deleted(
+        ray_local, jina_key, tmp_path):
+    """A delta reads scattered rows; a changed row that became empty and a new row repeating an id are dead letters
+    that name the right file and row, and the emptied row's old vector leaves the state (booked as deleted)."""
+    from fixtures_ray import KEY_ENV, base_config
+    from jinabatch.local_api.server import LocalServer, ServerSettings
+    from refresh_gen import write_corpus
+
+    rows = make_corpus(tmp_path / "v0", files=3, rows_per_file=50, row_group_size=10).rows
+    night = [dict(r) for r in rows]
+    emptied, edited = night[67], night[12]  # part-001 row 17; part-000 row 12
+    emptied["text"], edited["text"] = "   ", edited["text"] + " revised"
+    night.append({**night[5], "text": "a second row with id 5", "_file": "part-002.parquet"})  # a later duplicate
+    write_corpus(tmp_path / "v1", night, row_group_size=10)
+    with LocalServer(ServerSettings(api_keys=frozenset({jina_key}))) as srv, pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, jina_key)
+
+        def cfg(v, out, **output):
+            return parse_config(base_config(tmp_path / v, tmp_path / out, srv.url, corpus={"rows_per_shard": 40},
+                                            output={"path": str(tmp_path / out), **output}))
+
+        run_embed(cfg("v0", "a"), progress=False)
+        rep = run_embed(cfg("v1", "b", previous=str(tmp_path / "a")), progress=False)
+    dead = pq.read_table(tmp_path / "b" / "dead_letter").to_pylist()
+    where = {(d["id"], d["source_file"].rsplit("/", 1)[-1], d["row"], d["reason"].split(" (")[0]) for d in dead}
+    assert where == {(emptied["id"], "part-001.parquet", 17, "empty text"), (5, "part-002.parquet", 50, "duplicate id")}
+    table = read_output(tmp_path / "b")
+    assert table.column("id").to_pylist() == [edited["id"]]
+    assert_vectors_match(table, {edited["id"]: edited["text"]})
+    assert pq.read_table(tmp_path / "b" / "_delta" / "deleted.parquet").column("id").to_pylist() == [emptied["id"]]
+    assert rep.rows_in == len(night) == rep.rows_embedded + rep.rows_dead_letter and rep.rows_reused == len(night) - 3
+    assert rep.shards_total == 1 and rep.chain.deleted == 1 and rep.chain.changed == 1

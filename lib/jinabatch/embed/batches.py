@@ -79,7 +79,7 @@ class Part:
 def batch_parts(members: list[Member], texts: list[str], labels: dict[int, str], size: int) -> list[Part]:
     """``members`` (with their texts to send) cut in consecutive parts of at most ``size``."""
     return [Part(k, members[s:s + size], texts[s:s + size],
-                 [b.pos0 + i for b, i in members[s:s + size]],
+                 [int(b.positions[i]) for b, i in members[s:s + size]],
                  {j - s: labels[j] for j in range(s, min(s + size, len(members))) if j in labels})
             for k, s in enumerate(range(0, len(members), size))]
 

@@ -138,11 +138,11 @@ def locate(code: int) -> tuple[int, int, int]:
     return code >> 56, (code >> 32) & ((1 << 24) - 1), code & M32
 
 
-def write_table(out: Storage, sub: str, table: pa.Table) -> None:
+def write_table(out: Storage, sub: str, table: pa.Table, row_group_size: int = 65536) -> None:
     """Write ``table`` to ``sub`` under ``out`` in one step."""
     tmp = out.local_temp(sub)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, tmp, row_group_size=65536)
+    pq.write_table(table, tmp, row_group_size=max(1, row_group_size))
     out.upload(tmp, sub)
 
 

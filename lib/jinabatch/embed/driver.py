@@ -41,8 +41,8 @@ from ..storage import Storage
 from .chunking import check_late_chunking
 from .coordinator import Coordinator
 from .estimate import estimate_run
-from .plan import Plan, Shard, plan_corpus
-from .refresh import finish_chain, unchanged_shards
+from .plan import PLAN_DIR, Plan, Shard, plan_corpus
+from .refresh import finish_chain
 from .resume import find_finished
 from .result import ShardResult
 from .task import shard_task
@@ -106,17 +106,20 @@ def _run_meta(config: Config, plan: Plan, out: Storage, todo: list[Shard]) -> Ru
     return RunMeta(fingerprint=config.fingerprint(), embedding=config.embedding_key(), limits=_limits(config),
                    keys=[f"key{i}" for i in range(len(config.jina.api_key_env))],
                    price_per_million_tokens=config.jina.price_per_million_tokens, workers=config.ray.workers,
-                   plan=PlanSummary(files=len(plan.files), shards_total=len(plan.shards), rows_total=plan.rows,
+                   plan=PlanSummary(files=len(plan.files), shards_total=len(plan.shards), rows_total=plan.shard_rows,
                                     shards_todo=len(todo), estimate=estimate))
 
 
 def _new_report(config: Config, plan: Plan, out: Storage) -> EmbedReport:
     j = config.jina
-    return EmbedReport(shards_total=len(plan.shards), limits=_limits(config), workers=config.ray.workers, model=j.model,
+    rep = EmbedReport(shards_total=len(plan.shards), limits=_limits(config), workers=config.ray.workers, model=j.model,
                        task=j.embed_task, dimensions=j.dim, embedding_type=j.wire_type,
                        id_column=config.corpus.id_column, columns=list(config.corpus.columns),
                        fingerprint=config.fingerprint(), output=out.uri, embedding=config.embedding_key(),
                        incremental=plan.reuse.to_dict() if plan.reuse is not None else None)
+    if plan.reuse is not None and plan.reuse.sparse:  # a delta's unchanged rows keep their vector in the chain
+        rep.rows_embedded = rep.rows_reused = plan.reuse.reused
+    return rep
 
 
 def _skip_finished(config: Config, plan: Plan, out: Storage, rep: EmbedReport) -> tuple[list[Shard], list[ShardRecord]]:
@@ -130,17 +133,6 @@ def _skip_finished(config: Config, plan: Plan, out: Storage, rep: EmbedReport) -
         rep.add_shard(r)
     rep.shards_skipped = len(skipped)
     return [s for s in plan.shards if s.index not in resume.done], skipped
-
-
-def _drop_unchanged(config: Config, plan: Plan, out: Storage, rep: EmbedReport, todo: list[Shard],
-                    skipped: list[ShardRecord]) -> tuple[list[Shard], list[ShardRecord]]:
-    """A delta's shards with nothing changed are done without a task (embed.refresh)."""
-    unchanged = unchanged_shards(config, plan, out, todo)
-    for r in unchanged:
-        rep.add_shard(r)
-    rep.shards_skipped += len(unchanged)
-    done = {r.shard for r in unchanged}
-    return [s for s in todo if s.index not in done], skipped + unchanged
 
 
 def run_embed(config: Config, *, progress: bool | str = True) -> EmbedReport:
@@ -163,11 +155,12 @@ def run_embed(config: Config, *, progress: bool | str = True) -> EmbedReport:
                 started.append(True)
             return contextlib.nullcontext()
 
+        t_plan = time.monotonic()
         plan = plan_corpus(config, out, ray_context=need_ray)
         _check_output(config, out)
         rep = _new_report(config, plan, out)
+        rep.plan_s = round(time.monotonic() - t_plan, 3)
         todo, skipped = _skip_finished(config, plan, out, rep)
-        todo, skipped = _drop_unchanged(config, plan, out, rep, todo, skipped)
         runlog = RunLog(out, _run_meta(config, plan, out, todo))
         runlog.start(skipped)
         window, fatal = 0.0, None
@@ -207,7 +200,7 @@ class _Schedule:
     def __init__(self, config: Config, plan: Plan, out: Storage, rep: EmbedReport, runlog: RunLog,
                  progress: bool | str, rows_before: int):
         self.config, self.plan, self.out, self.rep, self.runlog = config, plan, out, rep, runlog
-        self.bar = make_progress(progress, plan.rows, limits=_limits(config), rows_before=rows_before)
+        self.bar = make_progress(progress, plan.shard_rows, limits=_limits(config), rows_before=rows_before)
         self.running: dict = {}  # Ray object ref -> shard
         self.fatal: JinaBatchError | None = None
         self._warm: threading.Thread | None = None
@@ -312,11 +305,15 @@ class _Schedule:
             rep.add_shard(r)
             return
         rep.shards_failed += 1
-        first = s.pieces[0]
-        rep.failures.append(ShardFailure(shard=s.name, file=first.file, row=first.row_start, error_type=r.error_type,
+        if s.pieces:
+            first = s.pieces[0]
+            file, row, where = first.file, first.row_start, f"{len(s.pieces)} piece(s) from {first.file} row " \
+                                                             f"{first.row_start}"
+        else:  # a delta's shard: rows of its to-do list
+            file, row, where = f"{PLAN_DIR}/todo.parquet", s.start, f"rows {s.start}-{s.stop - 1} of the to-do list"
+        rep.failures.append(ShardFailure(shard=s.name, file=file, row=row, error_type=r.error_type,
                                          error=r.error_text))
-        log.error("%s (%d piece(s) from %s row %d) failed: %s", s.name, len(s.pieces), first.file, first.row_start,
-                  r.error_text)
+        log.error("%s (%s) failed: %s", s.name, where, r.error_text)
         if isinstance(r.exception, FATAL) and self.fatal is None:
             self.fatal = r.exception
 

@@ -41,12 +41,13 @@ from .corpus import CorpusFile
 from .dedup import DUPLICATES, LOCAL_MAX_ROWS
 from .passes import num_partitions, ray_data
 
-__all__ = ["text_hash", "text_hashes", "Reuse", "plan_reuse", "read_reuse", "PrevVectors", "member_side", "REUSE",
-           "HASH_COLUMN"]
+__all__ = ["text_hash", "text_hashes", "Reuse", "plan_reuse", "read_reuse", "write_todo", "read_todo", "PrevVectors",
+           "member_side", "REUSE", "TODO", "HASH_COLUMN"]
 
 log = logging.getLogger("jinabatch.embed")
 
 REUSE = "_plan/reuse.parquet"
+TODO = "_plan/todo.parquet"
 HASH_COLUMN = "text_hash"
 _BIG = np.iinfo(np.int64).max
 _SMALL = np.iinfo(np.int64).min
@@ -79,6 +80,13 @@ class Reuse:
     of_state: str = ""
     rows_before: int = 0  # rows of output.previous's state
     members: list = field(default_factory=list)  # output.previous's chain, base first ({uri, id})
+    todo: int = 0  # a delta's rows not reused (new, changed, or dead letters again): what its shards hold
+    seconds: float = 0.0  # the join's
+
+    @property
+    def sparse(self) -> bool:
+        """The run is a delta: its shards are cut from ``_plan/todo.parquet`` (``plan.cut_sparse``)."""
+        return self.kind == "delta" and not self.note
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +252,21 @@ def _write_changes(out: Storage, changes: pa.Table | None, id_type: pa.DataType)
     write_table(out, DELETED, pa.table({"id": changes.filter(changes["deleted"])["id"]}))
 
 
+def write_todo(out: Storage, reused: pa.Array, rows: int, rows_per_shard: int) -> int:
+    """A delta's to-do list: every corpus position in ``[0, rows)`` not in ``reused``, sorted, as
+    ``_plan/todo.parquet`` with one row group per shard of ``rows_per_shard`` rows; how many."""
+    keep = np.ones(rows, bool)
+    keep[reused.to_numpy(zero_copy_only=False)] = False
+    pos = np.flatnonzero(keep).astype(np.int64)
+    write_table(out, TODO, pa.table({"pos": pos}), row_group_size=rows_per_shard)
+    return len(pos)
+
+
+def read_todo(out: Storage, shard: int) -> np.ndarray:
+    """The corpus positions of a delta's shard ``shard`` (row group ``shard`` of ``_plan/todo.parquet``)."""
+    return pq.ParquetFile(out.open_input_file(TODO)).read_row_group(shard, columns=["pos"]).column("pos").to_numpy()
+
+
 def plan_reuse(config: Config, files: list[CorpusFile], out: Storage, *,
                ray_context: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
                local_max_rows: int = LOCAL_MAX_ROWS, id_type: pa.DataType | None = None) -> Reuse:
@@ -252,7 +275,7 @@ def plan_reuse(config: Config, files: list[CorpusFile], out: Storage, *,
     prev = Storage.open(config.output.previous, config.storage)
     prev.check("output.previous")
     reuse = Reuse(prev.uri)
-    out.delete_many([REUSE, DELETED, PRIOR])
+    out.delete_many([REUSE, TODO, DELETED, PRIOR])
     note = check_previous(config, prev)
     if note:
         reuse.note = note
@@ -277,9 +300,13 @@ def plan_reuse(config: Config, files: list[CorpusFile], out: Storage, *,
         engine = "Ray Data"
     for k, v in counts.items():
         setattr(reuse, k, v)
-    write_table(out, REUSE, table.sort_by("pos"))
+    table = table.sort_by("pos")
+    write_table(out, REUSE, table)
     if reuse.kind == "delta":
         _write_changes(out, changes, id_type)
+        reuse.todo = write_todo(out, table["pos"].combine_chunks() if table.num_rows else pa.array([], pa.int64()),
+                                sum(f.rows for f in files), config.corpus.rows_per_shard)
+    reuse.seconds = round(time.monotonic() - t0, 3)
     log.info("incremental join (%s) against %s (chain of %d): %d reused, %d changed, %d new, %d dropped in %.1fs",
              engine, prev.uri, reuse.chain_length, reuse.reused, reuse.changed, reuse.new, reuse.dropped,
              time.monotonic() - t0)

@@ -6,7 +6,9 @@ are grouped, so a shard is a list of *pieces* (file, row range) — and one shar
 fall at exact multiples of ``rows_per_shard`` of the global row position, so the same corpus always gives
 the same shards and rows appended at the end of the corpus only touch the last shard. Under late chunking a
 cut that would fall inside a document moves to that document's end (``embed.documents``), so a shard may run
-over ``rows_per_shard``.
+over ``rows_per_shard``. A delta (``output.write = "delta"``) is cut differently: its shards hold only the rows the
+join against ``output.previous`` did not reuse (``cut_sparse``), so a night's tasks read, embed and write what
+changed, not the corpus.
 
 ``plan_corpus`` lists the corpus (``embed.corpus``), and if ``output/_plan/`` holds a plan of this very
 corpus (same files, sizes and modification times) and the same settings, reuses it: a rerun neither reopens
@@ -17,6 +19,7 @@ every footer nor repeats the duplicate pass. Otherwise it opens every footer, ru
     _plan/files.parquet        one row per file: uri, fingerprint, rows, offset, rows per row group, partition
     _plan/duplicates.parquet   later occurrences of an id, sorted by position (read by each shard's task)
     _plan/reuse.parquet        with output.previous: rows whose vector is carried over (embed.incremental)
+    _plan/todo.parquet         for a delta: the positions of every other row, one row group per shard
     _plan/documents.parquet    under late chunking: the documents a cut would split (embed.documents)
 
 The driver's memory follows the number of files and shards, never the number of rows.
@@ -43,13 +46,14 @@ from .corpus import CorpusFile, inspect_files, list_corpus
 from .dedup import LOCAL_MAX_ROWS, find_duplicates
 from .documents import Span, plan_documents, read_spans
 from .chain import DELETED, PRIOR, read_chain
-from .incremental import Reuse, plan_reuse
+from .incremental import TODO, Reuse, plan_reuse
 
-__all__ = ["Piece", "Shard", "Plan", "plan_corpus", "cut_shards", "corpus_fingerprint", "PLAN_DIR"]
+__all__ = ["Piece", "Shard", "Plan", "plan_corpus", "cut_shards", "cut_sparse", "read_files", "corpus_fingerprint",
+           "PLAN_DIR"]
 
 log = logging.getLogger("jinabatch.embed")
 PLAN_DIR = "_plan"
-PLAN_VERSION = 3  # 3: reuse locations name the chain member (embed.chain)
+PLAN_VERSION = 4  # 3: reuse locations name the chain member (embed.chain); 4: a delta's shards are its to-do list
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,15 @@ class Piece:
 
 @dataclass(frozen=True)
 class Shard:
-    """Corpus positions ``[start, stop)``, made of pieces of one or more files, in corpus order."""
+    """Corpus positions ``[start, stop)``, made of pieces of one or more files, in corpus order — or, for a delta
+    (``sparse``), rows ``[start, stop)`` of ``_plan/todo.parquet``: the corpus positions the join marked new or
+    changed, read by the task (its row group ``index``), so a delta's tasks read only those rows."""
 
     index: int
     start: int
     stop: int
     pieces: tuple[Piece, ...]
+    sparse: str = ""  # a delta's shard: what its to-do list was made from (corpus listing and the chain it joins)
 
     @property
     def rows(self) -> int:
@@ -91,7 +98,8 @@ class Shard:
     @property
     def key(self) -> str:
         """What this shard's input is: its pieces with their files' fingerprints (a changed file, a new cut)."""
-        text = json.dumps([self.start, self.stop, [p.describe() for p in self.pieces]], sort_keys=True)
+        text = json.dumps([self.start, self.stop, [p.describe() for p in self.pieces]] + ([self.sparse] if self.sparse
+                                                                                         else []), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -113,6 +121,11 @@ class Plan:
     @property
     def rows(self) -> int:
         return sum(f.rows for f in self.files)
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows the shards hold: the corpus's, or a delta's new and changed rows (the others stay in the chain)."""
+        return sum(s.rows for s in self.shards)
 
 
 def _ends(rows: int, rows_per_shard: int, spans: Sequence[Span]) -> list[int]:
@@ -150,6 +163,28 @@ def cut_shards(files: list[CorpusFile], rows_per_shard: int, spans: Sequence[Spa
                 shards.append(Shard(len(shards), start, pos, tuple(pieces)))
                 start, pieces, end = pos, [], next(ends, pos)
     return shards
+
+
+def cut_sparse(todo: int, rows_per_shard: int, source: str) -> list[Shard]:
+    """A delta's shards: ``rows_per_shard`` rows of the ``todo`` rows in ``_plan/todo.parquet`` each (one row group
+    of it each, as ``incremental.write_todo`` writes it); ``source`` names what the list was made from."""
+    return [Shard(k, start, min(start + rows_per_shard, todo), (), source)
+            for k, start in enumerate(range(0, todo, rows_per_shard))]
+
+
+def _cut(files: list[CorpusFile], config: Config, spans: Sequence[Span], reuse: Reuse | None,
+         fingerprint: str) -> list[Shard]:
+    if reuse is not None and reuse.sparse:
+        return cut_sparse(reuse.todo, config.corpus.rows_per_shard, f"{fingerprint}|{reuse.of_id}")
+    return cut_shards(files, config.corpus.rows_per_shard, spans)
+
+
+def read_files(out: Storage) -> list[CorpusFile]:
+    """The plan's corpus files (``_plan/files.parquet``)."""
+    table = pq.read_table(out.open_input_file(f"{PLAN_DIR}/files.parquet"))
+    return [CorpusFile(u, fp, n, tuple(rgs), tuple(tuple(x) for x in json.loads(part)), off)
+            for u, fp, n, off, rgs, part in zip(*(table[c].to_pylist() for c in
+                                                 ("uri", "fingerprint", "rows", "offset", "row_groups", "partition")))]
 
 
 def corpus_fingerprint(root: Storage, stats: list[FileStat]) -> str:
@@ -212,18 +247,16 @@ def _load(out: Storage, config: Config, root: Storage, fingerprint: str) -> Plan
     if spans is None:
         return None
     try:
-        table = pq.read_table(out.open_input_file(f"{PLAN_DIR}/files.parquet"))
+        files = read_files(out)
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(meta["schema"])))
     except (OSError, pa.ArrowInvalid, KeyError, ValueError):
         return None
-    files = [CorpusFile(u, fp, n, tuple(rgs), tuple(tuple(x) for x in json.loads(part)), off)
-             for u, fp, n, off, rgs, part in zip(*(table[c].to_pylist() for c in
-                                                  ("uri", "fingerprint", "rows", "offset", "row_groups", "partition")))]
     column_types = {f.name: f.type for f in schema if f.name != "__id__"}
     reuse = Reuse(**meta["reuse"]) if meta.get("reuse") else None
-    if reuse is not None and reuse.kind == "delta" and (out.stat(PRIOR) is None or out.stat(DELETED) is None):
+    if reuse is not None and reuse.kind == "delta" and (out.stat(PRIOR) is None or out.stat(DELETED) is None
+                                                        or (reuse.sparse and out.stat(TODO) is None)):
         return None
-    return Plan(root.uri, files, cut_shards(files, config.corpus.rows_per_shard, spans), schema.field("__id__").type,
+    return Plan(root.uri, files, _cut(files, config, spans, reuse, fingerprint), schema.field("__id__").type,
                 column_types, tuple(meta.get("partition_columns", [])), int(meta["duplicates"]), fingerprint,
                 reused=True, reuse=reuse)
 
@@ -252,7 +285,7 @@ def plan_corpus(config: Config, out: Storage, *, ray_context: Callable[[], Conte
     if config.output.previous:
         reuse = plan_reuse(config, found.files, out, ray_context=ray_context, local_max_rows=local_max_rows,
                            id_type=found.id_type)
-    plan = Plan(root.uri, found.files, cut_shards(found.files, cs.rows_per_shard, spans), found.id_type,
+    plan = Plan(root.uri, found.files, _cut(found.files, config, spans, reuse, fingerprint), found.id_type,
                 found.column_types, found.partition_columns, duplicates, fingerprint, reuse=reuse)
     _save(out, plan, config)
     log.info("planned %s: %d files, %d rows, %d shards, %d duplicate ids", root.uri, len(plan.files), plan.rows,

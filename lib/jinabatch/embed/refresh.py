@@ -1,8 +1,7 @@
-"""The embed stage's part of a refresh: which shards a delta need not run, and the output's ``_chain.json``.
+"""The embed stage's part of a refresh: the output's ``_chain.json``.
 
-* ``unchanged_shards`` — with a delta, a shard whose every row is reused (``_plan/reuse.parquet``) has nothing to
-  send and nothing to write: it is booked as done without a task, so a refresh that changed nothing starts no
-  Ray, no server and sends no request.
+A delta's shards hold only the rows that are not reused (``plan.cut_sparse``), so a refresh that changed nothing
+has no shard: it starts no Ray, no server and sends no request.
 * ``finish_chain`` — once the run finished: what the output is in its chain (``embed.chain``), with the counts a
   refresh reports (reused, new, changed, deleted, rows and bytes written). A changed row the API refused (a dead
   letter) has no new vector, and its old one must not stay live: it is booked as deleted.
@@ -12,42 +11,26 @@ from __future__ import annotations
 import hashlib
 import logging
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import Config
-from ..observe.records import CHAIN, ChainRecord, OutputRef, ShardRecord
+from ..observe.records import CHAIN, ChainRecord, OutputRef
 from ..observe.report import EmbedReport
 from ..storage import Storage
 from .chain import DELETED, PRIOR, bytes_under, compaction_advice, read_chain, write_table
-from .incremental import REUSE
-from .plan import Plan, Shard
+from .plan import Plan
 from .shards import DEAD_LETTER, SHARDS
 
-__all__ = ["unchanged_shards", "finish_chain", "is_delta"]
+__all__ = ["finish_chain", "is_delta"]
 
 log = logging.getLogger("jinabatch.embed")
 
 
 def is_delta(plan: Plan) -> bool:
     """The run writes a delta: output.previous under the same embedding key, output.write = "delta"."""
-    return plan.reuse is not None and not plan.reuse.note and plan.reuse.kind == "delta"
-
-
-def unchanged_shards(config: Config, plan: Plan, out: Storage, todo: list[Shard]) -> list[ShardRecord]:
-    """Records ("skipped") of the shards of ``todo`` whose every row a delta reuses: nothing to run for them."""
-    if not is_delta(plan) or not todo or out.stat(REUSE) is None:
-        return []
-    pos = pq.read_table(out.open_input_file(REUSE), columns=["pos"]).column("pos").to_numpy()
-    starts = np.array([s.start for s in todo], np.int64)
-    stops = np.array([s.stop for s in todo], np.int64)
-    reused = np.searchsorted(pos, stops) - np.searchsorted(pos, starts)
-    fp = config.fingerprint()
-    return [ShardRecord(shard=s.index, name=s.name, status="skipped", rows_in=s.rows, rows_embedded=s.rows,
-                        rows_reused=s.rows, shard_key=s.key, fingerprint=fp)
-            for s, n in zip(todo, reused.tolist()) if n == s.rows and s.rows]
+    return plan.reuse is not None and plan.reuse.sparse
 
 
 def _dead_changed(out: Storage) -> int:

@@ -69,13 +69,6 @@ def find_finished(config: Config, plan: Plan, out: Storage, known: dict[int, Sha
         else:
             check.append(shard)
 
-    for shard in plan.shards:  # a delta's shard that changed nothing has no file: the run log vouches for it
-        rec = known.get(shard.index)
-        if shard.name not in files and rec and rec.shard_key == shard.key and rec.fingerprint == fingerprint \
-                and rec.rows_embedded == rec.rows_reused and rec.rows_reused:
-            res.done[shard.index] = _skipped(shard, fingerprint, embedded=rec.rows_embedded, reasons=rec.reasons,
-                                             kept={k: getattr(rec, k) for k in rec.KEPT})
-
     def footer(shard):
         return shard, read_shard_meta(out, shard_path(shard.name))
 

@@ -1,7 +1,8 @@
 """A shard's rows on their way through a worker: read in groups, waiting for their vectors, written out.
 
 * ``ShardInput.open`` — what a worker reads for one shard: the plan's duplicates and reuse for its range, the
-  previous output's vectors (incremental runs), and its rows in groups of at least ``READ_BATCH_ROWS``
+  previous output's vectors (incremental runs), and its rows — for a delta's shard only the rows its to-do list
+  names (``Shard.sparse``) — in groups of at least ``READ_BATCH_ROWS``
   (small pieces — tiny files, a range's edge — are packed together, so requests don't follow file shapes); under
   late chunking the whole shard is one group, since a document's chunks must meet in one request.
 * ``PendingRows`` — one group waiting for its vectors, knowing each row's file, row in that file and corpus
@@ -23,10 +24,12 @@ import pyarrow as pa
 from ..config import Config, CorpusSettings
 from ..errors import JinaBatchError
 from ..storage import Storage
+from .corpus import CorpusFile
 from .dedup import read_duplicates
-from .incremental import PrevVectors, read_reuse, text_hashes
-from .plan import Shard
-from .reader import RowBatch, read_shard
+from .incremental import PrevVectors, read_reuse, read_todo, text_hashes
+from .passes import locate
+from .plan import Piece, Shard, read_files
+from .reader import RowBatch, read_pieces, read_shard
 from .result import ShardResult
 from .shards import ShardWriter, write_dead_letter
 from .triage import reason_key
@@ -52,7 +55,7 @@ def _at_least(batches: Iterator[RowBatch], rows: int) -> Iterator[list[RowBatch]
 
 class PendingRows:
     """Rows waiting for their vectors: written in order once all are back. ``ids`` / ``texts`` are the id and
-    text columns as Python values; positions in the corpus are consecutive from ``pos0``."""
+    text columns as Python values; ``positions`` their corpus positions (consecutive, but for a delta's rows)."""
 
     def __init__(self, parts: list[RowBatch], cs: CorpusSettings):
         self.table = parts[0].table if len(parts) == 1 else pa.concat_tables([p.table for p in parts])
@@ -60,16 +63,13 @@ class PendingRows:
         self._starts = np.cumsum([0] + [p.table.num_rows for p in parts[:-1]])
         self.ids: list[Any] = self.table.column(cs.id_column).to_pylist()
         self.texts: list[str | None] = self.table.column(cs.text_column).to_pylist()
-        self.pos0 = parts[0].pos0  # a shard's rows are consecutive corpus rows
+        contiguous = all(a.pos0 + a.table.num_rows == b.pos0 for a, b in zip(parts, parts[1:]))
+        self.positions: range | list[int] = range(parts[0].pos0, parts[0].pos0 + self.table.num_rows) if contiguous \
+            else [p.pos0 + k for p in parts for k in range(p.table.num_rows)]
         self.vectors: dict[int, np.ndarray] = {}
         self.dead: dict[int, str] = {}
-        self.reused: set[int] = set()  # unchanged rows a delta leaves out (they stay in the chain)
         self.tasks: list[asyncio.Task] = []  # the requests its rows are in
         self.held = 0  # rows waiting in a request not sent yet (the packer's carry)
-
-    @property
-    def positions(self) -> range:
-        return range(self.pos0, self.pos0 + self.table.num_rows)
 
     def _part(self, i: int) -> tuple[RowBatch, int]:
         k = int(np.searchsorted(self._starts, i, side="right")) - 1
@@ -104,11 +104,17 @@ class ShardInput:
         types of the carried columns)."""
         cs = config.corpus
         late = config.jina.late_chunking
-        reuse = read_reuse(out, shard.start, shard.stop)
         extra = [c for c in (cs.document_column, cs.chunk_order_column) if late and c]
         columns = list(dict.fromkeys([cs.id_column, cs.text_column, *cs.columns, *extra]))
-        batches = read_shard(shard, columns, {f.name: f.type for f in carried}, config.storage,
-                             batch_rows=READ_BATCH_ROWS)
+        types = {f.name: f.type for f in carried}
+        if shard.sparse:  # a delta's shard: the rows its to-do list names, none of them reused
+            pos = read_todo(out, shard.index)
+            batches = read_pieces(_pieces(read_files(out), pos), columns, types, config.storage,
+                                  batch_rows=READ_BATCH_ROWS)
+            duplicates = read_duplicates(out, int(pos[0]), int(pos[-1]) + 1) if len(pos) else {}
+            return cls(_at_least(batches, READ_BATCH_ROWS), duplicates, {}, None)
+        reuse = read_reuse(out, shard.start, shard.stop)
+        batches = read_shard(shard, columns, types, config.storage, batch_rows=READ_BATCH_ROWS)
         if late:  # a document's chunks must meet in one request: the whole shard is one group
             parts = list(batches)
             groups = iter([parts] if parts else [])
@@ -123,6 +129,19 @@ class ShardInput:
         in flight); None at the end."""
         parts = await asyncio.to_thread(next, self.groups, None)
         return None if parts is None else PendingRows(parts, cs)
+
+
+def _pieces(files: list[CorpusFile], positions: np.ndarray) -> list[tuple[Piece, int]]:
+    """Sorted corpus positions → the runs of consecutive rows of one file they make, each with its first position."""
+    which, rows = locate(files, positions)
+    if not len(positions):
+        return []
+    cut = np.flatnonzero((np.diff(positions) != 1) | (np.diff(which) != 0)) + 1
+    out = []
+    for lo, hi in zip(np.r_[0, cut], np.r_[cut, len(positions)]):
+        f = files[int(which[lo])]
+        out.append((Piece(f.uri, f.fingerprint, int(rows[lo]), int(rows[hi - 1]) + 1, f.partition), int(positions[lo])))
+    return out
 
 
 class ShardOutput:
@@ -150,10 +169,10 @@ class ShardOutput:
             self.writer.write(sub.column(cs.id_column).combine_chunks(), vecs,
                               [sub.column(c).combine_chunks() for c in cs.columns],
                               text_hashes(sub.column(cs.text_column).to_pylist()))
-        res.rows_embedded += len(good) + len(b.reused)  # a delta's unchanged rows have their vector in the chain
+        res.rows_embedded += len(good)
         res.rows_dead_letter += len(b.dead)
         if self.on_rows:
-            self.on_rows(len(good) + len(b.reused) + len(b.dead))
+            self.on_rows(len(good) + len(b.dead))
 
     def commit(self) -> ShardResult:
         """Check that the counts reconcile, then write the dead letters and move the shard file into place."""
@@ -163,10 +182,6 @@ class ShardOutput:
                                  f"dead-lettered is not the {self.shard.rows} rows it holds; nothing was written "
                                  "(a bug: please report it with the shard's pieces)")
         write_dead_letter(self.out, self.shard.name, self.dead_rows, self.id_type)
-        if not self.writer.rows and res.rows_reused:  # a delta's shard that changed nothing: no file at all
-            self.writer.abort()
-            self.out.delete(self.writer.sub)
-            return res
         # counts a resumed run reports for this shard without reading its dead letters
         self.writer.commit(reasons=res.reasons, rows_embedded=res.rows_embedded,
                            **{k: getattr(res, k) for k in res.KEPT})

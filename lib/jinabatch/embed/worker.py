@@ -151,11 +151,8 @@ def judge_group(config: Config, estimator: TokenEstimator, rows: ShardInput, b: 
         i, why = verdict.refused
         raise BadRowError(f"{b.where(i)}: {why}; set jina.on_too_long = \"truncate\" or \"skip\"")
     b.dead.update(verdict.dead)
-    for i, loc in verdict.reused.items():
-        if rows.previous is None:  # a delta: an unchanged row stays where it is in the chain, unwritten
-            b.reused.add(i)
-        else:
-            b.vectors[i] = rows.previous.get(loc)
+    for i, loc in verdict.reused.items():  # a delta's shards hold no unchanged row: only a full output copies
+        b.vectors[i] = rows.previous.get(loc)
     res.rows_reused += len(verdict.reused)
     res.rows_truncated += verdict.truncated
     res.raw_tokens += verdict.raw_tokens

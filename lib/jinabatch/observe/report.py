@@ -51,6 +51,7 @@ class EmbedReport(ReportSummary):
     shards_by_node: dict[str, int] = Field(default_factory=dict)  # Ray node id -> shards it embedded
     token_ratio: float | None = None  # tokens / raw_tokens: what the next plan's estimate is calibrated with
     embed_window_s: float = 0.0
+    plan_s: float = 0.0  # planning: listing, footers, duplicate pass, the join against output.previous
     requests_per_min: float = 0.0
     limits: Limits = Field(default_factory=Limits)  # each key's
     keys: dict[str, KeyCounters] = Field(default_factory=dict)  # key0, key1...: counters, utilization
