@@ -70,12 +70,14 @@ def check_vectors(out: Path, rows: list[dict]) -> None:
 
 
 def test_a_batch_run_writes_exact_vectors_from_shuffled_output_and_records_every_batch(
-        ray_local, embed_config, make_jina_server, tmp_path):
+        ray_local, embed_config, make_jina_server, tmp_path, capsys):
     srv = server(make_jina_server, batch_shuffle=True)
     corpus = make_corpus(tmp_path / "corpus", files=2, rows_per_file=300, row_group_size=100)
     out = tmp_path / "out"
     cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, batch={"inputs_per_batch": 150})
-    rep = run_embed(cfg, progress=False)
+    rep = run_embed(cfg, progress="lines")
+    lines = capsys.readouterr().err  # batches do not spend the key's TPM: no share of it, in progress or summary
+    assert "embed: 600/600 rows" in lines and "of TPM" not in lines and "of TPM" not in rep.summary()
     stats = srv.stats()
     st = stats["batch"]
     check_vectors(out, corpus.rows)

@@ -189,3 +189,53 @@ def test_a_changed_row_the_api_cannot_embed_is_a_dead_letter_named_by_file_and_r
     assert pq.read_table(tmp_path / "b" / "_delta" / "deleted.parquet").column("id").to_pylist() == [emptied["id"]]
     assert rep.rows_in == len(night) == rep.rows_embedded + rep.rows_dead_letter and rep.rows_reused == len(night) - 3
     assert rep.shards_total == 1 and rep.chain.deleted == 1 and rep.chain.changed == 1
+
+
+def test_a_delta_killed_mid_run_then_rerun_sends_only_its_unfinished_shards(ray_local, make_jina_server, jina_key,
+                                                                           tmp_path):
+    """SIGKILL jobs/embed.py writing a delta after two of its shards exist: the rerun finds them by their key (the
+    to-do list they were cut from) and sends exactly the rows of the others; the delta is exact."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fixtures_ray import KEY_ENV, base_config
+    from jinabatch.jina.probe import PROBE_TEXT
+    from procs import job_env, kill_when, toml_of
+
+    rows = make_corpus(tmp_path / "v0", files=2, rows_per_file=400, row_group_size=100).rows
+    night, what = evolve(rows, tmp_path / "v1", seed=1, edit=0.3, delete=0.02, add=0.05, first_new_id=100_000)
+    srv = make_jina_server(latency_ms=150)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, jina_key)
+        run_embed(parse_config(base_config(tmp_path / "v0", tmp_path / "a", srv.url)), progress=False)
+    out = tmp_path / "b"
+    data = base_config(tmp_path / "v1", out, srv.url, corpus={"rows_per_shard": 40},
+                       jina={"max_inputs_per_request": 10}, ray={"workers": 2},
+                       output={"path": str(out), "previous": str(tmp_path / "a")})
+    (tmp_path / "cfg.toml").write_text(toml_of(data))
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "embed.py"), str(tmp_path / "cfg.toml"),
+           "--no-progress"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=job_env(jina_key), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            kill_when(proc, lambda: len(list((out / "shards").glob("shard-*.parquet"))) >= 2,
+                      lambda: (tmp_path / "first.log").read_text())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    done = {p.name.removesuffix(".parquet") for p in (out / "shards").glob("shard-*.parquet")}
+    plan = plan_corpus(parse_config(data), Storage.open(out))
+    assert plan.reuse.sparse and 2 <= len(done) < len(plan.shards), f"kill came too late: {sorted(done)}"
+    texts = [t for f in plan.files for t in pq.read_table(f.uri, columns=["text"]).column("text").to_pylist()]
+    todo = pq.ParquetFile(out / "_plan" / "todo.parquet")
+    owed = [texts[p] for s in plan.shards if s.name not in done
+            for p in todo.read_row_group(s.index).column("pos").to_pylist()]
+    srv.reset_stats()
+    p = subprocess.run(cmd, env=job_env(jina_key), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert srv.stats()["tokens"] == _tokens(owed) + _tokens([PROBE_TEXT])
+    table = read_output(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(what["changed"] + what["new"])
+    assert_vectors_match(table, {r["id"]: r["text"] for r in night})
+    assert sorted(pq.read_table(out / "_delta" / "deleted.parquet").column("id").to_pylist()) == sorted(what["deleted"])

@@ -41,3 +41,15 @@ def test_finish_rates_and_written_report(tmp_path):
     data = json.loads(Path(r.write(Storage.open(tmp_path))).read_text())
     assert data["tokens_per_min"] == 60_000.0 and data["embed_window_s"] == 30.0
     assert "60000 tokens/min = 60.0% of TPM" in r.summary()
+
+
+def test_a_batch_runs_summary_gives_its_rate_without_a_share_of_tpm_it_never_spent():
+    """The batch endpoint bills tokens but does not spend the key's TPM: no "% of TPM" (it read 101.1% once)."""
+    from jinabatch.observe.records import BatchCounts
+
+    r = EmbedReport(tokens=30_000, requests=4, batches=BatchCounts(submitted=2, completed=2, billed_tokens=30_000))
+    r.finish_rates(30.0, tpm=10_000, rpm=500)
+    line = r.summary()
+    assert "60000 tokens/min through batches (not against the key's TPM)" in line and "% of TPM" not in line
+    r.batches = None
+    assert "60000 tokens/min = 600.0% of TPM" in r.summary()

@@ -200,7 +200,9 @@ class _Schedule:
     def __init__(self, config: Config, plan: Plan, out: Storage, rep: EmbedReport, runlog: RunLog,
                  progress: bool | str, rows_before: int):
         self.config, self.plan, self.out, self.rep, self.runlog = config, plan, out, rep, runlog
-        self.bar = make_progress(progress, plan.shard_rows, limits=_limits(config), rows_before=rows_before)
+        lim = _limits(config)  # batches do not spend the key's TPM: the progress line gives no share of it
+        self.bar = make_progress(progress, plan.shard_rows, rows_before=rows_before,
+                                 limits=lim.model_copy(update={"tpm": 0}) if config.jina.api == "batch" else lim)
         self.running: dict = {}  # Ray object ref -> shard
         self.fatal: JinaBatchError | None = None
         self._warm: threading.Thread | None = None

@@ -146,10 +146,15 @@ class EmbedReport(ReportSummary):
                    "windows); " if self.documents else "")
                 + f"{self.tokens} tokens in {self.requests} requests ({self.http_429} answered 429); "
                 + (f"batches: {self.batches.line()}; " if self.batches is not None else "")
-                + f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"
-                + (" (per key: " + ", ".join(f"{k} {c.utilization:.1%}, {c.http_429} 429s"
-                                            for k, c in self.keys.items()) + ")" if len(self.keys) > 1 else "")
+                + self._rate()
                 + f"; {self.duration_s:.1f}s")
+
+    def _rate(self) -> str:
+        if self.batches is not None:  # the batch endpoint bills tokens but does not spend the key's TPM
+            return f"{self.tokens_per_min:.0f} tokens/min through batches (not against the key's TPM)"
+        return (f"{self.tokens_per_min:.0f} tokens/min = {self.utilization:.1%} of {self.binding_limit.upper()}"
+                + (" (per key: " + ", ".join(f"{k} {c.utilization:.1%}, {c.http_429} 429s"
+                                            for k, c in self.keys.items()) + ")" if len(self.keys) > 1 else ""))
 
 
 class Phase(Record):
