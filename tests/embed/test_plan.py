@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -267,3 +268,28 @@ def test_generated_corpus_plans_to_the_expected_shards(tmp_path):
     plan = _plan(tmp_path / "c", tmp_path / "out", rows_per_shard=200, columns=["title", "n", "score", "flag"])
     assert [s.rows for s in plan.shards] == [200, 200, 200, 200, 100] and plan.rows == len(corpus.rows)
     assert plan.column_types == {"title": pa.string(), "n": pa.int32(), "score": pa.float64(), "flag": pa.bool_()}
+
+
+def test_scattered_positions_are_read_as_runs_each_row_with_its_file_row_and_position(tmp_path):
+    """A delta's shard reads scattered corpus positions (embed.rows._pieces → reader.read_pieces): across files and
+    row groups of uneven sizes, runs that cross a row group's edge, an empty file between: exactly those rows, each
+    with its file, row in the file and corpus position."""
+    from jinabatch.embed.reader import read_pieces
+    from jinabatch.embed.rows import _pieces as pieces_at
+
+    _write_groups(tmp_path / "c" / "a.parquet", [100, 100, 50], start=0)
+    _write_groups(tmp_path / "c" / "b.parquet", [], start=250)
+    _write_groups(tmp_path / "c" / "c.parquet", [30, 70, 100], start=250)
+    plan = _plan(tmp_path / "c", tmp_path / "out", rows_per_shard=1000)
+    positions = np.array([0, 5, 6, 7, 99, 100, 101, 249, 250, 251, 299, 300, 449], np.int64)
+    runs = pieces_at(plan.files, positions)
+    assert [(Path(p.file).name, p.row_start, p.row_stop, pos) for p, pos in runs] == [
+        ("a.parquet", 0, 1, 0), ("a.parquet", 5, 8, 5), ("a.parquet", 99, 102, 99), ("a.parquet", 249, 250, 249),
+        ("c.parquet", 0, 2, 250), ("c.parquet", 49, 51, 299), ("c.parquet", 199, 200, 449)]
+    got = []
+    for b in read_pieces(runs, ["id", "text"], {}, _cfg(tmp_path).storage, batch_rows=16):
+        for k, i in enumerate(b.table.column("id").to_pylist()):
+            got.append((Path(b.file).name, b.row0 + k, b.pos0 + k, i))
+    # ids were written as the corpus position (start= above), so each row's id is its position
+    assert [g[2] for g in got] == positions.tolist() and [g[3] for g in got] == positions.tolist()
+    assert [(f, r) for f, r, *_ in got] == [("a.parquet", p) if p < 250 else ("c.parquet", p - 250) for p in positions]
