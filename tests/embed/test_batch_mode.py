@@ -4,6 +4,7 @@ local stand-in's batch endpoints. Vectors are checked row by row against ``fakem
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -380,4 +381,28 @@ def test_a_submit_a_killed_run_never_recorded_is_said_so_and_the_part_submitted_
     (rec,) = records(out)
     assert [(e.status, e.attempt) for e in rec.batches] == [("unrecorded", 1), ("completed", 2)]
     assert "runs unwatched and is billed if it completes" in rec.batches[0].error
+    check_vectors(out, corpus.rows)
+
+
+def test_a_batch_past_jina_batch_timeout_fails_its_shard_and_a_rerun_waits_on_it_instead_of_submitting_again(
+        ray_local, embed_config, make_jina_server, tmp_path):
+    """A batch still processing after jina.batch.timeout seconds: the shard fails naming the batch and the setting,
+    its id stays recorded, and the rerun (the batch done by then) downloads it — one submit in all, exact vectors."""
+    srv = server(make_jina_server, batch_processing_s=6.0)
+    corpus = make_corpus(tmp_path / "corpus", files=1, rows_per_file=100, row_group_size=100)
+    out = tmp_path / "out"
+    cfg = batch_config(embed_config, tmp_path / "corpus", out, srv.url, batch={"timeout": 1.0},
+                       corpus={"rows_per_shard": 100})
+    rep = run_embed(cfg, progress=False)
+    assert not rep.finished and rep.shards_failed == 1 and not list((out / "shards").glob("*.parquet"))
+    (failure,) = rep.failures
+    assert "jina.batch.timeout = 1s" in failure.error and "is not submitted again" in failure.error
+    (rec,) = records(out)
+    (entry,) = rec.batches
+    assert entry.batch_id and entry.batch_id in failure.error and entry.status != "submitting"
+    assert srv.stats()["batch"]["submitted"] == 1
+    time.sleep(6.5)  # the batch finishes on the stand-in's clock, watched or not
+    again = run_embed(cfg, progress=False)
+    assert again.finished and again.batches.resumed == 1 and again.batches.submitted == 0
+    assert srv.stats()["batch"]["submitted"] == 1
     check_vectors(out, corpus.rows)
