@@ -307,14 +307,17 @@ async def _embed_parts(config: Config, runner: _Batches, parts: list[Part]) -> N
 async def process_shard_batches(config: Config, shard: Shard, client: BatchClient, out: Storage, *,
                                 id_field: pa.Field, carried: list[pa.Field], in_flight: asyncio.Semaphore,
                                 on_rows: Callable[[int], None] | None = None,
-                                estimator: TokenEstimator | None = None) -> ShardResult:
+                                estimator: TokenEstimator | None = None,
+                                counts: BatchCounts | None = None) -> ShardResult:
     """Embed ``shard`` through batches and write it like ``embed.worker.process_shard``; returns its counts (with
-    ``batches``). Raises what stops the shard; on a run-stopping error or cancellation its live batches are
-    cancelled first."""
+    ``batches``: ``counts`` if given, which the caller keeps when the shard fails). Raises what stops the shard; on a
+    run-stopping error or cancellation its live batches are cancelled first."""
     estimator = estimator or TokenEstimator()
     output = ShardOutput(out, shard, id_field, carried, shard_meta(config, shard), config.corpus, on_rows)
     res = output.result
     runner = _Batches(config, shard, client, out, in_flight, estimator)
+    if counts is not None:
+        runner.counts = counts
     res.batches = runner.counts
     try:
         groups, members, texts, labels = await _read_rows(config, shard, out, carried, estimator, res)
@@ -328,11 +331,12 @@ async def process_shard_batches(config: Config, shard: Shard, client: BatchClien
         if isinstance(e, STOPPING):
             await asyncio.shield(runner.cancel_live(f"the run stopped: {type(e).__name__}"))
         raise
-    _spend(res, client)
+    spend(res, client)
     return res
 
 
-def _spend(res: ShardResult, client: BatchClient) -> None:
+def spend(res: ShardResult, client: BatchClient) -> None:
+    """What the shard's batches cost, from the client's counters, into ``res`` (also for a failed shard)."""
     c = client.counts
     res.tokens, res.requests = res.batches.billed_tokens, c["requests"]
     res.retries, res.http_429 = c["retries"], c["http_429"]

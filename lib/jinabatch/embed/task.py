@@ -23,7 +23,8 @@ import pyarrow as pa
 from ..config import Config
 from ..errors import JinaBatchError
 from ..storage import Storage
-from .batches import batch_in_flight, process_shard_batches
+from ..observe.records import BatchCounts
+from .batches import batch_in_flight, process_shard_batches, spend
 from .grants import BURST_SECONDS, GrantedLimiter
 from .plan import Shard
 from .worker import ShardResult, process_shard
@@ -91,15 +92,19 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
                 pass
 
     t0 = time.monotonic()
+    counts = BatchCounts() if config.jina.api == "batch" else None  # kept when the shard fails
     pumping = asyncio.ensure_future(pump())
     working = asyncio.ensure_future(_process(config, shard, client, Storage.open(out, config.storage), id_field,
-                                             carried, on_rows, len(keys)))
+                                             carried, on_rows, len(keys), counts))
     try:
         await asyncio.wait({pumping, working}, return_when=asyncio.FIRST_COMPLETED)
         if not working.done():  # the pump died (the coordinator is gone): nothing would be granted any more
             working.cancel()
             pumping.result()
-        res = working.result()
+        try:
+            res = working.result()
+        except JinaBatchError as e:  # a failed shard still reports what it spent (and its batches)
+            res = _failed(shard, e, client, counts)
         res.seconds = time.monotonic() - t0
         res.node = ray.get_runtime_context().get_node_id()
         res.key = f"key{i}"  # which key of the pool (the run log records it)
@@ -113,12 +118,25 @@ async def _run_shard(config: Config, shard: Shard, out: str, id_field: pa.Field,
 
 
 def _process(config: Config, shard: Shard, client, out: Storage, id_field: pa.Field, carried: list[pa.Field],
-             on_rows, keys: int):
-    """The shard's coroutine: through batches (``jina.api = "batch"``) or synchronous requests."""
+             on_rows, keys: int, counts: BatchCounts | None):
+    """The shard's coroutine: through batches (``jina.api = "batch"``, counted into ``counts``) or synchronous
+    requests."""
     if config.jina.api == "batch":
         return process_shard_batches(config, shard, client, out, id_field=id_field, carried=carried, on_rows=on_rows,
-                                     in_flight=asyncio.Semaphore(batch_in_flight(config, keys)))
+                                     in_flight=asyncio.Semaphore(batch_in_flight(config, keys)), counts=counts)
     return process_shard(config, shard, client, out, id_field=id_field, carried=carried, on_rows=on_rows)
+
+
+def _failed(shard: Shard, e: JinaBatchError, client, counts: BatchCounts | None) -> ShardResult:
+    """The failed result of ``shard`` with what its client spent before ``e`` (and its batches' counts)."""
+    res = ShardResult.failed(shard, e)
+    if counts is not None:
+        res.batches = counts
+        spend(res, client)
+    else:
+        st = client.stats
+        res.tokens, res.requests, res.retries, res.http_429 = st.tokens, st.requests, st.retries, st.http_429
+    return res
 
 
 def shard_task(config: Config, shard: Shard, out: str, id_field: pa.Field, carried: list[pa.Field],
