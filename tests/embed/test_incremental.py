@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -141,3 +142,17 @@ def test_output_made_by_the_local_stand_in_is_refused_for_the_real_api(ray_local
     assert "local stand-in" in str(e.value) and "output.path" in str(e.value)
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["embedding"]["served_by"] == "local stand-in"
+
+
+@pytest.mark.parametrize("typ", [pa.string(), pa.large_string()])
+def test_an_arrow_columns_hashes_are_each_texts_text_hash(typ):
+    """The buffer path of text_hashes (the join and the shard writer) equals text_hash row by row: nulls, empty and
+    multi-byte texts, a sliced array, a chunked column."""
+    from jinabatch.embed.incremental import text_hash, text_hashes
+
+    texts = ["a", None, "", "héllo wörld ✓", "x" * 5000, None, "last"]
+    want = [None if t is None else text_hash(t) for t in texts]
+    arr = pa.array(texts, typ)
+    assert text_hashes(arr).to_pylist() == want == text_hashes(texts).to_pylist()
+    assert text_hashes(arr.slice(2)).to_pylist() == want[2:]
+    assert text_hashes(pa.chunked_array([arr.slice(0, 3), arr.slice(3)])).to_pylist() == want

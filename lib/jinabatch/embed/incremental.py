@@ -59,9 +59,22 @@ def text_hash(text: str) -> int:
                           signed=True)
 
 
-def text_hashes(texts: list[str | None]) -> pa.Array:
-    """``text_hash`` of each text (null for a null text), as an int64 array."""
-    return pa.array([None if t is None else text_hash(t) for t in texts], pa.int64())
+def text_hashes(texts: pa.Array | pa.ChunkedArray | list[str | None]) -> pa.Array:
+    """``text_hash`` of each text (null for a null text), as an int64 array. An Arrow string column is hashed from
+    its buffers (no Python string per row: ~1 µs a row instead of ~1.5)."""
+    if isinstance(texts, list):
+        return pa.array([None if t is None else text_hash(t) for t in texts], pa.int64())
+    arr = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        width = 8 if pa.types.is_large_string(arr.type) else 4
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if width == 8 else np.int32, count=len(arr) + 1,
+                                offset=arr.offset * width).tolist()
+        data = memoryview(arr.buffers()[2] or b"")
+        b2 = hashlib.blake2b
+        digests = b"".join([b2(data[a:b], digest_size=8).digest() for a, b in zip(offsets, offsets[1:])])
+        hashes = pa.array(np.frombuffer(digests, dtype="<i8").astype(np.int64))
+        return hashes if not arr.null_count else pc.if_else(arr.is_valid(), hashes, pa.scalar(None, pa.int64()))
+    return text_hashes(arr.to_pylist())
 
 
 @dataclass
@@ -140,7 +153,7 @@ def _read_side(item: dict[str, Any], id_column: str, text_column: str, settings:
     if item["side"] == 0:
         t = _open(item["uri"], settings).read_row_group(item["rg"], columns=[id_column, text_column])
         pos = np.arange(item["pos0"], item["pos0"] + t.num_rows, dtype=np.int64)
-        hashes = text_hashes(t.column(text_column).to_pylist())
+        hashes = text_hashes(t.column(text_column))
         keep = pc.and_(pc.is_valid(t.column(id_column)), pc.is_valid(hashes))
         if len(skip):  # later occurrences of a duplicated id are dead letters, never reused
             keep = pc.and_(keep, pc.invert(pc.is_in(pa.array(pos), value_set=pa.array(skip))))

@@ -168,7 +168,7 @@ class ShardOutput:
             vecs = np.stack([b.vectors[int(i)] for i in good])
             self.writer.write(sub.column(cs.id_column).combine_chunks(), vecs,
                               [sub.column(c).combine_chunks() for c in cs.columns],
-                              text_hashes(sub.column(cs.text_column).to_pylist()))
+                              text_hashes(sub.column(cs.text_column)))
         res.rows_embedded += len(good)
         res.rows_dead_letter += len(b.dead)
         if self.on_rows:
