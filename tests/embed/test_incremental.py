@@ -156,3 +156,19 @@ def test_an_arrow_columns_hashes_are_each_texts_text_hash(typ):
     assert text_hashes(arr).to_pylist() == want == text_hashes(texts).to_pylist()
     assert text_hashes(arr.slice(2)).to_pylist() == want[2:]
     assert text_hashes(pa.chunked_array([arr.slice(0, 3), arr.slice(3)])).to_pylist() == want
+
+
+def test_a_deltas_to_do_list_is_read_by_row_range_whatever_its_row_groups(tmp_path):
+    """write_todo keeps every position the join did not reuse; read_todo gives a shard's rows [start, stop) of it,
+    also when row groups do not fall on shard edges (a file written with other row group sizes)."""
+    from jinabatch.embed.incremental import TODO, read_todo, write_todo
+    from jinabatch.storage import Storage
+
+    out = Storage.open(tmp_path)
+    reused = pa.array([0, 1, 2, 5, 9, 10, 11, 30, 49], pa.int64())
+    n = write_todo(out, reused, 50, rows_per_shard=7)
+    want = [p for p in range(50) if p not in set(reused.to_pylist())]
+    assert n == len(want) == 41 and pq.ParquetFile(tmp_path / TODO).metadata.num_row_groups == 6
+    assert read_todo(out, 0, 7).tolist() == want[:7] and read_todo(out, 35, 41).tolist() == want[35:]
+    pq.write_table(pa.table({"pos": want}), tmp_path / TODO, row_group_size=4)  # edges elsewhere
+    assert read_todo(out, 5, 19).tolist() == want[5:19] and read_todo(out, 40, 41).tolist() == want[40:]

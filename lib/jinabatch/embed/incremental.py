@@ -275,9 +275,18 @@ def write_todo(out: Storage, reused: pa.Array, rows: int, rows_per_shard: int) -
     return len(pos)
 
 
-def read_todo(out: Storage, shard: int) -> np.ndarray:
-    """The corpus positions of a delta's shard ``shard`` (row group ``shard`` of ``_plan/todo.parquet``)."""
-    return pq.ParquetFile(out.open_input_file(TODO)).read_row_group(shard, columns=["pos"]).column("pos").to_numpy()
+def read_todo(out: Storage, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of a delta's to-do list: the corpus positions its shard holds (one row group of
+    ``_plan/todo.parquet`` as ``write_todo`` writes it; any row group that overlaps, whatever the layout)."""
+    pf = pq.ParquetFile(out.open_input_file(TODO))
+    parts, first = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if first < stop and first + n > start:
+            col = pf.read_row_group(g, columns=["pos"]).column("pos").to_numpy()
+            parts.append(col[max(0, start - first):stop - first])
+        first += n
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
 def plan_reuse(config: Config, files: list[CorpusFile], out: Storage, *,

@@ -166,8 +166,8 @@ def cut_shards(files: list[CorpusFile], rows_per_shard: int, spans: Sequence[Spa
 
 
 def cut_sparse(todo: int, rows_per_shard: int, source: str) -> list[Shard]:
-    """A delta's shards: ``rows_per_shard`` rows of the ``todo`` rows in ``_plan/todo.parquet`` each (one row group
-    of it each, as ``incremental.write_todo`` writes it); ``source`` names what the list was made from."""
+    """A delta's shards: ``rows_per_shard`` rows of the ``todo`` rows in ``_plan/todo.parquet`` each (a row range of
+    it, read by ``incremental.read_todo``); ``source`` names what the list was made from."""
     return [Shard(k, start, min(start + rows_per_shard, todo), (), source)
             for k, start in enumerate(range(0, todo, rows_per_shard))]
 

@@ -108,7 +108,7 @@ class ShardInput:
         columns = list(dict.fromkeys([cs.id_column, cs.text_column, *cs.columns, *extra]))
         types = {f.name: f.type for f in carried}
         if shard.sparse:  # a delta's shard: the rows its to-do list names, none of them reused
-            pos = read_todo(out, shard.index)
+            pos = read_todo(out, shard.start, shard.stop)
             batches = read_pieces(_pieces(read_files(out), pos), columns, types, config.storage,
                                   batch_rows=READ_BATCH_ROWS)
             duplicates = read_duplicates(out, int(pos[0]), int(pos[-1]) + 1) if len(pos) else {}
