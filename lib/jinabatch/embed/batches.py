@@ -112,12 +112,12 @@ class _Batches:
     """A shard's parts through the API: the record, the in-flight cap, the counts."""
 
     def __init__(self, config: Config, shard: Shard, client: BatchClient, out: Storage, in_flight: asyncio.Semaphore,
-                 estimator: TokenEstimator, record: ShardBatches | None = None):
+                 estimator: TokenEstimator, record: ShardBatches | None = None, counts: BatchCounts | None = None):
         """``record``: the shard's batch record as already read (the driver's sweep); else it is read here, and
-        what an earlier run left ``submitting`` is marked ``unrecorded``."""
+        what an earlier run left ``submitting`` is marked ``unrecorded``. ``counts``: where to count (a new one)."""
         self.config, self.shard, self.client, self.out = config, shard, client, out
         self.sem, self.estimator = in_flight, estimator
-        self.counts = BatchCounts()
+        self.counts = counts if counts is not None else BatchCounts()
         self.record = record if record is not None else self._load_record()
         if record is None:
             self._unrecorded()
@@ -315,9 +315,7 @@ async def process_shard_batches(config: Config, shard: Shard, client: BatchClien
     estimator = estimator or TokenEstimator()
     output = ShardOutput(out, shard, id_field, carried, shard_meta(config, shard), config.corpus, on_rows)
     res = output.result
-    runner = _Batches(config, shard, client, out, in_flight, estimator)
-    if counts is not None:
-        runner.counts = counts
+    runner = _Batches(config, shard, client, out, in_flight, estimator, counts=counts)
     res.batches = runner.counts
     try:
         groups, members, texts, labels = await _read_rows(config, shard, out, carried, estimator, res)
