@@ -119,7 +119,8 @@ def estimate_run(config: Config, plan: Plan, out: Storage, todo: list[Shard]) ->
     tokens_per_row = raw_per_row * ratio
     rows = sum(s.rows for s in todo)
     reuse = plan.reuse
-    if reuse and reuse.reused and not reuse.sparse:  # carried-over rows cost nothing (a delta's shards hold none): only new and changed ones are sent
+    if reuse and reuse.reused and not reuse.sparse:  # carried-over rows cost nothing: only new and changed ones
+        # are sent (a delta's shards hold no other rows: nothing to scale)
         rows = int(round(rows * (reuse.changed + reuse.new) / max(1, reuse.reused + reuse.changed + reuse.new)))
     tokens = int(round(rows * tokens_per_row))
     requests = _requests(todo, max(tokens_per_row, 1e-9), request_token_budget(config), config.jina.max_inputs)

@@ -79,7 +79,7 @@ class Piece:
 class Shard:
     """Corpus positions ``[start, stop)``, made of pieces of one or more files, in corpus order — or, for a delta
     (``sparse``), rows ``[start, stop)`` of ``_plan/todo.parquet``: the corpus positions the join marked new or
-    changed, read by the task (its row group ``index``), so a delta's tasks read only those rows."""
+    changed, read by the task (``incremental.read_todo``), so a delta's tasks read only those rows."""
 
     index: int
     start: int

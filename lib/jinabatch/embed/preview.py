@@ -112,7 +112,8 @@ def format_preview(p: Preview) -> str:
         lines.insert(2, f"previous {i['previous']}: {i['reused']:,} rows reused, {i['changed']:,} changed, "
                         f"{i['new']:,} new (sent), {i['dropped']:,} dropped" + (f" — {i['note']}" if i["note"] else "")
                         + (f"; written as a delta (chain of {i['chain_length'] + 1}: only new and changed rows and "
-                           "the deleted ids, loaded in place; its shards hold only the rows it sends)" if i.get("kind") == "delta" and not i["note"] else ""))
+                           "the deleted ids, loaded in place; its shards hold only the rows it sends)"
+                           if i.get("kind") == "delta" and not i["note"] else ""))
     if e.cost is not None:
         lines.append(f"cost     ~${e.cost:,.2f} at ${p.price_per_million_tokens:g} per million tokens")
     else:

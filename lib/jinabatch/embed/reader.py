@@ -3,8 +3,8 @@
 A piece is a row range of one file. Only the row groups that overlap a piece are read, each once, in batches of
 ``batch_rows``; a batch that straddles a range's edge is sliced, so a shard cut from the middle of a 200,000-row
 row group decodes at most that row group once. A delta's shard (``Shard.sparse``) is many small pieces — the rows
-the plan's join marked new or changed — read with one open per file and no row group that holds none of them. Carried columns
-that come from a Hive-style path (``lang=en/``) are added as constant columns of the planned type.
+the plan's join marked new or changed — read with one open per file and no row group that holds none of them.
+Carried columns that come from a Hive-style path (``lang=en/``) are added as constant columns of the planned type.
 
 Each batch comes with where it is from — the file, the row of its first row in that file, and its first row's
 position in the whole corpus — so dead letters name file and row, and duplicates are found by position.
