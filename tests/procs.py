@@ -8,12 +8,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 
 from fixtures_ray import KEY_ENV
 
-__all__ = ["toml_of", "job_env", "kill_when", "shard_workers", "run_killing_one_worker"]
+__all__ = ["toml_of", "job_env", "kill_when", "embed_killed_after", "shard_workers", "run_killing_one_worker"]
 
 
 def toml_of(data: dict) -> str:
@@ -61,6 +62,26 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], log_text: Calla
         except psutil.Error:
             pass
     assert not alive, f"processes of the killed run outlived it by 30 s: {[names[p.pid] for p in alive]}"
+
+
+def embed_killed_after(data: dict, tmp_path: Path, key: str, shards: int = 2) -> tuple[list[str], set[str]]:
+    """``jobs/embed.py`` on config ``data`` (written to tmp_path/cfg.toml), SIGKILLed with its Ray once ``shards``
+    shard files exist under the output; (the command, to rerun it; the names of the shards it finished)."""
+    import sys
+
+    out = Path(data["output"]["path"])
+    (tmp_path / "cfg.toml").write_text(toml_of(data))
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "jobs" / "embed.py"), str(tmp_path / "cfg.toml"),
+           "--no-progress"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=job_env(key), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            kill_when(proc, lambda: len(list((out / "shards").glob("shard-*.parquet"))) >= shards,
+                      lambda: (tmp_path / "first.log").read_text())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return cmd, {f.stem for f in (out / "shards").glob("shard-*.parquet")}
 
 
 def _my_ray_processes() -> list[psutil.Process]:

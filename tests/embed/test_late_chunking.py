@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +13,7 @@ import pytest
 
 from corpus_gen import DIMS, MODEL, TASK, read_dead_letters, read_output
 from fixtures_ray import KEY_ENV, base_config
-from procs import job_env, kill_when, run_killing_one_worker, toml_of
+from procs import embed_killed_after, job_env, run_killing_one_worker
 from jinabatch.config import parse_config
 from jinabatch.embed.driver import run_embed
 from jinabatch.embed.plan import plan_corpus
@@ -25,8 +23,6 @@ from jinabatch.local_api.server import LocalServer, ServerSettings
 from jinabatch.storage import Storage
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _documents(folder, n_docs=12, seed=3):
@@ -173,18 +169,7 @@ def test_a_resumed_run_keeps_whole_documents_and_their_vectors(one_shard, make_j
     srv = make_jina_server(latency_ms=150, record_inputs=10_000)
     out = tmp_path / "out"
     data = _late(one_shard["corpus"], out, srv.url, EDGE_ROWS)
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text(toml_of(data))
-    cmd = [sys.executable, str(REPO / "jobs" / "embed.py"), str(cfg), "--no-progress"]
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, env=job_env(jina_key), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            kill_when(proc, lambda: len(list((out / "shards").glob("shard-*.parquet"))) >= 2,
-                      lambda: (tmp_path / "first.log").read_text())
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    done = {p.stem for p in (out / "shards").glob("shard-*.parquet")}
+    cmd, done = embed_killed_after(data, tmp_path, jina_key)
     plan = plan_corpus(parse_config(data), Storage.open(out))
     assert plan.reused and 2 <= len(done) < len(plan.shards), f"kill came too late: {sorted(done)}"
     text_at = {pos: r["text"] for pos, r in enumerate(one_shard["rows"])}

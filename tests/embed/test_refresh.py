@@ -196,12 +196,10 @@ def test_a_delta_killed_mid_run_then_rerun_sends_only_its_unfinished_shards(ray_
     """SIGKILL jobs/embed.py writing a delta after two of its shards exist: the rerun finds them by their key (the
     to-do list they were cut from) and sends exactly the rows of the others; the delta is exact."""
     import subprocess
-    import sys
-    from pathlib import Path
 
     from fixtures_ray import KEY_ENV, base_config
     from jinabatch.jina.probe import PROBE_TEXT
-    from procs import job_env, kill_when, toml_of
+    from procs import embed_killed_after, job_env
 
     rows = make_corpus(tmp_path / "v0", files=2, rows_per_file=400, row_group_size=100).rows
     night, what = evolve(rows, tmp_path / "v1", seed=1, edit=0.3, delete=0.02, add=0.05, first_new_id=100_000)
@@ -213,18 +211,7 @@ def test_a_delta_killed_mid_run_then_rerun_sends_only_its_unfinished_shards(ray_
     data = base_config(tmp_path / "v1", out, srv.url, corpus={"rows_per_shard": 40},
                        jina={"max_inputs_per_request": 10}, ray={"workers": 2},
                        output={"path": str(out), "previous": str(tmp_path / "a")})
-    (tmp_path / "cfg.toml").write_text(toml_of(data))
-    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "jobs" / "embed.py"), str(tmp_path / "cfg.toml"),
-           "--no-progress"]
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(cmd, env=job_env(jina_key), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            kill_when(proc, lambda: len(list((out / "shards").glob("shard-*.parquet"))) >= 2,
-                      lambda: (tmp_path / "first.log").read_text())
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    done = {p.name.removesuffix(".parquet") for p in (out / "shards").glob("shard-*.parquet")}
+    cmd, done = embed_killed_after(data, tmp_path, jina_key)
     plan = plan_corpus(parse_config(data), Storage.open(out))
     assert plan.reuse.sparse and 2 <= len(done) < len(plan.shards), f"kill came too late: {sorted(done)}"
     texts = [t for f in plan.files for t in pq.read_table(f.uri, columns=["text"]).column("text").to_pylist()]
