@@ -13,6 +13,7 @@ from fixtures_milvus import make_output, sample_texts
 from jinabatch.errors import ConfigError, LoadError
 from jinabatch.load.stage import run_load
 from jinabatch.load.milvus import alias_target, physicals
+from jinabatch.load.ledger import ledger_name
 from jinabatch.load.search import search
 
 
@@ -64,6 +65,10 @@ def test_lite_rerun_never_duplicates_rows_and_keep_previous_drops_the_oldest(tmp
     assert reps[1].previous == reps[0].physical and reps[2].previous == reps[1].physical
     assert reps[2].dropped == [reps[0].physical]
     assert [p.name for p in physicals(client, cfg.milvus.collection)] == [reps[1].physical, reps[2].physical]
+    ledger = ledger_name(cfg.milvus.collection)  # what each kept collection holds; a dropped one leaves no entry
+    client.load_collection(ledger)
+    rows = client.query(ledger, filter='key != ""', output_fields=["key"], consistency_level="Strong")
+    assert sorted(r["key"] for r in rows) == sorted([reps[1].physical, reps[2].physical])
     client.close()
 
 

@@ -59,6 +59,11 @@ class Ledger:
                                  consistency_level="Strong")
         return LedgerEntry.model_validate(json.loads(rows[0]["record"])) if rows else None
 
+    def forget(self, physicals: list[str]) -> None:
+        """Delete the entries of collections that were dropped (nothing to do without a ledger)."""
+        if physicals and self.client.has_collection(self.name):
+            self.client.delete(self.name, ids=list(physicals))
+
     def put(self, entry: LedgerEntry) -> None:
         """Write ``entry`` (replacing the one of its collection)."""
         self._ensure()

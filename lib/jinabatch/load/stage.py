@@ -219,6 +219,7 @@ def _load(target: Target, inp: LoadInput, ms: MilvusSettings, progress: bool) ->
         steps.mark("alias switch")
     except BaseException as e:
         _drop_quietly(client, name)
+        _forget_quietly(client, alias, [name])
         if files is not None:
             files.cleanup()
         if isinstance(e, Exception) and not isinstance(e, (LoadError, ConfigError, StorageError)):
@@ -286,6 +287,7 @@ def _tidy(client, alias: str, current: str, keep_previous: int) -> list[str]:
         dropped.append(p.name)
     if dropped:
         log.info("dropped %s (keep_previous = %d)", ", ".join(dropped), keep_previous)
+        _forget_quietly(client, alias, dropped)
     return dropped
 
 
@@ -314,6 +316,14 @@ def _drop_quietly(client, name: str) -> None:
         client.drop_collection(name)
     except Exception as e:  # cleanup must not hide the real error
         log.warning("could not drop %s: %s", name, error_reason(e))
+
+
+def _forget_quietly(client, alias: str, names: list[str]) -> None:
+    """Drop the ledger entries of dropped collections (a leftover entry is harmless: never worth a failed load)."""
+    try:
+        Ledger(client, alias).forget(names)
+    except Exception as e:
+        log.warning("could not remove %s from the ledger of %s: %s", ", ".join(names), alias, error_reason(e))
 
 
 def _release_quietly(client, name: str) -> None:
