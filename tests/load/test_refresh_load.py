@@ -182,7 +182,7 @@ def test_the_nightly_refresh_command_chains_nights_and_catches_up_a_night_whose_
     next night's catch-up before its own delta."""
     import shutil
 
-    from jinabatch.cli.refresh import LATEST, refresh
+    from jinabatch.cli.refresh import LATEST, LOCK, refresh
 
     st, corpus, root = nights["states"], tmp_path / "corpus", tmp_path / "nightly"
     data = {**nights["data"]["a"], "milvus": {"uri": str(tmp_path / "lite.db"), "collection": "cron"}}
@@ -210,6 +210,7 @@ def test_the_nightly_refresh_command_chains_nights_and_catches_up_a_night_whose_
     assert again["load"]["how"] == "unchanged" and again["previous"] == str(root / "n2")
     assert_holds(client, "cron", st[3])
     assert len(physicals(client, "cron")) == 1  # one collection for every night
+    assert not (root / LOCK).exists()  # each night let go of the root's lease
     client.close()
 
 

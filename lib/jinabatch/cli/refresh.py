@@ -14,20 +14,84 @@ ROOT (a folder or s3:// prefix) holds one output per night (NAME defaults to the
 A night that fails anywhere leaves the alias on a verified state; rerunning the same command finishes it (the
 embed resumes, the load finishes a killed in-place apply). Prints one JSON line: the night, its chain record and
 its load report. Exit code 0, or 1 with a one-line reason.
+
+One refresh of a ROOT at a time (two would race on ``_latest.json`` and on the collection): a run holds a lease,
+``ROOT/_refresh.lock.json`` (who, which night, when), renewed every ``RENEW_S`` seconds and deleted at the end. A
+run that finds a lease renewed less than ``LEASE_S`` seconds ago stops at once, naming it; an older one is a dead
+run's and is taken over. Both runs write the lease through the same storage, and the winner is the one whose write
+is read back after ``SETTLE_S`` seconds, so this works on ``s3://`` too (best effort: two starts within a fraction
+of a second of each other could both read back their own write only if the store reordered them).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Iterator
 
 from .common import add_config, config_of, parser, run_main, setup_logging
 
-__all__ = ["main", "LATEST"]
+__all__ = ["main", "LATEST", "LOCK", "lease"]
 
 LATEST = "_latest.json"
+LOCK = "_refresh.lock.json"
+LEASE_S = 600.0  # a lease not renewed for this long is a dead run's
+RENEW_S = 60.0
+SETTLE_S = 2.0  # between writing the lease and reading it back
 log = logging.getLogger("jinabatch.refresh")
+
+
+@contextlib.contextmanager
+def lease(root, night: str, *, lease_s: float = LEASE_S, renew_s: float = RENEW_S,
+          settle_s: float = SETTLE_S) -> Iterator[dict]:
+    """Hold ``root``'s refresh lease (``LOCK``) while the block runs; JinaBatchError if another run holds it."""
+    from ..errors import JinaBatchError
+
+    def refuse(held: dict, why: str) -> JinaBatchError:
+        age = time.time() - float(held.get("renewed", 0))
+        return JinaBatchError(f"{root.uri_of(LOCK)}: {why} (night {held.get('night')!r}, {held.get('owner')}, renewed "
+                              f"{age:.0f}s ago); two refreshes of one root would race on {LATEST} — wait for it to "
+                              f"end, or delete that file if that run is dead (a lease not renewed for {lease_s:g}s is "
+                              "taken over)")
+
+    held = root.read_json(LOCK)
+    if held and time.time() - float(held.get("renewed", 0)) < lease_s:
+        raise refuse(held, "another refresh of this root is running")
+    if held:
+        log.warning("%s: taking over the lease of a refresh not heard of for %.0fs (%s)", root.uri_of(LOCK),
+                    time.time() - float(held.get("renewed", 0)), held.get("owner"))
+    now = time.time()
+    me = {"owner": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", "night": night, "started": now,
+          "renewed": now}
+    root.write_json(LOCK, me)
+    time.sleep(settle_s)
+    back = root.read_json(LOCK) or {}
+    if back.get("owner") != me["owner"]:
+        raise refuse(back, "another refresh of this root started at the same time")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(renew_s):
+            try:
+                root.write_json(LOCK, {**me, "renewed": time.time()})
+            except Exception as e:  # a missed renewal only shortens the lease
+                log.warning("could not renew %s: %s", root.uri_of(LOCK), e)
+
+    t = threading.Thread(target=renew, name="refresh-lease", daemon=True)
+    t.start()
+    try:
+        yield me
+    finally:
+        stop.set()
+        t.join()
+        if (root.read_json(LOCK) or {}).get("owner") == me["owner"]:
+            root.delete(LOCK)
 
 
 def _previous(latest: str | None, out_uri: str, settings) -> str | None:
@@ -60,12 +124,19 @@ def _catch_up(cfg, progress: bool) -> None:
 
 
 def refresh(cfg, root_uri: str, night: str, progress: bool) -> dict:
-    from ..embed.driver import run_embed
-    from ..errors import JinaBatchError
-    from ..load.stage import run_load
+    """One night under ``root_uri`` (see the module docstring), holding the root's lease; what it did."""
     from ..storage import Storage
 
     root = Storage.open(root_uri, cfg.storage)
+    with lease(root, night):
+        return _night(cfg, root, night, progress)
+
+
+def _night(cfg, root, night: str, progress: bool) -> dict:
+    from ..embed.driver import run_embed
+    from ..errors import JinaBatchError
+    from ..load.stage import run_load
+
     out_uri = root.uri_of(night)
     latest = (root.read_json(LATEST) or {}).get("uri")
     prev = _previous(latest, out_uri, cfg.storage)
