@@ -72,6 +72,9 @@ class _Collection:
         if self.name is None:
             raise LoadError(f"alias {alias!r} does not exist in Milvus at {target.uri}: a delta is applied in place "
                             "to a collection a full load made — load the chain's base (or `jinabatch load --full`)")
+        # the collection the alias serves is loaded: Milvus does not always reload it after a restart (the embedded
+        # server is started per command), and the check after the writes queries it; a no-op when it is loaded
+        client.load_collection(self.name)
         props = client.describe_collection(self.name).get("properties") or {}
         self.dim = int(props.get(PROP + "dimensions", 0))
         self.id_name = props.get(PROP + "id_column", "id")
