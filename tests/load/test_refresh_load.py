@@ -252,3 +252,33 @@ def test_on_milvus_standalone_a_delta_applies_to_a_collection_the_server_no_long
     assert_holds(client, "released", nights["states"][1])
     client.close()
 
+
+
+def test_a_delta_milvus_refuses_stops_with_its_reason_in_one_line_stays_pending_and_rolls_back(
+        nights, tmp_path, monkeypatch, jina_key):
+    """A changed row whose carried title the collection's VARCHAR field cannot hold: Milvus refuses the upsert; the
+    load stops with a LoadError naming the shard file and Milvus's reason (no traceback), the ledger says pending,
+    and --rollback brings back the base state."""
+    from fixtures_ray import KEY_ENV
+    from jinabatch.load.ledger import Ledger
+    from refresh_gen import write_corpus
+
+    monkeypatch.setenv(KEY_ENV, jina_key)
+    rows = [dict(r) for r in nights["states"][0]]
+    rows[7]["title"], rows[7]["text"] = "x" * 70_000, rows[7]["text"] + " edited"
+    write_corpus(tmp_path / "vlong", rows)
+    data = {**nights["data"]["b"], "corpus": {**nights["data"]["b"]["corpus"], "path": str(tmp_path / "vlong")},
+            "output": {"path": str(tmp_path / "long"), "previous": str(nights["tmp"] / "a")}}
+    assert run_embed(parse_config(data), progress=False).chain.changed == 1
+    ms = {"uri": str(tmp_path / "lite.db"), "collection": "toolong"}
+    base = run_load(load_config(nights, "a", ms), progress=False)
+    with pytest.raises(LoadError) as e:
+        run_load(parse_config({**data, "milvus": ms}), progress=False)
+    msg = str(e.value)  # the shard file, the rows and Milvus's own reason
+    assert str(tmp_path / "long" / "shards") in msg and "Milvus rejected rows" in msg, msg
+    assert "'title'" in msg and "exceeds max_length" in msg, msg
+    client = MilvusClient(ms["uri"])
+    assert Ledger(client, "toolong").get(base.physical).pending is not None
+    run_load(parse_config({**data, "milvus": ms}), rollback=True, progress=False)
+    assert_holds(client, "toolong", nights["states"][0])
+    client.close()

@@ -36,6 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from tqdm import tqdm
+from pymilvus.exceptions import MilvusException
 
 from ..config import Config, MilvusSettings
 from ..errors import ConfigError, LoadError, StorageError
@@ -99,12 +100,18 @@ def run_load(config: Config, *, rollback: bool = False, progress: bool = True,
     else:
         inp = None if rollback or in_place else read_output(out)
     with contextlib.nullcontext(target) if target is not None else connect(ms, config.storage) as target:
-        if rollback:
-            report = undo_delta(target, ms, config.storage) or _rollback(target, ms.collection)
-        elif in_place:
-            report = apply_chain(target, ms, out, chain, config.storage, progress)
-        else:
-            report = _load(target, inp, ms, progress)
+        try:
+            if rollback:
+                report = undo_delta(target, ms, config.storage) or _rollback(target, ms.collection)
+            elif in_place:
+                report = apply_chain(target, ms, out, chain, config.storage, progress)
+            else:
+                report = _load(target, inp, ms, progress)
+        except MilvusException as e:  # what Milvus refused, in one line with what to do (not a traceback)
+            what = "the rollback" if rollback else f"applying {out.uri} in place" if in_place else f"loading {out.uri}"
+            raise LoadError(f"{what} (alias {ms.collection!r} at {target.uri}) failed: {error_reason(e)}; the alias "
+                            "serves the last verified state (an in-place write left half-done is marked pending and "
+                            "finished by the rerun) — fix the cause and rerun") from e
     report.seconds = round(time.monotonic() - t0, 3)
     report.uri = target.uri
     report.write(out)
