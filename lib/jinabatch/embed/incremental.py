@@ -331,7 +331,7 @@ def plan_reuse(config: Config, files: list[CorpusFile], out: Storage, *,
     reuse.seconds = round(time.monotonic() - t0, 3)
     log.info("incremental join (%s) against %s (chain of %d): %d reused, %d changed, %d new, %d dropped in %.1fs",
              engine, prev.uri, reuse.chain_length, reuse.reused, reuse.changed, reuse.new, reuse.dropped,
-             time.monotonic() - t0)
+             reuse.seconds)
     return reuse
 
 

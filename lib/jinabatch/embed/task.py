@@ -24,10 +24,10 @@ from ..config import Config
 from ..errors import JinaBatchError
 from ..storage import Storage
 from ..observe.records import BatchCounts
-from .batches import batch_in_flight, process_shard_batches, spend
+from .batches import batch_in_flight, process_shard_batches, spend as batch_spend
 from .grants import BURST_SECONDS, GrantedLimiter
 from .plan import Shard
-from .worker import ShardResult, process_shard
+from .worker import ShardResult, process_shard, spend
 
 __all__ = ["shard_task", "request_token_budget", "BURST_SECONDS", "POLL_MIN", "POLL_BUSY", "POLL_IDLE"]
 
@@ -132,10 +132,9 @@ def _failed(shard: Shard, e: JinaBatchError, client, counts: BatchCounts | None)
     res = ShardResult.failed(shard, e)
     if counts is not None:
         res.batches = counts
-        spend(res, client)
+        batch_spend(res, client)
     else:
-        st = client.stats
-        res.tokens, res.requests, res.retries, res.http_429 = st.tokens, st.requests, st.retries, st.http_429
+        spend(res, client)
     return res
 
 

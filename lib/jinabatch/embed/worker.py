@@ -39,7 +39,7 @@ from .result import ShardResult
 from .rows import PendingRows, ShardInput, ShardOutput
 from .triage import Triage, triage
 
-__all__ = ["ShardResult", "RequestPacker", "process_shard", "shard_meta", "judge_group", "FLOAT_TYPES", "NO_LIMIT"]
+__all__ = ["ShardResult", "RequestPacker", "process_shard", "spend", "shard_meta", "judge_group", "FLOAT_TYPES", "NO_LIMIT"]
 
 FLOAT_TYPES = ("base64", "float")  # embedding types that decode to float32 vectors
 NO_LIMIT = 2 ** 62  # the token limit triage judges by when the model's is not published
@@ -211,6 +211,11 @@ async def process_shard(config: Config, shard: Shard, client: JinaClient, out: S
         requests.cancel()
         output.abort()
         raise
+    spend(res, client)
+    return res
+
+
+def spend(res: ShardResult, client: JinaClient) -> None:
+    """What the shard's requests cost, from the client's counters, into ``res`` (also for a failed shard)."""
     st = client.stats
     res.tokens, res.requests, res.retries, res.http_429 = st.tokens, st.requests, st.retries, st.http_429
-    return res
